@@ -1,0 +1,1 @@
+//! `foreman bench …`: benchmarks run side by side with stock Dovecot in one run.

@@ -1,0 +1,95 @@
+//! The `foreman` command line: parse arguments, call one `run` function, map errors to an
+//! exit code. Each subcommand's logic lives in its own module.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Foreman: Dovecot 2.3 compatible anvil and master with per-user worker reuse.
+#[derive(Debug, Parser)]
+#[command(name = "foreman", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the anvil service: under a Dovecot master (no options) or standalone (--socket).
+    Anvil {
+        /// Standalone: bind the anvil socket here.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Standalone: also bind the auth penalty socket here.
+        #[arg(long, requires = "socket")]
+        penalty_socket: Option<PathBuf>,
+    },
+    /// List logged-in users, like `doveadm who`.
+    Who {
+        /// The anvil socket (default: /run/dovecot/anvil).
+        #[arg(long, short = 'a')]
+        socket: Option<PathBuf>,
+        /// One line per session.
+        #[arg(short = '1')]
+        one_per_session: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// A user mask (`*`, `?`) and/or an IP network `ip/bits`.
+        masks: Vec<String>,
+    },
+    /// Benchmarks side by side with stock Dovecot.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+/// What to benchmark.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The anvil: Foreman's vs stock, pipelined pairs, LOOKUP latency, memory.
+    Anvil {
+        /// Shorter run (fewer operations), for smoke tests.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// Entry point of the `foreman` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("foreman: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Anvil { socket: Some(socket), penalty_socket } => {
+            crate::anvil_compat::server::run_standalone(crate::anvil_compat::server::StandaloneOptions {
+                socket,
+                penalty_socket,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Anvil { socket: None, .. } => {
+            crate::anvil_compat::server::run_under_master()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Who { socket, one_per_session, json, masks } => {
+            let _ = (socket, one_per_session, json, masks);
+            anyhow::bail!("foreman who: not implemented yet")
+        }
+        Command::Bench { what: BenchCommand::Anvil { quick } } => {
+            let _ = quick;
+            anyhow::bail!("foreman bench anvil: not implemented yet")
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The master side of Dovecot 2.3, and what it hands to its children.
+//!
+//! - [`child_env`]: the environment and fd layout a service process gets from a master
+//!   (master-interface.md §5), parsed once and validated.
+//! - [`config`]: the dovecot.conf loader (later).
+
+pub mod child_env;
+pub mod config;

@@ -1,0 +1,2 @@
+//! The only module with `unsafe` and raw syscalls: inherited fd checks, fd placement,
+//! SCM_RIGHTS, chmod, setuid.
