@@ -7,6 +7,8 @@
 //! with [`encode_reply`] and decoded by clients (`foreman who`, benches, the conformance
 //! replayer) with the `decode_*_reply` functions.
 
+use std::borrow::Cow;
+
 use bstr::BString;
 
 use super::DecodeError;
@@ -77,24 +79,25 @@ impl Command {
     }
 }
 
-/// One decoded v1 request. Idents are bytes after unescaping, cut at the first NUL.
+/// One decoded v1 request. Idents are bytes after unescaping, cut at the first NUL; they
+/// borrow from the input line unless unescaping changed them (the hot path allocates nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    Connect { pid: Pid, ident: BString },
-    Disconnect { pid: Pid, ident: BString },
+pub enum Request<'a> {
+    Connect { pid: Pid, ident: Cow<'a, [u8]> },
+    Disconnect { pid: Pid, ident: Cow<'a, [u8]> },
     /// `KILL`: stock checks "master connection only" before the pid, so an invalid pid is
     /// carried as `None` and rejected by the session after the master check.
     Kill { pid: Option<Pid> },
-    Lookup { ident: BString },
-    PenaltyGet { ident: BString },
+    Lookup { ident: Cow<'a, [u8]> },
+    PenaltyGet { ident: Cow<'a, [u8]> },
     /// `value` is at most 65535, and 0 only with checksum 0.
-    PenaltyInc { ident: BString, checksum: u32, value: u16 },
+    PenaltyInc { ident: Cow<'a, [u8]>, checksum: u32, value: u16 },
     PenaltySetExpireSecs { secs: u32 },
     ConnectDump,
     PenaltyDump,
 }
 
-impl Request {
+impl Request<'_> {
     /// The command of this request.
     pub fn command(&self) -> Command {
         match self {
@@ -138,7 +141,7 @@ pub fn is_compatible_version(line: &[u8]) -> bool {
 
 /// Parses one framed command line (after the handshake). `Ok(None)` for an empty line,
 /// which stock silently ignores. Extra fields are ignored.
-pub fn parse_request(line: &[u8]) -> Result<Option<Request>, RequestError> {
+pub fn parse_request(line: &[u8]) -> Result<Option<Request<'_>>, RequestError> {
     let _ = line;
     todo!()
 }
@@ -148,13 +151,13 @@ pub fn parse_request(line: &[u8]) -> Result<Option<Request>, RequestError> {
 /// `Invalid(Err(TooLong))` / `Invalid(Ok(reason))` otherwise.
 pub fn decode_request(
     buf: &[u8],
-) -> Result<(usize, Option<Request>), DecodeError<Result<RequestError, crate::wire::line::LineError>>> {
+) -> Result<(usize, Option<Request<'_>>), DecodeError<Result<RequestError, crate::wire::line::LineError>>> {
     let _ = buf;
     todo!()
 }
 
 /// Appends the canonical wire form of `req` (idents escaped, LF-terminated).
-pub fn encode_request(req: &Request, out: &mut Vec<u8>) {
+pub fn encode_request(req: &Request<'_>, out: &mut Vec<u8>) {
     let _ = (req, out);
     todo!()
 }

@@ -17,8 +17,9 @@ pub fn escape(raw: &[u8]) -> Vec<u8> {
 
 /// Unescapes one field as stock anvil does, then truncates at the first NUL (C string).
 /// `\x01 0` -> NUL, `\x01 1` -> 0x01, `\x01 t` -> TAB, `\x01 r` -> CR, `\x01 n` -> LF,
-/// `\x01 X` -> X for any other X, a trailing lone 0x01 is dropped.
-pub fn unescape(field: &[u8]) -> Vec<u8> {
+/// `\x01 X` -> X for any other X, a trailing lone 0x01 is dropped. Borrows when `field` holds
+/// no 0x01 and no NUL.
+pub fn unescape(field: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let _ = field;
     todo!()
 }
@@ -26,7 +27,7 @@ pub fn unescape(field: &[u8]) -> Vec<u8> {
 /// Splits a line (already framed: no LF, CR stripped, cut at NUL) into unescaped fields.
 /// An empty line gives zero fields; otherwise every TAB splits (an escape never protects a
 /// TAB) and empty fields are kept.
-pub fn split_fields(line: &[u8]) -> Vec<Vec<u8>> {
+pub fn split_fields(line: &[u8]) -> Vec<std::borrow::Cow<'_, [u8]>> {
     let _ = line;
     todo!()
 }
