@@ -87,17 +87,25 @@ impl PenaltyTable {
     }
 
     fn rec(&self, i: u32) -> &Rec {
-        self.recs[i as usize].as_ref().expect("linked penalty record exists")
+        self.recs[i as usize]
+            .as_ref()
+            .expect("linked penalty record exists")
     }
 
     fn rec_mut(&mut self, i: u32) -> &mut Rec {
-        self.recs[i as usize].as_mut().expect("linked penalty record exists")
+        self.recs[i as usize]
+            .as_mut()
+            .expect("linked penalty record exists")
     }
 
     fn find(&self, hash: u64, ident: &[u8]) -> Option<u32> {
         let recs = &self.recs;
         self.index
-            .find(hash, |&i| recs[i as usize].as_ref().is_some_and(|r| &*r.ident == ident))
+            .find(hash, |&i| {
+                recs[i as usize]
+                    .as_ref()
+                    .is_some_and(|r| &*r.ident == ident)
+            })
             .copied()
     }
 
@@ -181,7 +189,9 @@ impl PenaltyTable {
                 };
                 let (recs, hasher) = (&self.recs, &self.hasher);
                 self.index.insert_unique(h, i, |&j| {
-                    recs[j as usize].as_ref().map_or(0, |r| hasher.hash_one(&*r.ident))
+                    recs[j as usize]
+                        .as_ref()
+                        .map_or(0, |r| hasher.hash_one(&*r.ident))
                 });
                 i
             }
@@ -268,7 +278,9 @@ impl PenaltyTable {
 
     fn remove(&mut self, i: u32) {
         self.unlink(i);
-        let Some(rec) = self.recs[i as usize].take() else { return };
+        let Some(rec) = self.recs[i as usize].take() else {
+            return;
+        };
         let h = self.hasher.hash_one(&*rec.ident);
         if let Ok(e) = self.index.find_entry(h, |&j| j == i) {
             e.remove();
@@ -303,7 +315,14 @@ mod tests {
 
     fn dump(t: &PenaltyTable) -> Vec<(String, u32, u32, u32)> {
         let mut rows = Vec::new();
-        t.for_each(|r| rows.push((r.ident.to_string(), r.penalty, r.last_penalty, r.last_update)));
+        t.for_each(|r| {
+            rows.push((
+                r.ident.to_string(),
+                r.penalty,
+                r.last_penalty,
+                r.last_update,
+            ))
+        });
         rows
     }
 
@@ -317,7 +336,11 @@ mod tests {
         t.inc(at(1795892735), ip, 1818353248, 1);
         assert_eq!(t.get(ip), (1, 1795892735));
         t.inc(at(1795892741), ip, 1818353248, 2);
-        assert_eq!(t.get(ip), (1, 1795892735), "same checksum: value - 1, time unchanged");
+        assert_eq!(
+            t.get(ip),
+            (1, 1795892735),
+            "same checksum: value - 1, time unchanged"
+        );
         t.inc(at(1795892747), ip, 3941969102, 2);
         assert_eq!(t.get(ip), (2, 1795892747));
         t.inc(at(1795892750), ip, 0, 0);
@@ -399,7 +422,15 @@ mod tests {
         t.inc(at(1_000_000 + 40_000), b"x", 9, 3);
         // last_penalty is moved forward so that last_penalty + 32767 = now.
         assert_eq!(t.get(b"x"), (2, 1_000_000 + 40_000 - 32767));
-        assert_eq!(dump(&t), [("x".into(), 2, 1_000_000 + 40_000 - 32767, 1_000_000 + 40_000)]);
+        assert_eq!(
+            dump(&t),
+            [(
+                "x".into(),
+                2,
+                1_000_000 + 40_000 - 32767,
+                1_000_000 + 40_000
+            )]
+        );
     }
 
     #[test]
@@ -430,7 +461,11 @@ mod tests {
         t.inc(at(100), b"a", 5, 2);
         t.inc(at(108), b"a", 5, 2);
         t.on_timer(at(110));
-        assert_eq!(t.get(b"a"), (1, 100), "last INC at 108 is newer than the cutoff 100");
+        assert_eq!(
+            t.get(b"a"),
+            (1, 100),
+            "last INC at 108 is newer than the cutoff 100"
+        );
         assert_eq!(t.next_deadline(), Some(at(110) + 8_000));
         t.on_timer(at(118));
         assert!(t.is_empty());
@@ -482,7 +517,12 @@ mod tests {
         t.set_expire_secs(1);
         for round in 0..3u64 {
             for i in 0..50 {
-                t.inc(at(100 * round + 10), format!("10.0.0.{i}").as_bytes(), i + 1, 2);
+                t.inc(
+                    at(100 * round + 10),
+                    format!("10.0.0.{i}").as_bytes(),
+                    i + 1,
+                    2,
+                );
             }
             assert_eq!(t.len(), 50);
             t.on_timer(at(100 * round + 11));
