@@ -614,10 +614,12 @@ impl ConnectLimit {
     }
 
     /// Frees an ident whose count reached 0 (no pid refers to it any more).
-    fn free_ident(&mut self, id: u32) {
-        let h = self
-            .hasher
-            .hash_one(ident_bytes(&self.slots, &self.arena, id));
+    /// `hash`: the ident's hash when the caller has it.
+    fn free_ident(&mut self, id: u32, hash: Option<u64>) {
+        let h = hash.unwrap_or_else(|| {
+            self.hasher
+                .hash_one(ident_bytes(&self.slots, &self.arena, id))
+        });
         if let Ok(entry) = self.ident_index.find_entry(h, |&x| x == id) {
             entry.remove();
         }
@@ -660,11 +662,11 @@ impl ConnectLimit {
 
     /// Removes pid `p` from ident `id` (a pair being deleted, with its refcount) and frees or
     /// demotes the ident. The pid index is the caller's business.
-    fn drop_pair(&mut self, id: u32, p: u32) -> u32 {
+    fn drop_pair(&mut self, id: u32, p: u32, hash: Option<u64>) -> u32 {
         let slot = *self.slots.get(id);
         self.pairs -= 1;
         if slot.a & FLAG == 0 {
-            self.free_ident(id);
+            self.free_ident(id, hash);
             return slot.b;
         }
         let mi = slot.a & !FLAG;
@@ -674,7 +676,7 @@ impl ConnectLimit {
         match m.len() {
             0 => {
                 self.multi.take(mi);
-                self.free_ident(id);
+                self.free_ident(id, hash);
             }
             1 => {
                 // Back to single. No pid has a direct entry to a multi ident, so no index
@@ -719,7 +721,7 @@ impl ConnectLimit {
         // The last session of this pair. Update the pid index while the slot still
         // resolves direct entries.
         self.remove_ident_from_pid(p, id);
-        self.drop_pair(id, p);
+        self.drop_pair(id, p, Some(h));
         Ok(())
     }
 
@@ -737,14 +739,14 @@ impl ConnectLimit {
         let (e, _) = entry.remove();
         let mut removed = 0u64;
         if e & FLAG == 0 {
-            removed += u64::from(self.drop_pair(e, p));
+            removed += u64::from(self.drop_pair(e, p, None));
         } else {
             let rec = self.pid_recs.remove(e & !FLAG);
             if rec.list & FLAG == 0 {
-                removed += u64::from(self.drop_pair(rec.list, p));
+                removed += u64::from(self.drop_pair(rec.list, p, None));
             } else {
                 let set = self.pid_lists.take(rec.list & !FLAG);
-                set.for_each(|id, ()| removed += u64::from(self.drop_pair(id, p)));
+                set.for_each(|id, ()| removed += u64::from(self.drop_pair(id, p, None)));
             }
         }
         self.shrink_pid_index();
@@ -1058,10 +1060,11 @@ mod tests {
         v
     }
 
-    fn op() -> impl Strategy<Value = Op> {
-        // Few pids and idents so that pairs collide; 24 pids push one ident past SMALL_MAX.
-        let p = prop_oneof![0u32..24, Just(Pid::MAX)];
-        let i = 0usize..27;
+    /// Random operations over `idents` idents (indices into [`idents()`]) and `pids` pids
+    /// (plus the largest pid).
+    fn op(idents: usize, pids: u32) -> impl Strategy<Value = Op> {
+        let p = prop_oneof![0u32..pids, Just(Pid::MAX)];
+        let i = 0usize..idents;
         prop_oneof![
             5 => (p.clone(), i.clone()).prop_map(|(p, i)| Op::Connect(p, i)),
             4 => (p.clone(), i).prop_map(|(p, i)| Op::Disconnect(p, i)),
@@ -1069,55 +1072,70 @@ mod tests {
         ]
     }
 
+    fn check_against_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let names = idents();
+        let mut t = ConnectLimit::new();
+        // The model: ref[(ident, pid)] only; count is derived from it.
+        let mut refs: HashMap<(usize, u32), u32> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::Connect(p, i) => {
+                    t.connect(pid(p), &names[i]);
+                    *refs.entry((i, p)).or_default() += 1;
+                }
+                Op::Disconnect(p, i) => {
+                    let got = t.disconnect(pid(p), &names[i]);
+                    match refs.get_mut(&(i, p)) {
+                        Some(r) => {
+                            prop_assert_eq!(got, Ok(()));
+                            *r -= 1;
+                            if *r == 0 {
+                                refs.remove(&(i, p));
+                            }
+                        }
+                        None => prop_assert_eq!(got, Err(UnknownSession)),
+                    }
+                }
+                Op::Kill(p) => {
+                    let expected: u32 = refs.iter().filter(|(k, _)| k.1 == p).map(|(_, r)| r).sum();
+                    refs.retain(|k, _| k.1 != p);
+                    prop_assert_eq!(t.kill(pid(p)), u64::from(expected));
+                }
+            }
+            t.check_invariants();
+            for (i, name) in names.iter().enumerate() {
+                let count: u32 = refs.iter().filter(|(k, _)| k.0 == i).map(|(_, r)| r).sum();
+                prop_assert_eq!(t.lookup(name), count);
+            }
+            let mut want: Vec<_> = refs
+                .iter()
+                .map(|(&(i, p), &r)| (names[i].clone(), p, r))
+                .collect();
+            want.sort();
+            let got = dump(&t);
+            // LOOKUP agrees with the dump: count[i] = sum over the dump rows of i.
+            for name in &names {
+                let sum: u32 = got.iter().filter(|r| &r.0 == name).map(|r| r.2).sum();
+                prop_assert_eq!(sum, t.lookup(name));
+            }
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(t.pairs(), refs.len());
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Few pids and idents so that pairs collide, and odd idents (empty, long, escapes).
         #[test]
-        fn matches_the_model(ops in proptest::collection::vec(op(), 1..400)) {
-            let names = idents();
-            let mut t = ConnectLimit::new();
-            // The model: ref[(ident, pid)] only; count is derived from it.
-            let mut refs: HashMap<(usize, u32), u32> = HashMap::new();
-            for op in ops {
-                match op {
-                    Op::Connect(p, i) => {
-                        t.connect(pid(p), &names[i]);
-                        *refs.entry((i, p)).or_default() += 1;
-                    }
-                    Op::Disconnect(p, i) => {
-                        let got = t.disconnect(pid(p), &names[i]);
-                        match refs.get_mut(&(i, p)) {
-                            Some(r) => {
-                                prop_assert_eq!(got, Ok(()));
-                                *r -= 1;
-                                if *r == 0 {
-                                    refs.remove(&(i, p));
-                                }
-                            }
-                            None => prop_assert_eq!(got, Err(UnknownSession)),
-                        }
-                    }
-                    Op::Kill(p) => {
-                        let expected: u32 = refs.iter().filter(|(k, _)| k.1 == p).map(|(_, r)| r).sum();
-                        refs.retain(|k, _| k.1 != p);
-                        prop_assert_eq!(t.kill(pid(p)), u64::from(expected));
-                    }
-                }
-                t.check_invariants();
-                for (i, name) in names.iter().enumerate() {
-                    let count: u32 = refs.iter().filter(|(k, _)| k.0 == i).map(|(_, r)| r).sum();
-                    prop_assert_eq!(t.lookup(name), count);
-                }
-                let mut want: Vec<_> = refs.iter().map(|(&(i, p), &r)| (names[i].clone(), p, r)).collect();
-                want.sort();
-                let got = dump(&t);
-                // LOOKUP agrees with the dump: count[i] = sum over the dump rows of i.
-                for name in &names {
-                    let sum: u32 = got.iter().filter(|r| &r.0 == name).map(|r| r.2).sum();
-                    prop_assert_eq!(sum, t.lookup(name));
-                }
-                prop_assert_eq!(got, want);
-                prop_assert_eq!(t.pairs(), refs.len());
-            }
+        fn matches_the_model(ops in proptest::collection::vec(op(27, 24), 1..400)) {
+            check_against_model(ops)?;
+        }
+
+        /// Two idents and 40 pids: idents go past 16 pids (hash-table maps) and back.
+        #[test]
+        fn matches_the_model_crowded(ops in proptest::collection::vec(op(2, 40), 1..600)) {
+            check_against_model(ops)?;
         }
     }
 }

@@ -30,3 +30,23 @@ pub struct Anvil {
     pub connect_limit: ConnectLimit,
     pub penalty: PenaltyTable,
 }
+
+pub use session::{ConnKind, Fed, Session};
+
+impl Anvil {
+    /// Empty tables, default penalty expiry.
+    pub fn new() -> Anvil {
+        Anvil::default()
+    }
+
+    /// When the shell must call [`Anvil::on_timer`] next (the penalty expiry timer), if ever.
+    pub fn next_deadline(&self) -> Option<UnixMillis> {
+        self.penalty.next_deadline()
+    }
+
+    /// Runs whatever timer is due at `now`. Call it after handling a batch of input, never in
+    /// the middle of one (stock's 0 ms timer runs at the next event-loop pass).
+    pub fn on_timer(&mut self, now: UnixMillis) {
+        self.penalty.on_timer(now);
+    }
+}
