@@ -1046,4 +1046,99 @@ mod tests {
         anvil.penalty.on_timer(NOW);
         assert!(anvil.penalty.is_empty());
     }
+
+    mod split_invariance {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn line() -> impl Strategy<Value = Vec<u8>> {
+            let ident = prop_oneof![Just("a"), Just("b"), Just(""), Just("x\x01ty")];
+            let pid = prop_oneof![Just("1"), Just("2"), Just("007"), Just("-1")];
+            prop_oneof![
+                (pid.clone(), ident.clone())
+                    .prop_map(|(p, i)| format!("CONNECT\t{p}\t{i}\n").into_bytes()),
+                (pid.clone(), ident.clone())
+                    .prop_map(|(p, i)| format!("DISCONNECT\t{p}\t{i}\n").into_bytes()),
+                pid.prop_map(|p| format!("KILL\t{p}\n").into_bytes()),
+                ident
+                    .clone()
+                    .prop_map(|i| format!("LOOKUP\t{i}\n").into_bytes()),
+                ident
+                    .clone()
+                    .prop_map(|i| format!("PENALTY-GET\t{i}\n").into_bytes()),
+                (ident, 0u32..3, 0u32..3)
+                    .prop_map(|(i, c, v)| format!("PENALTY-INC\t{i}\t{c}\t{v}\n").into_bytes()),
+                Just(b"CONNECT-DUMP\n".to_vec()),
+                Just(b"PENALTY-DUMP\n".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(VERSION_LINE.to_vec()),
+                (1000usize..1100).prop_map(|n| [vec![b'L'; n], b"\n".to_vec()].concat()),
+                proptest::collection::vec(any::<u8>(), 0..20),
+            ]
+        }
+
+        fn dumps(anvil: &Anvil) -> (Vec<(Vec<u8>, u32, u32)>, Vec<u8>) {
+            let mut rows = Vec::new();
+            anvil
+                .connect_limit
+                .for_each(|i, p, r| rows.push((i.to_vec(), p.get(), r)));
+            rows.sort();
+            let mut pen = Vec::new();
+            anvil
+                .penalty
+                .for_each(|r| encode_reply(&Reply::PenaltyRow(r.clone()), &mut pen));
+            (rows, pen)
+        }
+
+        /// Feeds `input` in the given pieces the way the shell does (keeping the unconsumed
+        /// tail) and returns everything observable.
+        #[allow(clippy::type_complexity)]
+        fn run(
+            kind: ConnKind,
+            restarted: bool,
+            input: &[u8],
+            cuts: &[usize],
+        ) -> (Vec<u8>, LogBuf, bool, (Vec<(Vec<u8>, u32, u32)>, Vec<u8>)) {
+            let mut anvil = Anvil::default();
+            let mut s = Session::new(kind, restarted);
+            let (mut out, mut log) = (Vec::new(), LogBuf::new());
+            let mut pending = Vec::new();
+            let mut closed = false;
+            let mut start = 0;
+            let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            ends.sort();
+            ends.push(input.len());
+            for end in ends {
+                pending.extend_from_slice(&input[start..end.max(start)]);
+                start = end.max(start);
+                let fed = s.feed(&mut anvil, NOW, &pending, &mut out, &mut log);
+                assert!(fed.consumed <= pending.len());
+                pending.drain(..fed.consumed);
+                if fed.close {
+                    closed = true;
+                    break;
+                }
+            }
+            (out, log, closed, dumps(&anvil))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn any_split_gives_the_same_result(
+                lines in proptest::collection::vec(line(), 0..40),
+                cuts in proptest::collection::vec(any::<usize>(), 0..12),
+                kind in prop_oneof![Just(S), Just(P), Just(M)],
+                restarted in any::<bool>(),
+                version_first in any::<bool>(),
+            ) {
+                let mut input = if version_first { VERSION_LINE.to_vec() } else { Vec::new() };
+                input.extend(lines.concat());
+                let whole = run(kind, restarted, &input, &[]);
+                let split = run(kind, restarted, &input, &cuts);
+                prop_assert_eq!(whole, split);
+            }
+        }
+    }
 }
