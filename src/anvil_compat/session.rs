@@ -1078,7 +1078,10 @@ mod tests {
             ]
         }
 
-        fn dumps(anvil: &Anvil) -> (Vec<(Vec<u8>, u32, u32)>, Vec<u8>) {
+        /// Sorted CONNECT-DUMP rows and the PENALTY-DUMP bytes.
+        type Dumps = (Vec<(Vec<u8>, u32, u32)>, Vec<u8>);
+
+        fn dumps(anvil: &Anvil) -> Dumps {
             let mut rows = Vec::new();
             anvil
                 .connect_limit
@@ -1093,13 +1096,12 @@ mod tests {
 
         /// Feeds `input` in the given pieces the way the shell does (keeping the unconsumed
         /// tail) and returns everything observable.
-        #[allow(clippy::type_complexity)]
         fn run(
             kind: ConnKind,
             restarted: bool,
             input: &[u8],
             cuts: &[usize],
-        ) -> (Vec<u8>, LogBuf, bool, (Vec<(Vec<u8>, u32, u32)>, Vec<u8>)) {
+        ) -> (Vec<u8>, LogBuf, bool, Dumps) {
             let mut anvil = Anvil::default();
             let mut s = Session::new(kind, restarted);
             let (mut out, mut log) = (Vec::new(), LogBuf::new());
