@@ -8,20 +8,20 @@
 //! per session, with O(1) CONNECT / DISCONNECT / LOOKUP and a KILL that touches only the
 //! killed pid's entries. See `docs/anvil.md` for the figures.
 //!
-//! - **Idents are interned** to `u32` ids. Their bytes live in an [`Arena`] of 64 KiB chunks
-//!   (no per-ident allocation, no allocator rounding); an [`IdentSlot`] (16 bytes, in a
-//!   chunked [`Slab`]) holds where the bytes are, plus the sessions:
+//! - **Idents are interned** to `u32` ids. Their bytes live in an `Arena` of 64 KiB chunks
+//!   (no per-ident allocation, no allocator rounding); an `IdentSlot` (16 bytes, in a
+//!   chunked `Slab`) holds where the bytes are, plus the sessions:
 //!   - *single*: the ident has sessions in exactly one pid: `(pid, refcount)` inline. This
 //!     is the common case (one imap process per session) and costs no further memory.
-//!   - *multi*: several pids: a [`SmallMap`] pid -> refcount in the `multi` pool (a vector
+//!   - *multi*: several pids: a `SmallMap` pid -> refcount in the `multi` pool (a vector
 //!     up to 16 pids, a hash table above), and the total count inline.
 //! - `ident_index` is a hash table of ident ids hashed by the ident bytes (4 bytes a bucket).
 //! - **pid -> idents index** for KILL and for the dump-free DISCONNECT bookkeeping:
 //!   `pid_index` is a hash table of `u32` entries hashed by pid. An entry is either
 //!   - *direct*: an ident id whose slot is *single* with this pid, and the pid has no other
 //!     ident (the pid is read from the slot, so the entry is 4 bytes); or
-//!   - `FLAG | r`: a [`PidRec`] `{pid, list}` where `list` is one ident id or `FLAG | l`, a
-//!     [`SmallMap`] set of ident ids in the `pid_lists` pool.
+//!   - `FLAG | r`: a `PidRec` `{pid, list}` where `list` is one ident id or `FLAG | l`, a
+//!     `SmallMap` set of ident ids in the `pid_lists` pool.
 //!
 //! Invariant kept by every operation: a direct entry `i` for pid `p` exists only while slot
 //! `i` is single with pid `p`; a slot is never changed away from that state (or freed)

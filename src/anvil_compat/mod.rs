@@ -11,6 +11,9 @@
 //!
 //! Time is passed in as wall-clock unix milliseconds ([`UnixMillis`]); nothing here reads a
 //! clock except [`server`].
+//!
+//! `docs/anvil.md` describes the data structures, their memory per session, and where Foreman
+//! deliberately differs from stock (pipes are never closed on bad input, no crashes).
 
 pub mod connect_limit;
 pub mod penalty;
