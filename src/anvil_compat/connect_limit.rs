@@ -426,7 +426,9 @@ fn entry_pid(slots: &Slab<IdentSlot>, recs: &Slab<PidRec>, e: u32) -> u32 {
 
 /// Shrinks a hash table that has become mostly empty (hashbrown never shrinks by itself).
 fn maybe_shrink(t: &mut HashTable<u32>, hasher: impl Fn(&u32) -> u64) {
-    if t.capacity() > 64 && t.len() * 4 < t.capacity() {
+    if t.is_empty() {
+        *t = HashTable::new();
+    } else if t.capacity() > 64 && t.len() * 4 < t.capacity() {
         let keep = t.len() * 2;
         t.shrink_to(keep, hasher);
     }
@@ -807,5 +809,231 @@ impl ConnectLimit {
             }
         }
         assert_eq!(pid_pairs, self.pairs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn pid(p: u32) -> Pid {
+        Pid::new(p).unwrap()
+    }
+
+    fn dump(t: &ConnectLimit) -> Vec<(Vec<u8>, u32, u32)> {
+        let mut rows = Vec::new();
+        t.for_each(|i, p, r| rows.push((i.to_vec(), p.get(), r)));
+        rows.sort();
+        rows
+    }
+
+    fn rows(r: &[(&str, u32, u32)]) -> Vec<(Vec<u8>, u32, u32)> {
+        let mut v: Vec<_> = r.iter().map(|&(i, p, n)| (i.as_bytes().to_vec(), p, n)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn live_c1_example_dump() {
+        let mut t = ConnectLimit::new();
+        t.connect(pid(4242), b"test/1.2.3.4/u");
+        t.connect(pid(4242), b"test/1.2.3.4/u");
+        t.connect(pid(4343), b"test/1.2.3.4/u");
+        t.connect(pid(4343), b"other/u2");
+        t.check_invariants();
+        assert_eq!(t.lookup(b"test/1.2.3.4/u"), 3);
+        assert_eq!(t.lookup(b"other/u2"), 1);
+        assert_eq!(t.lookup(b"TEST/1.2.3.4/u"), 0, "idents are case-sensitive");
+        assert_eq!(t.pairs(), 3);
+        assert_eq!(
+            dump(&t),
+            rows(&[("test/1.2.3.4/u", 4242, 2), ("other/u2", 4343, 1), ("test/1.2.3.4/u", 4343, 1)])
+        );
+    }
+
+    #[test]
+    fn disconnect_needs_the_exact_pair() {
+        let mut t = ConnectLimit::new();
+        t.connect(pid(1), b"imap/1.1.1.1/a");
+        assert_eq!(t.disconnect(pid(2), b"imap/1.1.1.1/a"), Err(UnknownSession));
+        assert_eq!(t.disconnect(pid(1), b"imap/1.1.1.1/b"), Err(UnknownSession));
+        assert_eq!(t.lookup(b"imap/1.1.1.1/a"), 1);
+        assert_eq!(t.disconnect(pid(1), b"imap/1.1.1.1/a"), Ok(()));
+        assert_eq!(t.disconnect(pid(1), b"imap/1.1.1.1/a"), Err(UnknownSession));
+        assert_eq!(t.lookup(b"imap/1.1.1.1/a"), 0);
+        assert_eq!(t.pairs(), 0);
+        assert!(dump(&t).is_empty());
+        t.check_invariants();
+    }
+
+    #[test]
+    fn empty_ident_and_pid_extremes() {
+        let mut t = ConnectLimit::new();
+        t.connect(pid(0), b"");
+        t.connect(pid(Pid::MAX), b"");
+        assert_eq!(t.lookup(b""), 2);
+        assert_eq!(dump(&t), rows(&[("", 0, 1), ("", Pid::MAX, 1)]));
+        assert_eq!(t.kill(pid(Pid::MAX)), 1);
+        assert_eq!(dump(&t), rows(&[("", 0, 1)]));
+        t.check_invariants();
+    }
+
+    #[test]
+    fn kill_removes_every_ident_of_the_pid_only() {
+        let mut t = ConnectLimit::new();
+        t.connect(pid(7), b"a");
+        t.connect(pid(7), b"a");
+        t.connect(pid(7), b"b");
+        t.connect(pid(8), b"b");
+        t.connect(pid(8), b"c");
+        t.connect(pid(9), b"c");
+        t.check_invariants();
+        assert_eq!(t.kill(pid(7)), 3);
+        t.check_invariants();
+        assert_eq!(dump(&t), rows(&[("b", 8, 1), ("c", 8, 1), ("c", 9, 1)]));
+        assert_eq!(t.kill(pid(7)), 0, "a second KILL finds nothing");
+        assert_eq!(t.kill(pid(12345)), 0);
+        // After KILL the pairs are unknown to DISCONNECT.
+        assert_eq!(t.disconnect(pid(7), b"b"), Err(UnknownSession));
+        assert_eq!(t.kill(pid(8)), 2);
+        assert_eq!(dump(&t), rows(&[("c", 9, 1)]));
+        // A new session of a killed pid is counted afresh.
+        t.connect(pid(7), b"c");
+        assert_eq!(t.lookup(b"c"), 2);
+        t.check_invariants();
+    }
+
+    #[test]
+    fn one_ident_with_many_pids_and_one_pid_with_many_idents() {
+        let mut t = ConnectLimit::new();
+        for p in 0..100 {
+            t.connect(pid(p), b"imap/10.0.0.1/bob");
+        }
+        for i in 0..100 {
+            t.connect(pid(5000), format!("imap/10.0.0.{i}/hib").as_bytes());
+        }
+        t.check_invariants();
+        assert_eq!(t.lookup(b"imap/10.0.0.1/bob"), 100);
+        assert_eq!(t.pairs(), 200);
+        for p in 0..98 {
+            t.disconnect(pid(p), b"imap/10.0.0.1/bob").unwrap();
+            t.check_invariants();
+        }
+        assert_eq!(dump(&t).iter().filter(|r| r.0 == b"imap/10.0.0.1/bob").count(), 2);
+        assert_eq!(t.kill(pid(5000)), 100);
+        t.check_invariants();
+        assert_eq!(dump(&t), rows(&[("imap/10.0.0.1/bob", 98, 1), ("imap/10.0.0.1/bob", 99, 1)]));
+    }
+
+    #[test]
+    fn arena_compaction_keeps_every_ident() {
+        let mut t = ConnectLimit::new();
+        let ident = |i: u32| format!("imap/10.{}.{}.{}/user{i}", i >> 16, (i >> 8) & 255, i & 255);
+        for i in 0..20_000 {
+            t.connect(pid(i), ident(i).as_bytes());
+        }
+        for i in 0..20_000 {
+            if i % 10 != 0 {
+                t.disconnect(pid(i), ident(i).as_bytes()).unwrap();
+            }
+        }
+        assert!(t.arena.garbage <= t.arena.live.max(ARENA_CHUNK), "compaction ran");
+        t.check_invariants();
+        for i in 0..20_000 {
+            assert_eq!(t.lookup(ident(i).as_bytes()), u32::from(i % 10 == 0));
+        }
+        // A long ident gets its own chunk and survives compaction too.
+        let long = vec![b'x'; 5000];
+        t.connect(pid(1), &long);
+        for i in (0..20_000).step_by(10) {
+            t.kill(pid(i));
+        }
+        assert_eq!(t.lookup(&long), 1);
+        t.check_invariants();
+        t.kill(pid(1));
+        assert_eq!(t.pairs(), 0);
+        assert_eq!(t.memory_bytes(), 0, "an empty table gives its memory back");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Connect(u32, usize),
+        Disconnect(u32, usize),
+        Kill(u32),
+    }
+
+    fn idents() -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = (0..24).map(|i| format!("imap/127.0.0.1/u{i}").into_bytes()).collect();
+        v.push(Vec::new());
+        v.push(vec![b'L'; 4100]);
+        v.push(b"a\tb\x01c".to_vec());
+        v
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Few pids and idents so that pairs collide; 24 pids push one ident past SMALL_MAX.
+        let p = prop_oneof![0u32..24, Just(Pid::MAX)];
+        let i = 0usize..27;
+        prop_oneof![
+            5 => (p.clone(), i.clone()).prop_map(|(p, i)| Op::Connect(p, i)),
+            4 => (p.clone(), i).prop_map(|(p, i)| Op::Disconnect(p, i)),
+            1 => p.prop_map(Op::Kill),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn matches_the_model(ops in proptest::collection::vec(op(), 1..400)) {
+            let names = idents();
+            let mut t = ConnectLimit::new();
+            // The model: ref[(ident, pid)] only; count is derived from it.
+            let mut refs: HashMap<(usize, u32), u32> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Connect(p, i) => {
+                        t.connect(pid(p), &names[i]);
+                        *refs.entry((i, p)).or_default() += 1;
+                    }
+                    Op::Disconnect(p, i) => {
+                        let got = t.disconnect(pid(p), &names[i]);
+                        match refs.get_mut(&(i, p)) {
+                            Some(r) => {
+                                prop_assert_eq!(got, Ok(()));
+                                *r -= 1;
+                                if *r == 0 {
+                                    refs.remove(&(i, p));
+                                }
+                            }
+                            None => prop_assert_eq!(got, Err(UnknownSession)),
+                        }
+                    }
+                    Op::Kill(p) => {
+                        let expected: u32 = refs.iter().filter(|(k, _)| k.1 == p).map(|(_, r)| r).sum();
+                        refs.retain(|k, _| k.1 != p);
+                        prop_assert_eq!(t.kill(pid(p)), u64::from(expected));
+                    }
+                }
+                t.check_invariants();
+                for (i, name) in names.iter().enumerate() {
+                    let count: u32 = refs.iter().filter(|(k, _)| k.0 == i).map(|(_, r)| r).sum();
+                    prop_assert_eq!(t.lookup(name), count);
+                }
+                let mut want: Vec<_> = refs.iter().map(|(&(i, p), &r)| (names[i].clone(), p, r)).collect();
+                want.sort();
+                let got = dump(&t);
+                // LOOKUP agrees with the dump: count[i] = sum over the dump rows of i.
+                for name in &names {
+                    let sum: u32 = got.iter().filter(|r| &r.0 == name).map(|r| r.2).sum();
+                    prop_assert_eq!(sum, t.lookup(name));
+                }
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(t.pairs(), refs.len());
+            }
+        }
     }
 }
