@@ -510,8 +510,11 @@ impl ConnIo for PipeIo {
 /// One connection's own state between reads.
 struct Conn {
     session: Session,
-    /// Unconsumed bytes (a partial line, under [`MAX_LINE`]).
+    /// Unconsumed input: a partial line (under [`MAX_LINE`]), or, when `backlog` is set,
+    /// complete lines held back because the peer was not taking replies.
     tail: Vec<u8>,
+    /// `tail` holds complete lines to handle before reading again.
+    backlog: bool,
     /// Replies the peer has not taken yet.
     pending: Vec<u8>,
     /// A write failed: further replies are dropped (stock ignores write errors).
@@ -571,12 +574,22 @@ async fn serve_conn(
     let mut conn = Conn {
         session: Session::new(kind, shared.anvil_restarted),
         tail: Vec::new(),
+        backlog: false,
         pending: Vec::new(),
         write_failed: false,
     };
     loop {
         let backpressure = conn.pending.len() >= OUTPUT_CAP;
-        let interest = match (backpressure, conn.pending.is_empty()) {
+        if conn.backlog && !backpressure {
+            // Lines held back earlier: handle them before reading more, letting other
+            // tasks run in between.
+            if let Step::Close = step(&shared, &mut conn, &io, false) {
+                return;
+            }
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let interest = match (backpressure || conn.backlog, conn.pending.is_empty()) {
             (true, _) => Interest::WRITABLE,
             (false, true) => Interest::READABLE,
             (false, false) => Interest::READABLE | Interest::WRITABLE,
@@ -589,43 +602,42 @@ async fn serve_conn(
             conn.flush(&io);
         }
         if interest.is_readable() && (ready.is_readable() || ready.is_read_closed()) {
-            if let Step::Close = read_and_feed(&shared, &mut conn, &io) {
+            if let Step::Close = step(&shared, &mut conn, &io, true) {
                 return;
             }
         }
     }
 }
 
-/// One read, then every complete line through the session: the synchronous core step.
-fn read_and_feed(shared: &Shared, conn: &mut Conn, io: &impl ConnIo) -> Step {
+/// The synchronous core step: the held-back tail plus (if `read`) one read's bytes go
+/// through the session line by line while the connection's unsent output stays under
+/// [`OUTPUT_CAP`]; replies are written at once, the rest queued.
+fn step(shared: &Shared, conn: &mut Conn, io: &impl ConnIo, read: bool) -> Step {
     let mut scratch = shared.scratch.borrow_mut();
     let Scratch { input, out, log } = &mut *scratch;
     let tail = conn.tail.len();
     input[..tail].copy_from_slice(&conn.tail);
-    let n = match io.try_read(&mut input[tail..]) {
-        Ok(0) => return Step::Close,
-        Ok(n) => n,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            return Step::Continue;
+    let mut len = tail;
+    if read {
+        match io.try_read(&mut input[tail..]) {
+            Ok(0) => return Step::Close,
+            Ok(n) => len += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Step::Continue;
+            }
+            // A read error ends the connection like EOF does (anvil-protocol.md §1.8).
+            Err(_) => return Step::Close,
         }
-        // A read error ends the connection like EOF does (anvil-protocol.md §1.8).
-        Err(_) => return Step::Close,
-    };
-    let input = &input[..tail + n];
-    let fed = {
+    }
+    let input = &input[..len];
+    let (consumed, close) = {
         let mut anvil = shared.anvil.borrow_mut();
-        // Replies go after anything still pending, in order.
-        let target = if conn.pending.is_empty() {
-            &mut *out
-        } else {
-            &mut conn.pending
-        };
-        let fed = conn.session.feed(&mut anvil, now_ms(), input, target, log);
+        let fed = feed_bounded(conn, &mut anvil, input, out, log);
         shared.note_penalty_deadline(&anvil);
         fed
     };
@@ -641,12 +653,51 @@ fn read_and_feed(shared: &Shared, conn: &mut Conn, io: &impl ConnIo) -> Step {
     } else if !conn.pending.is_empty() {
         conn.flush(io);
     }
-    if fed.close {
+    if close {
         return Step::Close;
     }
+    let rest = &input[consumed..];
+    conn.backlog = memchr::memchr(b'\n', rest).is_some();
     conn.tail.clear();
-    conn.tail.extend_from_slice(&input[fed.consumed..]);
+    conn.tail.extend_from_slice(rest);
+    if !conn.backlog && conn.tail.capacity() > KEEP_OUTPUT_CAPACITY {
+        conn.tail = rest.to_vec();
+    }
     Step::Continue
+}
+
+/// Feeds `input` to the session one line at a time, stopping early once the unsent output
+/// (`out`, or the connection's pending bytes) reaches [`OUTPUT_CAP`]: a pipelined batch of
+/// dump requests cannot make the server buffer more than one reply beyond the cap.
+/// Returns the bytes consumed and whether the connection must close.
+fn feed_bounded(
+    conn: &mut Conn,
+    anvil: &mut Anvil,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    log: &mut LogBuf,
+) -> (usize, bool) {
+    let now = now_ms();
+    let mut pos = 0;
+    while pos < input.len() && out.len() + conn.pending.len() < OUTPUT_CAP {
+        // Replies go after anything still pending, in order.
+        let target = if conn.pending.is_empty() {
+            &mut *out
+        } else {
+            &mut conn.pending
+        };
+        let end = memchr::memchr(b'\n', &input[pos..]).map_or(input.len(), |lf| pos + lf + 1);
+        let fed = conn.session.feed(anvil, now, &input[pos..end], target, log);
+        pos += fed.consumed;
+        if fed.close {
+            return (pos, true);
+        }
+        if pos < end {
+            // A partial line is left.
+            break;
+        }
+    }
+    (pos, false)
 }
 
 /// Runs [`super::PenaltyTable::on_timer`] at the table's deadline.
