@@ -55,6 +55,18 @@ pub enum BenchCommand {
         /// Shorter run (fewer operations), for smoke tests.
         #[arg(long)]
         quick: bool,
+        /// Skip pairs/s and LOOKUP/s.
+        #[arg(long)]
+        skip_throughput: bool,
+        /// Skip RSS per tracked session.
+        #[arg(long)]
+        skip_memory: bool,
+        /// Skip CONNECT-DUMP time.
+        #[arg(long)]
+        skip_dump: bool,
+        /// Skip instructions per operation (valgrind --tool=callgrind).
+        #[arg(long)]
+        skip_callgrind: bool,
     },
 }
 
@@ -112,10 +124,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bench {
-            what: BenchCommand::Anvil { quick },
+            what:
+                BenchCommand::Anvil {
+                    quick,
+                    skip_throughput,
+                    skip_memory,
+                    skip_dump,
+                    skip_callgrind,
+                },
         } => {
-            let _ = quick;
-            anyhow::bail!("foreman bench anvil: not implemented yet")
+            let opts = crate::bench::AnvilOptions {
+                foreman_exe: std::env::current_exe()?,
+                quick,
+                skip_throughput,
+                skip_memory,
+                skip_dump,
+                skip_callgrind,
+            };
+            crate::bench::run_anvil(
+                &opts,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
