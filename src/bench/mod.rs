@@ -135,9 +135,9 @@ instructions/pair, 3,310 instructions/LOOKUP, 0.84 M pairs/s (1 client), 77 k LO
 
 /// `100 k`, `1 M`, `2500`.
 fn count_label(n: usize) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{} M", n / 1_000_000)
-    } else if n >= 1_000 && n % 1_000 == 0 {
+    } else if n >= 1_000 && n.is_multiple_of(1_000) {
         format!("{} k", n / 1_000)
     } else {
         n.to_string()
