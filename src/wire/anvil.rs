@@ -10,14 +10,14 @@
 use std::borrow::Cow;
 
 use bstr::BString;
-use memchr::memchr;
+use memchr::{memchr, memchr2};
 use nom::bytes::complete::tag;
 use nom::character::complete::digit1;
 use nom::combinator::{all_consuming, map_opt};
 use nom::sequence::{preceded, separated_pair, tuple};
 use nom::IResult;
 
-use super::escape::{escape_into, unescape};
+use super::escape::{escape_into, unescape, ESC};
 use super::line::{next_line, next_line_unlimited, LineError};
 use super::DecodeError;
 
@@ -193,6 +193,10 @@ pub fn parse_request(line: &[u8]) -> Result<Option<Request<'_>>, RequestError> {
     if line.is_empty() {
         return Ok(None); // zero fields [live, L1]
     }
+    // Most lines hold no escape byte and no NUL: then no field needs unescaping, and one
+    // scan of the line replaces one per field.
+    let plain = memchr2(ESC, 0, line).is_none();
+    let unescape = |field| unescape_unless(plain, field);
     let (rest, name) = raw_field(line).expect("raw_field never fails");
     let name = unescape(name);
     let Some(command) = command_by_name(&name) else {
@@ -259,6 +263,17 @@ pub fn parse_request(line: &[u8]) -> Result<Option<Request<'_>>, RequestError> {
         Command::PenaltyDump => Request::PenaltyDump,
     };
     Ok(Some(request))
+}
+
+/// [`unescape`], or the field itself when the caller knows its line holds no 0x01 and no NUL
+/// (the result is the same: `unescape` borrows such a field unchanged).
+#[inline]
+fn unescape_unless(plain: bool, field: &[u8]) -> Cow<'_, [u8]> {
+    if plain {
+        Cow::Borrowed(field)
+    } else {
+        super::escape::unescape(field)
+    }
 }
 
 /// The command with this (unescaped) name; names are case-sensitive [live, L4].

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use memchr::{memchr, memchr2};
 
 /// The escape byte.
-const ESC: u8 = 0x01;
+pub(crate) const ESC: u8 = 0x01;
 
 /// The escape letter for a byte that must be escaped, or `None`.
 #[inline]
