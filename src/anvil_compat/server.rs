@@ -18,12 +18,15 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::sys::socket::MsgFlags;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{Interest, Ready};
 use tokio::net::unix::pipe;
 use tokio::net::{UnixListener, UnixStream};
@@ -436,15 +439,18 @@ async fn accept_loop(shared: Rc<Shared>, listener: UnixListener) {
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let guard = ClientGuard::new(shared.clone());
-                    tokio::task::spawn_local(serve_conn(
-                        shared.clone(),
-                        SocketIo(stream),
-                        ConnKind::SOCKET,
-                        Some(guard),
-                    ));
-                }
+                Ok((stream, _)) => match SocketIo::new(stream) {
+                    Ok(io) => {
+                        let guard = ClientGuard::new(shared.clone());
+                        tokio::task::spawn_local(serve_conn(
+                            shared.clone(),
+                            io,
+                            ConnKind::SOCKET,
+                            Some(guard),
+                        ));
+                    }
+                    Err(e) => shared.log(Level::Error, format!("accept(): register socket: {e}")),
+                },
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
                     shared.log(Level::Error, format!("accept() failed: {e}"));
@@ -478,18 +484,91 @@ trait ConnIo {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
 }
 
-struct SocketIo(UnixStream);
+/// A client socket, registered for writability only while replies wait for the peer.
+///
+/// Registered for both (as tokio's `UnixStream` is, edge-triggered), every reply the client
+/// reads raises a write-space edge that wakes the idle event loop for nothing: one spurious
+/// wake-up per LOOKUP round trip, which halved single-client LOOKUP throughput. Writes go
+/// straight to the socket; only a write that would block switches the registration to
+/// read+write until the backlog drains.
+struct SocketIo {
+    fd: RefCell<Option<AsyncFd<OwnedFd>>>,
+    /// Registered with WRITABLE interest too.
+    watching_writes: Cell<bool>,
+}
+
+impl SocketIo {
+    fn new(stream: UnixStream) -> io::Result<SocketIo> {
+        // into_std deregisters from tokio and keeps the socket non-blocking.
+        let fd = OwnedFd::from(stream.into_std()?);
+        Ok(SocketIo {
+            fd: RefCell::new(Some(sys::async_fd(fd, Interest::READABLE)?)),
+            watching_writes: Cell::new(false),
+        })
+    }
+
+    /// Re-registers the socket with `interest` (deregisters, registers anew).
+    fn register(&self, interest: Interest) -> io::Result<()> {
+        let mut slot = self.fd.borrow_mut();
+        let Some(old) = slot.take() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        *slot = Some(sys::async_fd(old.into_inner(), interest)?);
+        self.watching_writes.set(interest.is_writable());
+        Ok(())
+    }
+
+    fn with_fd<R>(&self, f: impl FnOnce(&AsyncFd<OwnedFd>) -> io::Result<R>) -> io::Result<R> {
+        match self.fd.borrow().as_ref() {
+            Some(fd) => f(fd),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
 
 impl ConnIo for SocketIo {
+    // The shared borrow lives across the await, and that is sound here: the only mutable
+    // borrow is `register`, called solely from `ready` before it borrows, and one task owns
+    // the connection (try_read/try_write borrow immutably).
+    #[allow(clippy::await_holding_refcell_ref)]
     async fn ready(&self, interest: Interest) -> io::Result<Ready> {
-        self.0.ready(interest).await
+        if interest.is_writable() != self.watching_writes.get() {
+            let wanted = if interest.is_writable() {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            self.register(wanted)?;
+        }
+        let fd = self.fd.borrow();
+        let Some(fd) = fd.as_ref() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let guard = fd.ready(interest).await?;
+        Ok(guard.ready())
     }
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+        // try_io clears the read readiness on WouldBlock.
+        self.with_fd(|fd| fd.try_io(Interest::READABLE, |s| recv(s, buf)))
     }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
+        self.with_fd(|fd| {
+            if self.watching_writes.get() {
+                fd.try_io(Interest::WRITABLE, |s| send(s, buf))
+            } else {
+                send(fd.get_ref(), buf)
+            }
+        })
     }
+}
+
+fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    nix::sys::socket::recv(fd.as_raw_fd(), buf, MsgFlags::empty()).map_err(io::Error::from)
+}
+
+/// MSG_NOSIGNAL: a vanished peer is EPIPE, never SIGPIPE.
+fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
+    nix::sys::socket::send(fd.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
 }
 
 struct PipeIo(pipe::Receiver);
