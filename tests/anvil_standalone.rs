@@ -542,6 +542,11 @@ impl FakeMaster {
         (rec.pid, rec.generation, rec.available_count)
     }
 
+    /// Reads status records until one reports `avail`.
+    fn status_until(&self, avail: u32) {
+        while self.status().2 != avail {}
+    }
+
     fn write_pipe(fd: &OwnedFd, bytes: &[u8]) {
         std::fs::File::from(fd.try_clone().unwrap())
             .write_all(bytes)
@@ -603,15 +608,34 @@ fn under_a_fake_master() {
             .as_bytes(),
     );
 
+    // CLIENT_LIMIT=3 reached: status 0 at once, and no further client is served.
+    let c2 = Client::handshaken(&m.socket);
+    let c3 = Client::handshaken(&m.socket);
+    m.status_until(0);
+    let mut c4 = Client::handshaken(&m.socket);
+    c4.send(b"LOOKUP\tw\n");
+    c4.0.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = c4.0.read(&mut byte);
+    assert!(
+        early.is_err(),
+        "a client beyond CLIENT_LIMIT was served: {early:?}"
+    );
+    c4.0.set_read_timeout(Some(DEADLINE)).unwrap();
+    // One leaves: leaving 0 is reported at once, the waiting client is accepted (0 again).
+    drop(c3);
+    m.status_until(1);
+    m.status_until(0);
+    assert_eq!(c4.line(), b"1");
+    drop(c4);
+    drop(c2);
+    m.status_until(1);
+
     // The master goes away (fd 6's read end closes): status 0, listener closed, connected
     // clients still served, exit 0 once the last one leaves.
     drop(m.dead.take());
-    loop {
-        let (_, _, avail) = m.status();
-        if avail == 0 {
-            break;
-        }
-    }
+    m.status_until(0);
     wait_for("the listener to close", || {
         UnixStream::connect(&m.socket).is_err()
     });

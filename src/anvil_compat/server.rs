@@ -257,7 +257,8 @@ struct Shared {
     exit_when_idle: Cell<bool>,
     /// Whether accepting is allowed now; accept loops watch it.
     gate: watch::Sender<bool>,
-    status_changed: Notify,
+    /// The status pipe (under a master).
+    status: Option<Status>,
     /// The penalty deadline the timer task last saw.
     penalty_seen: Cell<Option<UnixMillis>>,
     penalty_changed: Notify,
@@ -287,13 +288,13 @@ impl Shared {
     fn client_joined(&self) {
         self.clients.set(self.clients.get() + 1);
         self.update_gate();
-        self.status_changed.notify_one();
+        self.update_status();
     }
 
     fn client_left(&self) {
         self.clients.set(self.clients.get() - 1);
         self.update_gate();
-        self.status_changed.notify_one();
+        self.update_status();
         self.maybe_exit();
     }
 
@@ -301,7 +302,7 @@ impl Shared {
     fn close_listeners(&self) {
         if !self.stopped.replace(true) {
             self.update_gate();
-            self.status_changed.notify_one();
+            self.update_status();
         }
     }
 
@@ -310,6 +311,14 @@ impl Shared {
         self.close_listeners();
         self.exit_when_idle.set(true);
         self.maybe_exit();
+    }
+
+    /// Reports the current `available_count` on fd 5 (rate limited), synchronously with the
+    /// change, as stock does.
+    fn update_status(&self) {
+        if let Some(status) = &self.status {
+            status.update(self.available_count(), &self.logger);
+        }
     }
 
     fn maybe_exit(&self) {
@@ -345,7 +354,19 @@ async fn serve(setup: Setup) -> Result<(), ServerError> {
         stopped: Cell::new(false),
         exit_when_idle: Cell::new(false),
         gate,
-        status_changed: Notify::new(),
+        status: match setup.status {
+            Some(st) => Some(Status {
+                tx: pipe::Sender::from_owned_fd(st.fd)?,
+                pid: st.pid,
+                generation: st.generation,
+                limiter: Cell::new(StatusLimiter::default()),
+                deferred: Cell::new(None),
+                blocked: Cell::new(false),
+                broken: Cell::new(false),
+                wake: Notify::new(),
+            }),
+            None => None,
+        },
         penalty_seen: Cell::new(None),
         penalty_changed: Notify::new(),
         exit: Notify::new(),
@@ -380,15 +401,10 @@ async fn serve(setup: Setup) -> Result<(), ServerError> {
     if let Some(fd) = setup.log_fdpass {
         tokio::task::spawn_local(receive_log_fds(shared.clone(), fd));
     }
-    // The status task sends the first record (end of initialisation) when it first runs.
-    if let Some(status) = setup.status {
-        let tx = pipe::Sender::from_owned_fd(status.fd)?;
-        tokio::task::spawn_local(status_task(
-            shared.clone(),
-            tx,
-            status.pid,
-            status.generation,
-        ));
+    if shared.status.is_some() {
+        tokio::task::spawn_local(status_task(shared.clone()));
+        // The first record marks the end of initialisation.
+        shared.update_status();
     }
 
     loop {
@@ -784,7 +800,7 @@ enum StatusDecision {
 
 /// Stock's status rate limit: at most one record per wall-clock second, except that
 /// reaching 0 and leaving a sent 0 (and the first record) go out at once.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct StatusLimiter {
     last_sent: Option<u32>,
     last_sent_sec: Option<u64>,
@@ -809,54 +825,94 @@ impl StatusLimiter {
     }
 }
 
-/// Writes status records to fd 5 whenever `available_count` changes, rate limited.
-async fn status_task(shared: Rc<Shared>, tx: pipe::Sender, pid: i32, generation: u32) {
-    let mut limiter = StatusLimiter::default();
-    let mut deferred: Option<tokio::time::Instant> = None;
-    loop {
-        let value = shared.available_count();
+/// The status pipe's writer state.
+struct Status {
+    tx: pipe::Sender,
+    pid: i32,
+    generation: u32,
+    limiter: Cell<StatusLimiter>,
+    /// The 1 s timer for a deferred record, when armed.
+    deferred: Cell<Option<tokio::time::Instant>>,
+    /// The pipe was full: the status task retries when it is writable.
+    blocked: Cell<bool>,
+    /// Writing failed for good (the master closed the pipe).
+    broken: Cell<bool>,
+    /// Wakes the status task (timer armed or pipe full).
+    wake: Notify,
+}
+
+impl Status {
+    fn update(&self, value: u32, logger: &RefCell<Logger>) {
+        if self.blocked.get() || self.broken.get() {
+            return;
+        }
         let now = now_ms();
+        let mut limiter = self.limiter.get();
         match limiter.decide(now, value) {
+            StatusDecision::Skip => {}
+            StatusDecision::Defer => {
+                if self.deferred.get().is_none() {
+                    let at = tokio::time::Instant::now() + Duration::from_secs(1);
+                    self.deferred.set(Some(at));
+                    self.wake.notify_one();
+                }
+            }
             StatusDecision::Send => {
                 let record = StatusRecord {
-                    pid,
-                    generation,
+                    pid: self.pid,
+                    generation: self.generation,
                     available_count: value,
                 }
                 .encode();
-                match tx.try_write(&record) {
+                match self.tx.try_write(&record) {
                     Ok(n) if n == record.len() => {
                         limiter.sent(now, value);
-                        deferred = None;
+                        self.limiter.set(limiter);
+                        self.deferred.set(None);
                     }
                     Ok(n) => {
-                        shared.log(Level::Error, format!("write(status) wrote {n} of 12 bytes"));
-                        return;
+                        logger
+                            .borrow_mut()
+                            .error(format!("write(status) wrote {n} of 12 bytes"));
+                        self.broken.set(true);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        // Retry (with the value current then) once the master reads.
-                        if tx.writable().await.is_err() {
-                            return;
-                        }
-                        continue;
+                        self.blocked.set(true);
+                        self.wake.notify_one();
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     // EPIPE: the master is gone; fd 6 tells the rest.
-                    Err(_) => return,
+                    Err(_) => self.broken.set(true),
                 }
             }
-            StatusDecision::Defer => {
-                deferred
-                    .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(1));
-            }
-            StatusDecision::Skip => {}
         }
-        match deferred {
+    }
+}
+
+/// Runs the status pipe's timers: the deferred record and the retry after a full pipe.
+async fn status_task(shared: Rc<Shared>) {
+    let Some(status) = &shared.status else { return };
+    loop {
+        if status.broken.get() {
+            return;
+        }
+        if status.blocked.get() {
+            if status.tx.writable().await.is_err() {
+                status.broken.set(true);
+                return;
+            }
+            status.blocked.set(false);
+            shared.update_status();
+            continue;
+        }
+        match status.deferred.get() {
             Some(at) => tokio::select! {
-                _ = shared.status_changed.notified() => {}
-                _ = tokio::time::sleep_until(at) => deferred = None,
+                _ = tokio::time::sleep_until(at) => {
+                    status.deferred.set(None);
+                    shared.update_status();
+                }
+                _ = status.wake.notified() => {}
             },
-            None => shared.status_changed.notified().await,
+            None => status.wake.notified().await,
         }
     }
 }
