@@ -40,7 +40,12 @@ static GLOBAL: Counting = Counting;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn ident(n: u32) -> String {
-    format!("imap/10.{}.{}.{}/user{n}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
+    format!(
+        "imap/10.{}.{}.{}/user{n}",
+        (n >> 16) & 255,
+        (n >> 8) & 255,
+        n & 255
+    )
 }
 
 /// Builds a table of `n` sessions and returns (measured bytes per session, the table's own
@@ -55,7 +60,11 @@ fn measure(n: u32, distinct_idents: bool) -> (f64, f64) {
     let before = LIVE.load(Ordering::SeqCst);
     let mut table = ConnectLimit::new();
     for i in 0..n {
-        let name = if distinct_idents { &idents[i as usize] } else { &idents[0] };
+        let name = if distinct_idents {
+            &idents[i as usize]
+        } else {
+            &idents[0]
+        };
         // Distinct pids in both shapes: one mail process per session.
         table.connect(Pid::new(100_000 + i).unwrap(), name.as_bytes());
     }
@@ -74,7 +83,10 @@ fn report(n: u32) {
         "connect-limit heap bytes per session, {n} sessions: distinct idents (~25 bytes) {distinct:.1} \
          (estimate {distinct_est:.1}); one ident, {n} pids {one:.1} (estimate {one_est:.1})"
     );
-    assert!(distinct < 100.0, "distinct idents: {distinct:.1} bytes per session");
+    assert!(
+        distinct < 100.0,
+        "distinct idents: {distinct:.1} bytes per session"
+    );
     assert!(one < 100.0, "one ident: {one:.1} bytes per session");
 }
 

@@ -8,20 +8,20 @@
 //! per session, with O(1) CONNECT / DISCONNECT / LOOKUP and a KILL that touches only the
 //! killed pid's entries. See `docs/anvil.md` for the figures.
 //!
-//! - **Idents are interned** to `u32` ids. Their bytes live in an [`Arena`] of 64 KiB chunks
-//!   (no per-ident allocation, no allocator rounding); an [`IdentSlot`] (16 bytes, in a
-//!   chunked [`Slab`]) holds where the bytes are, plus the sessions:
+//! - **Idents are interned** to `u32` ids. Their bytes live in an `Arena` of 64 KiB chunks
+//!   (no per-ident allocation, no allocator rounding); an `IdentSlot` (16 bytes, in a
+//!   chunked `Slab`) holds where the bytes are, plus the sessions:
 //!   - *single*: the ident has sessions in exactly one pid: `(pid, refcount)` inline. This
 //!     is the common case (one imap process per session) and costs no further memory.
-//!   - *multi*: several pids: a [`SmallMap`] pid -> refcount in the `multi` pool (a vector
+//!   - *multi*: several pids: a `SmallMap` pid -> refcount in the `multi` pool (a vector
 //!     up to 16 pids, a hash table above), and the total count inline.
 //! - `ident_index` is a hash table of ident ids hashed by the ident bytes (4 bytes a bucket).
 //! - **pid -> idents index** for KILL and for the dump-free DISCONNECT bookkeeping:
 //!   `pid_index` is a hash table of `u32` entries hashed by pid. An entry is either
 //!   - *direct*: an ident id whose slot is *single* with this pid, and the pid has no other
 //!     ident (the pid is read from the slot, so the entry is 4 bytes); or
-//!   - `FLAG | r`: a [`PidRec`] `{pid, list}` where `list` is one ident id or `FLAG | l`, a
-//!     [`SmallMap`] set of ident ids in the `pid_lists` pool.
+//!   - `FLAG | r`: a `PidRec` `{pid, list}` where `list` is one ident id or `FLAG | l`, a
+//!     `SmallMap` set of ident ids in the `pid_lists` pool.
 //!
 //! Invariant kept by every operation: a direct entry `i` for pid `p` exists only while slot
 //! `i` is single with pid `p`; a slot is never changed away from that state (or freed)
@@ -76,7 +76,12 @@ impl<T: SlabItem> Default for Slab<T> {
 
 impl<T: SlabItem> Slab<T> {
     fn new() -> Self {
-        Slab { chunks: Vec::new(), len: 0, free: NONE, live: 0 }
+        Slab {
+            chunks: Vec::new(),
+            len: 0,
+            free: NONE,
+            live: 0,
+        }
     }
 
     fn get(&self, i: u32) -> &T {
@@ -96,8 +101,9 @@ impl<T: SlabItem> Slab<T> {
             return i;
         }
         let i = self.len;
-        if i as usize % SLAB_CHUNK == 0 {
-            self.chunks.push(vec![T::default(); SLAB_CHUNK].into_boxed_slice());
+        if (i as usize).is_multiple_of(SLAB_CHUNK) {
+            self.chunks
+                .push(vec![T::default(); SLAB_CHUNK].into_boxed_slice());
         }
         self.len += 1;
         *self.get_mut(i) = v;
@@ -117,7 +123,9 @@ impl<T: SlabItem> Slab<T> {
     }
 
     fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
-        (0..self.len).map(|i| (i, self.get(i))).filter(|(_, v)| v.next_vacant().is_none())
+        (0..self.len)
+            .map(|i| (i, self.get(i)))
+            .filter(|(_, v)| v.next_vacant().is_none())
     }
 
     fn heap_bytes(&self) -> usize {
@@ -164,7 +172,11 @@ impl Arena {
         }
         if bytes.len() >= BIG_IDENT {
             self.chunks.push(bytes.to_vec());
-            return Loc { chunk: self.chunks.len() as u32 - 1, pos: 0, len: BIG_LEN };
+            return Loc {
+                chunk: self.chunks.len() as u32 - 1,
+                pos: 0,
+                len: BIG_LEN,
+            };
         }
         let cur = match self.cur {
             Some(c) if self.chunks[c as usize].len() + bytes.len() <= ARENA_CHUNK => c,
@@ -179,7 +191,11 @@ impl Arena {
         let pos = chunk.len();
         chunk.extend_from_slice(bytes);
         // pos < ARENA_CHUNK - len < 65536 because len >= 1.
-        Loc { chunk: cur, pos: pos as u16, len: bytes.len() as u16 }
+        Loc {
+            chunk: cur,
+            pos: pos as u16,
+            len: bytes.len() as u16,
+        }
     }
 
     fn get(&self, loc: Loc) -> &[u8] {
@@ -232,10 +248,7 @@ impl<V> Default for SmallMap<V> {
 
 impl<V: Copy> SmallMap<V> {
     fn pair(a: (u32, V), b: (u32, V)) -> Self {
-        let mut v = Vec::with_capacity(2);
-        v.push(a);
-        v.push(b);
-        SmallMap::Small(v)
+        SmallMap::Small(vec![a, b])
     }
 
     fn len(&self) -> usize {
@@ -319,7 +332,10 @@ struct Pool<T> {
 
 impl<T> Default for Pool<T> {
     fn default() -> Self {
-        Pool { items: Vec::new(), free: Vec::new() }
+        Pool {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
     }
 }
 
@@ -369,7 +385,15 @@ struct IdentSlot {
 
 impl SlabItem for IdentSlot {
     fn vacant(next: u32) -> Self {
-        IdentSlot { loc: Loc { chunk: NONE, pos: 0, len: 0 }, a: next, b: 0 }
+        IdentSlot {
+            loc: Loc {
+                chunk: NONE,
+                pos: 0,
+                len: 0,
+            },
+            a: next,
+            b: 0,
+        }
     }
     fn next_vacant(&self) -> Option<u32> {
         (self.loc.chunk == NONE).then_some(self.a)
@@ -386,7 +410,10 @@ struct PidRec {
 
 impl SlabItem for PidRec {
     fn vacant(next: u32) -> Self {
-        PidRec { pid: NONE, list: next }
+        PidRec {
+            pid: NONE,
+            list: next,
+        }
     }
     fn next_vacant(&self) -> Option<u32> {
         (self.pid == NONE).then_some(self.list)
@@ -442,7 +469,9 @@ impl ConnectLimit {
 
     fn find_ident(&self, hash: u64, ident: &[u8]) -> Option<u32> {
         let (slots, arena) = (&self.slots, &self.arena);
-        self.ident_index.find(hash, |&id| ident_bytes(slots, arena, id) == ident).copied()
+        self.ident_index
+            .find(hash, |&id| ident_bytes(slots, arena, id) == ident)
+            .copied()
     }
 
     /// CONNECT: one more session of `ident` in `pid`.
@@ -491,7 +520,10 @@ impl ConnectLimit {
     fn add_ident_to_pid(&mut self, p: u32, id: u32) {
         let hp = self.hasher.hash_one(p);
         let (slots, recs) = (&self.slots, &self.pid_recs);
-        let found = self.pid_index.find(hp, |&e| entry_pid(slots, recs, e) == p).copied();
+        let found = self
+            .pid_index
+            .find(hp, |&e| entry_pid(slots, recs, e) == p)
+            .copied();
         match found {
             None => {
                 let e = if self.slots.get(id).a == p {
@@ -506,7 +538,10 @@ impl ConnectLimit {
             Some(e) if e & FLAG == 0 => {
                 // Direct entry for another ident: the pid now needs a record with a set.
                 let li = self.pid_lists.insert(SmallMap::pair((e, ()), (id, ())));
-                let r = self.pid_recs.insert(PidRec { pid: p, list: FLAG | li });
+                let r = self.pid_recs.insert(PidRec {
+                    pid: p,
+                    list: FLAG | li,
+                });
                 // Entry values are unique (a direct id belongs to one pid only).
                 if let Some(slot) = self.pid_index.find_mut(hp, |&x| x == e) {
                     *slot = FLAG | r;
@@ -515,10 +550,14 @@ impl ConnectLimit {
             Some(e) => {
                 let rec = self.pid_recs.get_mut(e & !FLAG);
                 if rec.list & FLAG == 0 {
-                    let li = self.pid_lists.insert(SmallMap::pair((rec.list, ()), (id, ())));
+                    let li = self
+                        .pid_lists
+                        .insert(SmallMap::pair((rec.list, ()), (id, ())));
                     rec.list = FLAG | li;
                 } else {
-                    self.pid_lists.get_mut(rec.list & !FLAG).insert_new(&self.hasher, id, ());
+                    self.pid_lists
+                        .get_mut(rec.list & !FLAG)
+                        .insert_new(&self.hasher, id, ());
                 }
             }
         }
@@ -537,7 +576,10 @@ impl ConnectLimit {
     fn remove_ident_from_pid(&mut self, p: u32, id: u32) {
         let hp = self.hasher.hash_one(p);
         let (slots, recs) = (&self.slots, &self.pid_recs);
-        let Ok(entry) = self.pid_index.find_entry(hp, |&e| entry_pid(slots, recs, e) == p) else {
+        let Ok(entry) = self
+            .pid_index
+            .find_entry(hp, |&e| entry_pid(slots, recs, e) == p)
+        else {
             debug_assert!(false, "pid {p} missing from the pid index");
             return;
         };
@@ -566,12 +608,18 @@ impl ConnectLimit {
 
     fn shrink_pid_index(&mut self) {
         let (slots, recs, hasher) = (&self.slots, &self.pid_recs, &self.hasher);
-        maybe_shrink(&mut self.pid_index, |&e| hasher.hash_one(entry_pid(slots, recs, e)));
+        maybe_shrink(&mut self.pid_index, |&e| {
+            hasher.hash_one(entry_pid(slots, recs, e))
+        });
     }
 
     /// Frees an ident whose count reached 0 (no pid refers to it any more).
-    fn free_ident(&mut self, id: u32) {
-        let h = self.hasher.hash_one(ident_bytes(&self.slots, &self.arena, id));
+    /// `hash`: the ident's hash when the caller has it.
+    fn free_ident(&mut self, id: u32, hash: Option<u64>) {
+        let h = hash.unwrap_or_else(|| {
+            self.hasher
+                .hash_one(ident_bytes(&self.slots, &self.arena, id))
+        });
         if let Ok(entry) = self.ident_index.find_entry(h, |&x| x == id) {
             entry.remove();
         }
@@ -583,7 +631,9 @@ impl ConnectLimit {
             self.compact_arena();
         }
         let (slots, arena, hasher) = (&self.slots, &self.arena, &self.hasher);
-        maybe_shrink(&mut self.ident_index, |&i| hasher.hash_one(ident_bytes(slots, arena, i)));
+        maybe_shrink(&mut self.ident_index, |&i| {
+            hasher.hash_one(ident_bytes(slots, arena, i))
+        });
     }
 
     /// Copies every live ident into fresh chunks (amortised: runs after at least as many
@@ -599,7 +649,11 @@ impl ConnectLimit {
                 let bytes = std::mem::take(&mut old.chunks[slot.loc.chunk as usize]);
                 self.arena.live += bytes.len();
                 self.arena.chunks.push(bytes);
-                Loc { chunk: self.arena.chunks.len() as u32 - 1, pos: 0, len: BIG_LEN }
+                Loc {
+                    chunk: self.arena.chunks.len() as u32 - 1,
+                    pos: 0,
+                    len: BIG_LEN,
+                }
             } else {
                 self.arena.alloc(old.get(slot.loc))
             };
@@ -608,11 +662,11 @@ impl ConnectLimit {
 
     /// Removes pid `p` from ident `id` (a pair being deleted, with its refcount) and frees or
     /// demotes the ident. The pid index is the caller's business.
-    fn drop_pair(&mut self, id: u32, p: u32) -> u32 {
+    fn drop_pair(&mut self, id: u32, p: u32, hash: Option<u64>) -> u32 {
         let slot = *self.slots.get(id);
         self.pairs -= 1;
         if slot.a & FLAG == 0 {
-            self.free_ident(id);
+            self.free_ident(id, hash);
             return slot.b;
         }
         let mi = slot.a & !FLAG;
@@ -622,7 +676,7 @@ impl ConnectLimit {
         match m.len() {
             0 => {
                 self.multi.take(mi);
-                self.free_ident(id);
+                self.free_ident(id, hash);
             }
             1 => {
                 // Back to single. No pid has a direct entry to a multi ident, so no index
@@ -653,7 +707,11 @@ impl ConnectLimit {
                 return Ok(());
             }
         } else {
-            let r = self.multi.get_mut(slot.a & !FLAG).get_mut(&self.hasher, p).ok_or(UnknownSession)?;
+            let r = self
+                .multi
+                .get_mut(slot.a & !FLAG)
+                .get_mut(&self.hasher, p)
+                .ok_or(UnknownSession)?;
             if *r > 1 {
                 *r -= 1;
                 self.slots.get_mut(id).b -= 1;
@@ -663,7 +721,7 @@ impl ConnectLimit {
         // The last session of this pair. Update the pid index while the slot still
         // resolves direct entries.
         self.remove_ident_from_pid(p, id);
-        self.drop_pair(id, p);
+        self.drop_pair(id, p, Some(h));
         Ok(())
     }
 
@@ -672,20 +730,23 @@ impl ConnectLimit {
         let p = pid.get();
         let hp = self.hasher.hash_one(p);
         let (slots, recs) = (&self.slots, &self.pid_recs);
-        let Ok(entry) = self.pid_index.find_entry(hp, |&e| entry_pid(slots, recs, e) == p) else {
+        let Ok(entry) = self
+            .pid_index
+            .find_entry(hp, |&e| entry_pid(slots, recs, e) == p)
+        else {
             return 0;
         };
         let (e, _) = entry.remove();
         let mut removed = 0u64;
         if e & FLAG == 0 {
-            removed += u64::from(self.drop_pair(e, p));
+            removed += u64::from(self.drop_pair(e, p, None));
         } else {
             let rec = self.pid_recs.remove(e & !FLAG);
             if rec.list & FLAG == 0 {
-                removed += u64::from(self.drop_pair(rec.list, p));
+                removed += u64::from(self.drop_pair(rec.list, p, None));
             } else {
                 let set = self.pid_lists.take(rec.list & !FLAG);
-                set.for_each(|id, ()| removed += u64::from(self.drop_pair(id, p)));
+                set.for_each(|id, ()| removed += u64::from(self.drop_pair(id, p, None)));
             }
         }
         self.shrink_pid_index();
@@ -695,7 +756,8 @@ impl ConnectLimit {
     /// LOOKUP: the total number of sessions of `ident` over all pids.
     pub fn lookup(&self, ident: &[u8]) -> u32 {
         let h = self.hasher.hash_one(ident);
-        self.find_ident(h, ident).map_or(0, |id| self.slots.get(id).b)
+        self.find_ident(h, ident)
+            .map_or(0, |id| self.slots.get(id).b)
     }
 
     /// CONNECT-DUMP: calls `row(ident, pid, refcount)` once per (ident, pid) pair.
@@ -759,7 +821,10 @@ impl ConnectLimit {
         let mut pairs = 0usize;
         for (id, slot) in self.slots.iter() {
             let ident = self.arena.get(slot.loc);
-            assert_eq!(self.find_ident(self.hasher.hash_one(ident), ident), Some(id));
+            assert_eq!(
+                self.find_ident(self.hasher.hash_one(ident), ident),
+                Some(id)
+            );
             if slot.a & FLAG == 0 {
                 assert!(slot.b > 0);
                 pairs += 1;
@@ -832,7 +897,10 @@ mod tests {
     }
 
     fn rows(r: &[(&str, u32, u32)]) -> Vec<(Vec<u8>, u32, u32)> {
-        let mut v: Vec<_> = r.iter().map(|&(i, p, n)| (i.as_bytes().to_vec(), p, n)).collect();
+        let mut v: Vec<_> = r
+            .iter()
+            .map(|&(i, p, n)| (i.as_bytes().to_vec(), p, n))
+            .collect();
         v.sort();
         v
     }
@@ -851,7 +919,11 @@ mod tests {
         assert_eq!(t.pairs(), 3);
         assert_eq!(
             dump(&t),
-            rows(&[("test/1.2.3.4/u", 4242, 2), ("other/u2", 4343, 1), ("test/1.2.3.4/u", 4343, 1)])
+            rows(&[
+                ("test/1.2.3.4/u", 4242, 2),
+                ("other/u2", 4343, 1),
+                ("test/1.2.3.4/u", 4343, 1)
+            ])
         );
     }
 
@@ -923,10 +995,19 @@ mod tests {
             t.disconnect(pid(p), b"imap/10.0.0.1/bob").unwrap();
             t.check_invariants();
         }
-        assert_eq!(dump(&t).iter().filter(|r| r.0 == b"imap/10.0.0.1/bob").count(), 2);
+        assert_eq!(
+            dump(&t)
+                .iter()
+                .filter(|r| r.0 == b"imap/10.0.0.1/bob")
+                .count(),
+            2
+        );
         assert_eq!(t.kill(pid(5000)), 100);
         t.check_invariants();
-        assert_eq!(dump(&t), rows(&[("imap/10.0.0.1/bob", 98, 1), ("imap/10.0.0.1/bob", 99, 1)]));
+        assert_eq!(
+            dump(&t),
+            rows(&[("imap/10.0.0.1/bob", 98, 1), ("imap/10.0.0.1/bob", 99, 1)])
+        );
     }
 
     #[test]
@@ -941,7 +1022,10 @@ mod tests {
                 t.disconnect(pid(i), ident(i).as_bytes()).unwrap();
             }
         }
-        assert!(t.arena.garbage <= t.arena.live.max(ARENA_CHUNK), "compaction ran");
+        assert!(
+            t.arena.garbage <= t.arena.live.max(ARENA_CHUNK),
+            "compaction ran"
+        );
         t.check_invariants();
         for i in 0..20_000 {
             assert_eq!(t.lookup(ident(i).as_bytes()), u32::from(i % 10 == 0));
@@ -967,17 +1051,20 @@ mod tests {
     }
 
     fn idents() -> Vec<Vec<u8>> {
-        let mut v: Vec<Vec<u8>> = (0..24).map(|i| format!("imap/127.0.0.1/u{i}").into_bytes()).collect();
+        let mut v: Vec<Vec<u8>> = (0..24)
+            .map(|i| format!("imap/127.0.0.1/u{i}").into_bytes())
+            .collect();
         v.push(Vec::new());
         v.push(vec![b'L'; 4100]);
         v.push(b"a\tb\x01c".to_vec());
         v
     }
 
-    fn op() -> impl Strategy<Value = Op> {
-        // Few pids and idents so that pairs collide; 24 pids push one ident past SMALL_MAX.
-        let p = prop_oneof![0u32..24, Just(Pid::MAX)];
-        let i = 0usize..27;
+    /// Random operations over `idents` idents (indices into [`idents()`]) and `pids` pids
+    /// (plus the largest pid).
+    fn op(idents: usize, pids: u32) -> impl Strategy<Value = Op> {
+        let p = prop_oneof![0u32..pids, Just(Pid::MAX)];
+        let i = 0usize..idents;
         prop_oneof![
             5 => (p.clone(), i.clone()).prop_map(|(p, i)| Op::Connect(p, i)),
             4 => (p.clone(), i).prop_map(|(p, i)| Op::Disconnect(p, i)),
@@ -985,55 +1072,70 @@ mod tests {
         ]
     }
 
+    fn check_against_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let names = idents();
+        let mut t = ConnectLimit::new();
+        // The model: ref[(ident, pid)] only; count is derived from it.
+        let mut refs: HashMap<(usize, u32), u32> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::Connect(p, i) => {
+                    t.connect(pid(p), &names[i]);
+                    *refs.entry((i, p)).or_default() += 1;
+                }
+                Op::Disconnect(p, i) => {
+                    let got = t.disconnect(pid(p), &names[i]);
+                    match refs.get_mut(&(i, p)) {
+                        Some(r) => {
+                            prop_assert_eq!(got, Ok(()));
+                            *r -= 1;
+                            if *r == 0 {
+                                refs.remove(&(i, p));
+                            }
+                        }
+                        None => prop_assert_eq!(got, Err(UnknownSession)),
+                    }
+                }
+                Op::Kill(p) => {
+                    let expected: u32 = refs.iter().filter(|(k, _)| k.1 == p).map(|(_, r)| r).sum();
+                    refs.retain(|k, _| k.1 != p);
+                    prop_assert_eq!(t.kill(pid(p)), u64::from(expected));
+                }
+            }
+            t.check_invariants();
+            for (i, name) in names.iter().enumerate() {
+                let count: u32 = refs.iter().filter(|(k, _)| k.0 == i).map(|(_, r)| r).sum();
+                prop_assert_eq!(t.lookup(name), count);
+            }
+            let mut want: Vec<_> = refs
+                .iter()
+                .map(|(&(i, p), &r)| (names[i].clone(), p, r))
+                .collect();
+            want.sort();
+            let got = dump(&t);
+            // LOOKUP agrees with the dump: count[i] = sum over the dump rows of i.
+            for name in &names {
+                let sum: u32 = got.iter().filter(|r| &r.0 == name).map(|r| r.2).sum();
+                prop_assert_eq!(sum, t.lookup(name));
+            }
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(t.pairs(), refs.len());
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Few pids and idents so that pairs collide, and odd idents (empty, long, escapes).
         #[test]
-        fn matches_the_model(ops in proptest::collection::vec(op(), 1..400)) {
-            let names = idents();
-            let mut t = ConnectLimit::new();
-            // The model: ref[(ident, pid)] only; count is derived from it.
-            let mut refs: HashMap<(usize, u32), u32> = HashMap::new();
-            for op in ops {
-                match op {
-                    Op::Connect(p, i) => {
-                        t.connect(pid(p), &names[i]);
-                        *refs.entry((i, p)).or_default() += 1;
-                    }
-                    Op::Disconnect(p, i) => {
-                        let got = t.disconnect(pid(p), &names[i]);
-                        match refs.get_mut(&(i, p)) {
-                            Some(r) => {
-                                prop_assert_eq!(got, Ok(()));
-                                *r -= 1;
-                                if *r == 0 {
-                                    refs.remove(&(i, p));
-                                }
-                            }
-                            None => prop_assert_eq!(got, Err(UnknownSession)),
-                        }
-                    }
-                    Op::Kill(p) => {
-                        let expected: u32 = refs.iter().filter(|(k, _)| k.1 == p).map(|(_, r)| r).sum();
-                        refs.retain(|k, _| k.1 != p);
-                        prop_assert_eq!(t.kill(pid(p)), u64::from(expected));
-                    }
-                }
-                t.check_invariants();
-                for (i, name) in names.iter().enumerate() {
-                    let count: u32 = refs.iter().filter(|(k, _)| k.0 == i).map(|(_, r)| r).sum();
-                    prop_assert_eq!(t.lookup(name), count);
-                }
-                let mut want: Vec<_> = refs.iter().map(|(&(i, p), &r)| (names[i].clone(), p, r)).collect();
-                want.sort();
-                let got = dump(&t);
-                // LOOKUP agrees with the dump: count[i] = sum over the dump rows of i.
-                for name in &names {
-                    let sum: u32 = got.iter().filter(|r| &r.0 == name).map(|r| r.2).sum();
-                    prop_assert_eq!(sum, t.lookup(name));
-                }
-                prop_assert_eq!(got, want);
-                prop_assert_eq!(t.pairs(), refs.len());
-            }
+        fn matches_the_model(ops in proptest::collection::vec(op(27, 24), 1..400)) {
+            check_against_model(ops)?;
+        }
+
+        /// Two idents and 40 pids: idents go past 16 pids (hash-table maps) and back.
+        #[test]
+        fn matches_the_model_crowded(ops in proptest::collection::vec(op(2, 40), 1..600)) {
+            check_against_model(ops)?;
         }
     }
 }

@@ -87,17 +87,25 @@ impl PenaltyTable {
     }
 
     fn rec(&self, i: u32) -> &Rec {
-        self.recs[i as usize].as_ref().expect("linked penalty record exists")
+        self.recs[i as usize]
+            .as_ref()
+            .expect("linked penalty record exists")
     }
 
     fn rec_mut(&mut self, i: u32) -> &mut Rec {
-        self.recs[i as usize].as_mut().expect("linked penalty record exists")
+        self.recs[i as usize]
+            .as_mut()
+            .expect("linked penalty record exists")
     }
 
     fn find(&self, hash: u64, ident: &[u8]) -> Option<u32> {
         let recs = &self.recs;
         self.index
-            .find(hash, |&i| recs[i as usize].as_ref().is_some_and(|r| &*r.ident == ident))
+            .find(hash, |&i| {
+                recs[i as usize]
+                    .as_ref()
+                    .is_some_and(|r| &*r.ident == ident)
+            })
             .copied()
     }
 
@@ -181,7 +189,9 @@ impl PenaltyTable {
                 };
                 let (recs, hasher) = (&self.recs, &self.hasher);
                 self.index.insert_unique(h, i, |&j| {
-                    recs[j as usize].as_ref().map_or(0, |r| hasher.hash_one(&*r.ident))
+                    recs[j as usize]
+                        .as_ref()
+                        .map_or(0, |r| hasher.hash_one(&*r.ident))
                 });
                 i
             }
@@ -268,7 +278,9 @@ impl PenaltyTable {
 
     fn remove(&mut self, i: u32) {
         self.unlink(i);
-        let Some(rec) = self.recs[i as usize].take() else { return };
+        let Some(rec) = self.recs[i as usize].take() else {
+            return;
+        };
         let h = self.hasher.hash_one(&*rec.ident);
         if let Ok(e) = self.index.find_entry(h, |&j| j == i) {
             e.remove();
@@ -289,5 +301,232 @@ impl PenaltyTable {
     /// True when no record is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unix milliseconds of a whole second.
+    fn at(secs: u64) -> UnixMillis {
+        secs * 1000
+    }
+
+    fn dump(t: &PenaltyTable) -> Vec<(String, u32, u32, u32)> {
+        let mut rows = Vec::new();
+        t.for_each(|r| {
+            rows.push((
+                r.ident.to_string(),
+                r.penalty,
+                r.last_penalty,
+                r.last_update,
+            ))
+        });
+        rows
+    }
+
+    #[test]
+    fn live_auth_sequence() {
+        // anvil-protocol.md §6.3: wrong passwords x1, x1, x2, then the right one.
+        let ip = b"127.0.0.1";
+        let mut t = PenaltyTable::new();
+        t.set_expire_secs(29);
+        assert_eq!(t.get(ip), (0, 0));
+        t.inc(at(1795892735), ip, 1818353248, 1);
+        assert_eq!(t.get(ip), (1, 1795892735));
+        t.inc(at(1795892741), ip, 1818353248, 2);
+        assert_eq!(
+            t.get(ip),
+            (1, 1795892735),
+            "same checksum: value - 1, time unchanged"
+        );
+        t.inc(at(1795892747), ip, 3941969102, 2);
+        assert_eq!(t.get(ip), (2, 1795892747));
+        t.inc(at(1795892750), ip, 0, 0);
+        assert_eq!(t.get(ip), (0, 1795892750));
+        // The reset kept the checksums: x1 is still known.
+        t.inc(at(1795892751), ip, 1818353248, 1);
+        assert_eq!(t.get(ip), (0, 1795892750));
+    }
+
+    #[test]
+    fn live_p6_dump_rows() {
+        let mut t = PenaltyTable::new();
+        t.inc(at(1795892932), b"pA", 0, 2);
+        t.inc(at(1795892942), b"pD", 5, 1);
+        t.inc(at(1795892943), b"pD", 5, 1);
+        assert_eq!(
+            dump(&t),
+            [
+                ("pA".into(), 2, 1795892932, 1795892932),
+                ("pD".into(), 0, 1795892942, 1795892943)
+            ]
+        );
+    }
+
+    #[test]
+    fn dump_order_follows_the_last_inc() {
+        let mut t = PenaltyTable::new();
+        t.inc(at(10), b"a", 0, 1);
+        t.inc(at(11), b"b", 0, 1);
+        t.inc(at(12), b"c", 0, 1);
+        t.inc(at(13), b"a", 0, 1);
+        let order: Vec<String> = dump(&t).into_iter().map(|r| r.0).collect();
+        assert_eq!(order, ["b", "c", "a"]);
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn checksum_memory_is_an_mru_of_ten() {
+        let mut t = PenaltyTable::new();
+        for cs in 1..=10 {
+            t.inc(at(100), b"x", cs, 3);
+        }
+        // Touch 1: it becomes most recent, so the 11th evicts 2 (the least recently used).
+        t.inc(at(101), b"x", 1, 3);
+        assert_eq!(t.get(b"x"), (2, 100));
+        t.inc(at(102), b"x", 11, 5);
+        assert_eq!(t.get(b"x"), (5, 102));
+        t.inc(at(103), b"x", 1, 5);
+        assert_eq!(t.get(b"x"), (4, 102), "1 is remembered");
+        for cs in 3..=11 {
+            t.inc(at(104), b"x", cs, 7);
+            assert_eq!(t.get(b"x"), (6, 102), "checksum {cs} is remembered");
+        }
+        t.inc(at(105), b"x", 2, 7);
+        assert_eq!(t.get(b"x"), (7, 105), "2 was evicted: new checksum");
+        // Now 2 is in and the least recently used (1) fell out.
+        t.inc(at(106), b"x", 1, 9);
+        assert_eq!(t.get(b"x"), (9, 106));
+    }
+
+    #[test]
+    fn zero_checksum_sets_value_and_keeps_checksums() {
+        let mut t = PenaltyTable::new();
+        t.inc(at(50), b"x", 77, 3);
+        t.inc(at(60), b"x", 0, 4);
+        assert_eq!(t.get(b"x"), (4, 60));
+        t.inc(at(61), b"x", 77, 1);
+        assert_eq!(t.get(b"x"), (0, 60), "77 still known: value - 1, time kept");
+        assert_eq!(dump(&t), [("x".into(), 0, 60, 61)]);
+    }
+
+    #[test]
+    fn last_update_saturates_at_15_bits() {
+        let mut t = PenaltyTable::new();
+        t.inc(at(1_000_000), b"x", 9, 3);
+        t.inc(at(1_000_000 + 32767), b"x", 9, 3);
+        assert_eq!(t.get(b"x"), (2, 1_000_000), "an offset of 32767 still fits");
+        assert_eq!(dump(&t)[0].3, 1_000_000 + 32767);
+        t.inc(at(1_000_000 + 40_000), b"x", 9, 3);
+        // last_penalty is moved forward so that last_penalty + 32767 = now.
+        assert_eq!(t.get(b"x"), (2, 1_000_000 + 40_000 - 32767));
+        assert_eq!(
+            dump(&t),
+            [(
+                "x".into(),
+                2,
+                1_000_000 + 40_000 - 32767,
+                1_000_000 + 40_000
+            )]
+        );
+    }
+
+    #[test]
+    fn expiry_deletes_old_records_and_rearms_for_the_next() {
+        let mut t = PenaltyTable::new();
+        t.set_expire_secs(29);
+        assert_eq!(t.next_deadline(), None);
+        t.inc(1_000_500, b"a", 0, 1);
+        assert_eq!(t.next_deadline(), Some(1_000_500 + 29_000));
+        t.inc(at(1010), b"b", 0, 1);
+        assert_eq!(t.next_deadline(), Some(1_029_500), "an armed timer is kept");
+        t.on_timer(1_029_499);
+        assert_eq!(t.len(), 2, "not due yet");
+        t.on_timer(1_029_500);
+        // cutoff = 1029 - 29 = 1000: a (last INC 1000) goes, b (1010) stays; 10 s re-arm.
+        assert_eq!(dump(&t).len(), 1);
+        assert_eq!(t.get(b"a"), (0, 0));
+        assert_eq!(t.next_deadline(), Some(1_029_500 + 10_000));
+        t.on_timer(1_039_500);
+        assert!(t.is_empty());
+        assert_eq!(t.next_deadline(), None, "an empty list arms nothing");
+    }
+
+    #[test]
+    fn expiry_counts_from_the_last_inc_not_last_penalty() {
+        let mut t = PenaltyTable::new();
+        t.set_expire_secs(10);
+        t.inc(at(100), b"a", 5, 2);
+        t.inc(at(108), b"a", 5, 2);
+        t.on_timer(at(110));
+        assert_eq!(
+            t.get(b"a"),
+            (1, 100),
+            "last INC at 108 is newer than the cutoff 100"
+        );
+        assert_eq!(t.next_deadline(), Some(at(110) + 8_000));
+        t.on_timer(at(118));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn set_expire_secs_does_not_rearm() {
+        // §5.2: a 12 s timer armed; setting 2 s and adding a record leaves that record until
+        // the 12 s timer fires; then both go at once.
+        let mut t = PenaltyTable::new();
+        t.set_expire_secs(12);
+        t.inc(at(500), b"old", 0, 1);
+        t.set_expire_secs(2);
+        t.inc(at(503), b"new", 0, 1);
+        assert_eq!(t.next_deadline(), Some(at(512)));
+        t.on_timer(at(506));
+        assert_eq!(t.len(), 2, "the 12 s timer has not fired");
+        t.on_timer(at(512));
+        assert!(t.is_empty(), "cutoff uses the current expire_secs: 510");
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn zero_expiry_arms_a_zero_ms_timer() {
+        let mut t = PenaltyTable::new();
+        t.set_expire_secs(0);
+        t.inc(1_234_567, b"x", 0, 1);
+        assert_eq!(t.next_deadline(), Some(1_234_567));
+        assert_eq!(t.get(b"x"), (1, 1234), "visible until the timer runs");
+        t.on_timer(1_234_567);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn timer_product_wraps_at_32_bits() {
+        let mut t = PenaltyTable::new();
+        t.set_expire_secs(4_294_968); // * 1000 = 2^32 + 704
+        t.inc(at(1), b"x", 0, 1);
+        assert_eq!(t.next_deadline(), Some(at(1) + 704));
+        // When it fires nothing is old enough: re-armed for the remaining time.
+        t.on_timer(at(1) + 704);
+        assert_eq!(t.len(), 1);
+        assert!(t.next_deadline().is_some());
+    }
+
+    #[test]
+    fn records_are_reused_after_expiry() {
+        let mut t = PenaltyTable::new();
+        t.set_expire_secs(1);
+        for round in 0..3u64 {
+            for i in 0..50 {
+                t.inc(
+                    at(100 * round + 10),
+                    format!("10.0.0.{i}").as_bytes(),
+                    i + 1,
+                    2,
+                );
+            }
+            assert_eq!(t.len(), 50);
+            t.on_timer(at(100 * round + 11));
+            assert!(t.is_empty());
+        }
     }
 }

@@ -40,6 +40,8 @@ pub enum Command {
         /// A user mask (`*`, `?`) and/or an IP network `ip/bits`.
         masks: Vec<String>,
     },
+    /// Run the demo stack: stock Dovecot services with Foreman on 127.0.0.1 high ports.
+    Demo,
     /// Benchmarks side by side with stock Dovecot.
     Bench {
         #[command(subcommand)]
@@ -94,8 +96,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             masks,
         } => {
-            let _ = (socket, one_per_session, json, masks);
-            anyhow::bail!("foreman who: not implemented yet")
+            let opts = crate::who::Options {
+                socket: socket.unwrap_or_else(|| crate::who::DEFAULT_SOCKET.into()),
+                one_per_session,
+                json,
+                masks,
+                screen: crate::who::stdout_screen(),
+            };
+            let mut stdout = std::io::stdout().lock();
+            let mut stderr = std::io::stderr().lock();
+            match crate::who::run(&opts, &mut stdout, &mut stderr) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(err) => {
+                    eprintln!("Error: {err}");
+                    Ok(ExitCode::from(err.exit_code()))
+                }
+            }
+        }
+        Command::Demo => {
+            crate::demo::run(std::env::current_exe()?)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             what: BenchCommand::Anvil { quick },

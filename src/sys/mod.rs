@@ -4,6 +4,8 @@
 //! Everything here is a small safe wrapper with a typed error; callers never see a raw fd
 //! they do not own.
 
+pub mod tty;
+
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
