@@ -695,14 +695,24 @@ fn feed_bounded(
 ) -> (usize, bool) {
     let now = now_ms();
     let mut pos = 0;
-    while pos < input.len() && out.len() + conn.pending.len() < OUTPUT_CAP {
+    // Line ends found in one SIMD pass over the buffer; the part after the last LF (a
+    // partial line, possibly too long) is fed last.
+    let ends = memchr::memchr_iter(b'\n', input)
+        .map(|lf| lf + 1)
+        .chain(std::iter::once(input.len()));
+    for end in ends {
+        if pos >= input.len() || out.len() + conn.pending.len() >= OUTPUT_CAP {
+            break;
+        }
+        if end <= pos {
+            continue;
+        }
         // Replies go after anything still pending, in order.
         let target = if conn.pending.is_empty() {
             &mut *out
         } else {
             &mut conn.pending
         };
-        let end = memchr::memchr(b'\n', &input[pos..]).map_or(input.len(), |lf| pos + lf + 1);
         let fed = conn.session.feed(anvil, now, &input[pos..end], target, log);
         pos += fed.consumed;
         if fed.close {
