@@ -667,3 +667,53 @@ fn fd_5_not_a_fifo_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn penalty_expiry_timer_runs() {
+    let anvil = Standalone::start();
+    let mut c = Client::handshaken(&anvil.socket);
+    c.send(b"PENALTY-SET-EXPIRE-SECS\t1\nPENALTY-INC\t10.0.0.1\t0\t3\nPENALTY-GET\t10.0.0.1\n");
+    assert!(c.line().starts_with(b"3 "));
+    // The record is purged by the timer about a second later.
+    wait_for("the penalty record to expire", || {
+        c.send(b"PENALTY-GET\t10.0.0.1\n");
+        c.line() == b"0 0"
+    });
+    c.send(b"PENALTY-DUMP\n");
+    assert!(read_dump(&mut c).is_empty());
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+#[test]
+fn sigquit_stops_accepting_and_exits_after_the_last_client() {
+    let mut anvil = Standalone::start();
+    let mut c = Client::handshaken(&anvil.socket);
+    c.send(b"CONNECT\t1\tq\n");
+    assert_eq!(c.lookup("q"), "1");
+    signal(&anvil.child, nix::sys::signal::Signal::SIGQUIT);
+    wait_for("the listener to close", || {
+        UnixStream::connect(&anvil.socket).is_err()
+    });
+    assert_eq!(c.lookup("q"), "1");
+    assert!(anvil.child.try_wait().unwrap().is_none());
+    drop(c);
+    wait_for("anvil to exit", || {
+        anvil.child.try_wait().unwrap().is_some()
+    });
+    assert!(anvil.child.wait().unwrap().success());
+}
+
+#[test]
+fn sigterm_exits_and_removes_the_socket() {
+    let mut anvil = Standalone::start();
+    let _c = Client::handshaken(&anvil.socket);
+    signal(&anvil.child, nix::sys::signal::Signal::SIGTERM);
+    wait_for("anvil to exit", || {
+        anvil.child.try_wait().unwrap().is_some()
+    });
+    assert!(anvil.child.wait().unwrap().success());
+    assert!(!anvil.socket.exists());
+}
