@@ -129,6 +129,7 @@ impl Client {
                 Ok(0) => panic!("EOF after {:?}", String::from_utf8_lossy(&line)),
                 Ok(_) if b[0] == b'\n' => return line,
                 Ok(_) => line.push(b[0]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => panic!("read: {e}"),
             }
         }
@@ -147,6 +148,7 @@ impl Client {
                 Ok(0) => return,
                 Ok(_) => continue,
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => panic!("expected the server to close the connection: {e}"),
             }
         }
@@ -528,13 +530,18 @@ impl FakeMaster {
         let mut got = 0;
         while got < 12 {
             let mut fds = [PollFd::new(self.status.as_fd(), PollFlags::POLLIN)];
-            let n = poll(
+            let n = match poll(
                 &mut fds,
                 PollTimeout::try_from(DEADLINE.as_millis() as i32).unwrap(),
-            )
-            .unwrap();
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => other.unwrap(),
+            };
             assert!(n > 0, "no status record within the deadline");
-            let r = nix::unistd::read(self.status.as_raw_fd(), &mut rec[got..]).unwrap();
+            let r = match nix::unistd::read(self.status.as_raw_fd(), &mut rec[got..]) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => other.unwrap(),
+            };
             assert!(r > 0, "status pipe EOF");
             got += r;
         }

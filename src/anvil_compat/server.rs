@@ -98,23 +98,28 @@ pub fn run_standalone(opts: StandaloneOptions) -> Result<(), ServerError> {
     }
     let mut paths = vec![opts.socket];
     paths.extend(opts.penalty_socket);
-    let mut listeners = Vec::new();
-    for path in &paths {
-        listeners.push(bind_standalone(path)?);
-    }
-    let setup = Setup {
-        listeners,
-        master_pipe: None,
-        shared_pipe: None,
-        status: None,
-        master_dead: None,
-        log_fdpass: None,
-        client_limit: None,
-        anvil_restarted: false,
-        logger,
-    };
-    let result = run(setup);
-    for path in &paths {
+    let mut bound = Vec::new();
+    // Bound only once the signal handlers are in place: a client that sees the socket may
+    // send SIGTERM right away.
+    let result = run(|| {
+        let mut listeners = Vec::new();
+        for path in &paths {
+            listeners.push(bind_standalone(path)?);
+            bound.push(path.clone());
+        }
+        Ok(Setup {
+            listeners,
+            master_pipe: None,
+            shared_pipe: None,
+            status: None,
+            master_dead: None,
+            log_fdpass: None,
+            client_limit: None,
+            anvil_restarted: false,
+            logger,
+        })
+    });
+    for path in &bound {
         let _ = std::fs::remove_file(path);
     }
     result
@@ -172,7 +177,30 @@ pub fn run_under_master() -> Result<(), ServerError> {
         .map(StdUnixListener::from)
         .collect();
 
-    // Every fd is taken: now drop privileges, as stock anvil does after its setup.
+    // Every fd is taken. Signal handlers go in next (inside `run`), then privileges are
+    // dropped, as stock anvil does after its setup.
+    run(move || {
+        drop_privileges(&env, &mut logger)?;
+        Ok(Setup {
+            listeners,
+            master_pipe: Some(fds.master_pipe),
+            shared_pipe: Some(fds.shared_pipe),
+            status: Some(StatusSetup {
+                fd: fds.status,
+                pid: pid as i32,
+                generation: env.generation,
+            }),
+            master_dead: Some(fds.master_dead),
+            log_fdpass: Some(fds.log_fdpass),
+            client_limit: Some(env.client_limit),
+            anvil_restarted: env.anvil_restarted,
+            logger,
+        })
+    })
+}
+
+/// setgid, setgroups, chroot, setuid from the `RESTRICT_*` variables.
+fn drop_privileges(env: &ChildEnv, logger: &mut Logger) -> Result<(), ServerError> {
     let r = &env.restrict;
     let mut extra_groups = r.extra_groups.clone();
     extra_groups.extend(r.gid_priv);
@@ -185,23 +213,7 @@ pub fn run_under_master() -> Result<(), ServerError> {
     if let PrivDropOutcome::Skipped(why) = outcome {
         logger.log(Level::Info, format!("privilege drop: {why}").as_bytes());
     }
-
-    let setup = Setup {
-        listeners,
-        master_pipe: Some(fds.master_pipe),
-        shared_pipe: Some(fds.shared_pipe),
-        status: Some(StatusSetup {
-            fd: fds.status,
-            pid: pid as i32,
-            generation: env.generation,
-        }),
-        master_dead: Some(fds.master_dead),
-        log_fdpass: Some(fds.log_fdpass),
-        client_limit: Some(env.client_limit),
-        anvil_restarted: env.anvil_restarted,
-        logger,
-    };
-    run(setup)
+    Ok(())
 }
 
 /// Everything the event loop starts from, in either mode.
@@ -224,12 +236,30 @@ struct StatusSetup {
     generation: u32,
 }
 
-fn run(setup: Setup) -> Result<(), ServerError> {
+/// The signals the event loop handles, registered before anything is visible to clients.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// Starts the runtime, installs the signal handlers, then calls `prepare` (bind or drop
+/// privileges) and serves.
+fn run(prepare: impl FnOnce() -> Result<Setup, ServerError>) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(setup))
+    local.block_on(&runtime, async {
+        let signals = Signals {
+            term: signal(SignalKind::terminate())?,
+            quit: signal(SignalKind::quit())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        };
+        serve(prepare()?, signals).await
+    })
 }
 
 /// Buffers shared by every connection: used only inside one synchronous step.
@@ -337,7 +367,7 @@ impl Shared {
     }
 }
 
-async fn serve(setup: Setup) -> Result<(), ServerError> {
+async fn serve(setup: Setup, mut signals: Signals) -> Result<(), ServerError> {
     let (gate, _) = watch::channel(true);
     let standalone = setup.status.is_none();
     let shared = Rc::new(Shared {
@@ -372,12 +402,6 @@ async fn serve(setup: Setup) -> Result<(), ServerError> {
         exit: Notify::new(),
     });
 
-    // Signals first, so none is lost once we report ready.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigquit = signal(SignalKind::quit())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-
     for (fd, kind) in [
         (setup.master_pipe, ConnKind::MASTER_PIPE),
         (setup.shared_pipe, ConnKind::SHARED_PIPE),
@@ -410,22 +434,22 @@ async fn serve(setup: Setup) -> Result<(), ServerError> {
     loop {
         tokio::select! {
             _ = shared.exit.notified() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
-            _ = sigint.recv() => {
+            _ = signals.term.recv() => return Ok(()),
+            _ = signals.int.recv() => {
                 // Standalone: Ctrl-C. Under a master: the idle-kill request, honoured
                 // only when no socket client is connected.
                 if standalone || shared.clients.get() == 0 {
                     return Ok(());
                 }
             }
-            _ = sigquit.recv() => {
+            _ = signals.quit.recv() => {
                 if standalone {
                     shared.stop();
                 } else {
                     shared.close_listeners();
                 }
             }
-            _ = sighup.recv() => {}
+            _ = signals.hup.recv() => {}
         }
     }
 }
