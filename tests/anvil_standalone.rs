@@ -476,6 +476,10 @@ fn cloexec_pipe() -> (OwnedFd, OwnedFd) {
 
 impl FakeMaster {
     fn start() -> FakeMaster {
+        FakeMaster::start_with(&[])
+    }
+
+    fn start_with(extra_env: &[(&str, &str)]) -> FakeMaster {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("anvil");
         let listener = UnixListener::bind(&socket).unwrap();
@@ -493,6 +497,7 @@ impl FakeMaster {
             .env("SOCKET_COUNT", "3")
             .env("SOCKET2_SETTINGS", "anvil")
             .env("LOG_SERVICE", "1")
+            .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_w));
@@ -723,4 +728,29 @@ fn sigterm_exits_and_removes_the_socket() {
     });
     assert!(anvil.child.wait().unwrap().success());
     assert!(!anvil.socket.exists());
+}
+
+#[test]
+fn restarted_anvil_skips_stale_pipe_lines_silently() {
+    let m = FakeMaster::start_with(&[("ANVIL_RESTARTED", "1")]);
+    let pid = m.child.id() as i32;
+    assert_eq!(m.status(), (pid, 7, 3));
+    // Stale lines before the VERSION line on both pipes are dropped without a log line.
+    FakeMaster::write_pipe(&m.master_pipe, b"KILL\t4242\nCONNECT\t1\tstale\n");
+    FakeMaster::write_pipe(&m.master_pipe, HANDSHAKE);
+    FakeMaster::write_pipe(&m.shared_pipe, b"CONNECT\t2\tstale\n");
+    FakeMaster::write_pipe(&m.shared_pipe, HANDSHAKE);
+    FakeMaster::write_pipe(&m.shared_pipe, b"CONNECT\t3\tfresh\n");
+    let mut c = Client::handshaken(&m.socket);
+    wait_for("the fresh CONNECT", || c.lookup("fresh") == "1");
+    assert_eq!(c.lookup("stale"), "0");
+    // Sockets are not exempt: a bad first line there is still an error.
+    let mut bad = Client::connect(&m.socket);
+    bad.send(b"LOOKUP\tx\n");
+    bad.expect_closed();
+    let expected = format!(
+        "\x01\x08{pid} prefix=anvil: \n\x01\x04{pid} Anvil client not compatible with this server (mixed old and new binaries?) LOOKUP\tx\n"
+    );
+    m.log.wait_contains(expected.as_bytes());
+    assert_eq!(m.log.bytes(), expected.as_bytes());
 }
