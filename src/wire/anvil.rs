@@ -17,8 +17,8 @@ use nom::sequence::{preceded, separated_pair, tuple};
 use nom::IResult;
 
 use super::escape::{escape_into, take_field};
-use super::line::{next_line, next_line_unlimited, LineError};
-use super::scan::{plain_tabs, Tabs};
+use super::line::{next_line, next_line_unlimited, LineError, MAX_LINE};
+use super::scan::{plain_tabs, scan_plain_line, Tabs};
 use super::DecodeError;
 
 /// The handshake line every stock 2.3 client sends, LF included.
@@ -44,19 +44,26 @@ impl Pid {
         if field.is_empty() {
             return None;
         }
+        // Up to 19 digits cannot overflow a u64, so the range is checked once at the end;
+        // only absurdly zero-padded fields need their leading zeros dropped first.
+        let digits = if field.len() > 19 {
+            let first = field.iter().position(|&b| b != b'0').unwrap_or(field.len());
+            &field[first..]
+        } else {
+            field
+        };
+        if digits.len() > 19 {
+            return None;
+        }
         let mut value: u64 = 0;
-        for &b in field {
+        for &b in digits {
             let digit = b.wrapping_sub(b'0');
             if digit > 9 {
                 return None;
             }
-            // Leading zeros never overflow; once above MAX the value can only grow.
             value = value * 10 + u64::from(digit);
-            if value > u64::from(Self::MAX) {
-                return None;
-            }
         }
-        Some(Pid(value as u32))
+        u32::try_from(value).ok().and_then(Pid::new)
     }
 
     /// The numeric value.
@@ -195,48 +202,50 @@ pub fn parse_request(line: &[u8]) -> Result<Option<Request<'_>>, RequestError> {
     }
     match plain_tabs(line) {
         // Hot path: the fields that matter hold no escape; they are slices of the line.
-        Some(tabs) => {
-            let name_end = if tabs.count > 0 {
-                tabs.at[0]
-            } else {
-                line.len()
-            };
-            let mut next = 1;
-            let args = std::iter::from_fn(|| {
-                // Field `next` runs from the TAB before it to the TAB after it (or the end).
-                if next > tabs.count || next >= Tabs::MAX {
-                    return None;
-                }
-                let start = tabs.at[next - 1] + 1;
-                let end = if next < tabs.count {
-                    tabs.at[next]
-                } else {
-                    line.len()
-                };
-                next += 1;
-                Some(Cow::Borrowed(&line[start..end]))
-            });
-            request_from_fields(Cow::Borrowed(&line[..name_end]), args)
-        }
+        Some(tabs) => request_from_tabs(line, tabs),
         None => {
-            let (rest, name) = field(line).expect("field never fails");
-            let mut rest = rest;
-            let args = std::iter::from_fn(|| {
-                let (after, arg) = arg(rest).ok()?;
+            let (mut rest, name) = field(line).expect("field never fails");
+            let mut args: Args<'_> = [None, None, None];
+            for slot in &mut args {
+                let Ok((after, arg)) = arg(rest) else { break };
+                *slot = Some(arg);
                 rest = after;
-                Some(arg)
-            });
+            }
             request_from_fields(name, args)
         }
     }
+}
+
+/// The first three arguments of a request line (no command uses more), `None` when missing.
+type Args<'a> = [Option<Cow<'a, [u8]>>; 3];
+
+/// Builds the request from a line whose fields are plain and whose TABs are known.
+#[inline(always)]
+fn request_from_tabs(line: &[u8], tabs: Tabs) -> Result<Option<Request<'_>>, RequestError> {
+    // Field k (k >= 1) runs from the TAB before it to the TAB after it, or to the end.
+    let field = |k: usize| -> Option<Cow<'_, [u8]>> {
+        if k > tabs.count {
+            return None;
+        }
+        let start = if k == 0 { 0 } else { tabs.at[k - 1] + 1 };
+        let end = if k < tabs.count {
+            tabs.at[k]
+        } else {
+            line.len()
+        };
+        Some(Cow::Borrowed(&line[start..end]))
+    };
+    let name = field(0).expect("a line has a first field");
+    request_from_fields(name, [field(1), field(2), field(3)])
 }
 
 /// Builds the request from its unescaped command name and arguments (extra ones unused).
 #[inline(always)]
 fn request_from_fields<'a>(
     name: Cow<'a, [u8]>,
-    mut args: impl Iterator<Item = Cow<'a, [u8]>>,
+    args: Args<'a>,
 ) -> Result<Option<Request<'a>>, RequestError> {
+    let [a0, a1, a2] = args;
     let Some(command) = command_by_name(&name) else {
         return Err(RequestError::UnknownCommand(BString::from(
             name.into_owned(),
@@ -245,7 +254,7 @@ fn request_from_fields<'a>(
     let not_enough = || RequestError::NotEnoughParameters(command);
     let request = match command {
         Command::Connect | Command::Disconnect => {
-            let (Some(pid), Some(ident)) = (args.next(), args.next()) else {
+            let (Some(pid), Some(ident)) = (a0, a1) else {
                 return Err(not_enough());
             };
             let pid = Pid::parse(&pid).ok_or(RequestError::InvalidPid(command))?;
@@ -257,21 +266,19 @@ fn request_from_fields<'a>(
         }
         Command::Kill => {
             // The pid is checked later, after the session's master-connection check.
-            let pid = args.next().ok_or_else(not_enough)?;
+            let pid = a0.ok_or_else(not_enough)?;
             Request::Kill {
                 pid: Pid::parse(&pid),
             }
         }
         Command::Lookup => Request::Lookup {
-            ident: args.next().ok_or_else(not_enough)?,
+            ident: a0.ok_or_else(not_enough)?,
         },
         Command::PenaltyGet => Request::PenaltyGet {
-            ident: args.next().ok_or_else(not_enough)?,
+            ident: a0.ok_or_else(not_enough)?,
         },
         Command::PenaltyInc => {
-            let (Some(ident), Some(checksum), Some(value)) =
-                (args.next(), args.next(), args.next())
-            else {
+            let (Some(ident), Some(checksum), Some(value)) = (a0, a1, a2) else {
                 return Err(not_enough());
             };
             // P8–P17: both numbers fit u32, value at most 65535, and 0 only with checksum 0.
@@ -290,8 +297,7 @@ fn request_from_fields<'a>(
         }
         Command::PenaltySetExpireSecs => {
             // Missing and invalid share one message [live, P13/P14].
-            let secs = args
-                .next()
+            let secs = a0
                 .and_then(|f| parse_u32(&f))
                 .ok_or(RequestError::InvalidParameters(command))?;
             Request::PenaltySetExpireSecs { secs }
@@ -329,6 +335,19 @@ pub fn decode_request(
     (usize, Option<Request<'_>>),
     DecodeError<Result<RequestError, crate::wire::line::LineError>>,
 > {
+    // Hot path: one pass frames the line and finds its TABs.
+    if let Some((lf, tabs)) = scan_plain_line(&buf[..buf.len().min(MAX_LINE)]) {
+        // A CR stripped before the LF never holds a TAB, so the positions stay valid.
+        let line = &buf[..lf];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return Ok((lf + 1, None));
+        }
+        return match request_from_tabs(line, tabs) {
+            Ok(request) => Ok((lf + 1, request)),
+            Err(reason) => Err(DecodeError::Invalid(Ok(reason))),
+        };
+    }
     match next_line(buf) {
         Ok(Some((consumed, line))) => match parse_request(line) {
             Ok(request) => Ok((consumed, request)),

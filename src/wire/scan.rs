@@ -9,70 +9,68 @@
 const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
 
-/// Bytes equal to zero.
-#[inline(always)]
-fn zero_bytes(w: u64) -> u64 {
-    w.wrapping_sub(LO) & !w & HI
-}
+/// Every byte the line and field scanners stop at is below this: NUL, 0x01, TAB, LF (and,
+/// rarely, other control bytes, which the callers step over as data).
+const CONTROL_LIMIT: u8 = 0x0b;
 
-/// Bytes below `n` (`n` at most 128).
+/// The first byte below [`CONTROL_LIMIT`] in `s` at or after `from`.
+///
+/// Eight bytes per step: `(w - 0x0b..) & !w & 0x80..` flags bytes below 0x0b. Bits above the
+/// lowest flagged byte can be false positives (a borrow moves upward), the lowest never is.
+/// The tail is covered by one overlapping load with the already seen bytes masked off.
 #[inline(always)]
-fn bytes_below(w: u64, n: u8) -> u64 {
-    w.wrapping_sub(LO * u64::from(n)) & !w & HI
-}
-
-/// Bytes equal to `b`.
-#[inline(always)]
-fn bytes_equal(w: u64, b: u8) -> u64 {
-    zero_bytes(w ^ (LO * u64::from(b)))
-}
-
-/// The position of the first byte of `s` for which `word` flags a match (see module doc)
-/// and, for the tail shorter than a word, `byte` is true.
-#[inline(always)]
-fn find_first(s: &[u8], word: impl Fn(u64) -> u64, byte: impl Fn(u8) -> bool) -> Option<usize> {
-    let mut chunks = s.chunks_exact(8);
-    let mut offset = 0;
-    for chunk in &mut chunks {
-        let w = u64::from_le_bytes(chunk.try_into().expect("chunk of 8"));
-        let m = word(w);
+fn find_control(s: &[u8], from: usize) -> Option<usize> {
+    let below = |w: u64| w.wrapping_sub(LO * u64::from(CONTROL_LIMIT)) & !w & HI;
+    let len = s.len();
+    let mut at = from;
+    while at + 8 <= len {
+        let m = below(u64::from_le_bytes(
+            s[at..at + 8].try_into().expect("8 bytes"),
+        ));
         if m != 0 {
-            return Some(offset + (m.trailing_zeros() / 8) as usize);
+            return Some(at + (m.trailing_zeros() / 8) as usize);
         }
-        offset += 8;
+        at += 8;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| byte(b))
-        .map(|i| offset + i)
+    if at >= len {
+        None
+    } else if len >= 8 {
+        let base = len - 8;
+        let fresh = !0u64 << (8 * (at - base));
+        let m = below(u64::from_le_bytes(s[base..].try_into().expect("8 bytes"))) & fresh;
+        (m != 0).then(|| base + (m.trailing_zeros() / 8) as usize)
+    } else {
+        s[at..]
+            .iter()
+            .position(|&b| b < CONTROL_LIMIT)
+            .map(|i| at + i)
+    }
 }
 
 /// First TAB, NUL or 0x01: where a raw field ends or stops being plain.
 #[inline]
 pub(crate) fn find_tab_or_special(s: &[u8]) -> Option<usize> {
-    find_first(
-        s,
-        |w| bytes_below(w, 2) | bytes_equal(w, b'\t'),
-        |b| b < 2 || b == b'\t',
-    )
+    let mut at = 0;
+    loop {
+        let i = find_control(s, at)?;
+        if matches!(s[i], b'\t' | 0 | 1) {
+            return Some(i);
+        }
+        at = i + 1;
+    }
 }
 
 /// First LF or NUL.
 #[inline]
 pub(crate) fn find_lf_or_nul(s: &[u8]) -> Option<usize> {
-    find_first(
-        s,
-        |w| zero_bytes(w) | bytes_equal(w, b'\n'),
-        |b| b == 0 || b == b'\n',
-    )
-}
-
-/// High bit set in exactly the zero bytes of `x` (no false positives).
-#[inline(always)]
-fn exact_zero_bytes(x: u64) -> u64 {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+    let mut at = 0;
+    loop {
+        let i = find_control(s, at)?;
+        if s[i] == b'\n' || s[i] == 0 {
+            return Some(i);
+        }
+        at = i + 1;
+    }
 }
 
 /// The TAB positions of a request line, as far as a request can use them.
@@ -88,71 +86,59 @@ impl Tabs {
     pub const MAX: usize = 4;
 }
 
-/// Finds the first [`Tabs::MAX`] TABs of `line` in one word-at-a-time pass. `None` when a
-/// NUL or 0x01 comes before the last of them (or before the end): the fields that matter
-/// then need unescaping. With `Some`, every field before the last TAB found, and the one
-/// after it when fewer than [`Tabs::MAX`] were found, is plain bytes.
+/// Finds the first [`Tabs::MAX`] TABs of `line`. `None` when a NUL or 0x01 comes before the
+/// last of them (or before the end): the fields that matter then need unescaping. With
+/// `Some`, every field up to the last TAB found, and the one after it when fewer than
+/// [`Tabs::MAX`] were found, is plain bytes. An LF here is data.
 #[inline]
 pub(crate) fn plain_tabs(line: &[u8]) -> Option<Tabs> {
-    const TAB: u64 = LO * b'\t' as u64;
-    const NOT_LOW_BIT: u64 = LO * 0xfe;
     let mut tabs = Tabs {
         at: [0; Tabs::MAX],
         count: 0,
     };
-    // Handles the flagged bytes of one word starting at `base`; true when done.
-    let mut flagged = |tab_mask: u64, special_mask: u64, base: usize| -> Option<bool> {
-        let mut m = tab_mask | special_mask;
-        while m != 0 {
-            let bit = m & m.wrapping_neg();
-            if special_mask & bit != 0 {
-                return None;
-            }
-            tabs.at[tabs.count] = base + (bit.trailing_zeros() / 8) as usize;
-            tabs.count += 1;
-            if tabs.count == Tabs::MAX {
-                return Some(true);
-            }
-            m &= m - 1;
-        }
-        Some(false)
-    };
-    let len = line.len();
-    let mut offset = 0;
-    while offset + 8 <= len {
-        let w = u64::from_le_bytes(line[offset..offset + 8].try_into().expect("8 bytes"));
-        if flagged(
-            exact_zero_bytes(w ^ TAB),
-            exact_zero_bytes(w & NOT_LOW_BIT),
-            offset,
-        )? {
-            return Some(tabs);
-        }
-        offset += 8;
-    }
-    if offset < len {
-        if len >= 8 {
-            // The last 8 bytes, overlapping what was scanned; mask off the overlap.
-            let base = len - 8;
-            let w = u64::from_le_bytes(line[base..].try_into().expect("8 bytes"));
-            let fresh = !0u64 << (8 * (offset - base));
-            flagged(
-                exact_zero_bytes(w ^ TAB) & fresh,
-                exact_zero_bytes(w & NOT_LOW_BIT) & fresh,
-                base,
-            )?;
-        } else {
-            for (i, &b) in line.iter().enumerate() {
-                if b < 2 {
-                    return None;
-                }
-                if b == b'\t' && flagged(0x80, 0, i)? {
+    let mut at = 0;
+    while let Some(i) = find_control(line, at) {
+        match line[i] {
+            b'\t' => {
+                tabs.at[tabs.count] = i;
+                tabs.count += 1;
+                if tabs.count == Tabs::MAX {
                     break;
                 }
             }
+            0 | 1 => return None,
+            _ => {}
         }
+        at = i + 1;
     }
     Some(tabs)
+}
+
+/// The hot path of request framing and splitting in one pass: the position of the first LF
+/// in `window` and the TABs before it (as [`plain_tabs`] would find them in the line).
+/// `None` when `window` holds no LF, or a NUL or 0x01 comes before the LF and before the
+/// last TAB that matters: the caller then takes the general path.
+#[inline]
+pub(crate) fn scan_plain_line(window: &[u8]) -> Option<(usize, Tabs)> {
+    let mut tabs = Tabs {
+        at: [0; Tabs::MAX],
+        count: 0,
+    };
+    let mut at = 0;
+    loop {
+        let i = find_control(window, at)?;
+        match window[i] {
+            b'\n' => return Some((i, tabs)),
+            b'\t' if tabs.count < Tabs::MAX => {
+                tabs.at[tabs.count] = i;
+                tabs.count += 1;
+            }
+            // After the last TAB that matters, fields are ignored: only the LF counts.
+            0 | 1 if tabs.count < Tabs::MAX => return None,
+            _ => {}
+        }
+        at = i + 1;
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +185,17 @@ mod tests {
             0..40,
         )) {
             prop_assert_eq!(plain_tabs(&s), plain_tabs_model(&s));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn scan_plain_line_matches_model(s in proptest::collection::vec(
+            prop_oneof![4 => Just(b'a'), 2 => Just(b'\t'), 1 => Just(b'\n'), 1 => Just(0u8), 1 => Just(1u8), 1 => any::<u8>()],
+            0..40,
+        )) {
+            let want = s.iter().position(|&b| b == b'\n').and_then(|lf| Some((lf, plain_tabs_model(&s[..lf])?)));
+            prop_assert_eq!(scan_plain_line(&s), want);
         }
     }
 
