@@ -1,16 +1,27 @@
-//! Decodes a buffer line after line as a session would. No input may panic; every decoded
-//! request re-encodes canonically and reads back the same; framing obeys the 1024-byte limit.
+//! Decodes a buffer line after line as a session would. No input may panic; the one-pass
+//! hot path agrees with framing then parsing; every decoded request re-encodes canonically
+//! and reads back the same; framing obeys the 1024-byte limit.
 #![no_main]
 
 use foreman::wire::anvil::{decode_request, encode_request, parse_request};
-use foreman::wire::line::MAX_LINE;
+use foreman::wire::line::{next_line, MAX_LINE};
 use foreman::wire::DecodeError;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     loop {
-        match decode_request(rest) {
+        let decoded = decode_request(rest);
+        let reference = match next_line(rest) {
+            Ok(Some((n, line))) => match parse_request(line) {
+                Ok(r) => Ok((n, r)),
+                Err(e) => Err(DecodeError::Invalid(Ok(e))),
+            },
+            Ok(None) => Err(DecodeError::Incomplete),
+            Err(e) => Err(DecodeError::Invalid(Err(e))),
+        };
+        assert_eq!(decoded, reference);
+        match decoded {
             Ok((n, req)) => {
                 assert!(n >= 1 && n <= MAX_LINE && n <= rest.len() && rest[n - 1] == b'\n');
                 if let Some(req) = req {
