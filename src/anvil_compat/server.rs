@@ -718,6 +718,12 @@ fn feed_bounded(
     log: &mut LogBuf,
 ) -> (usize, bool) {
     let now = now_ms();
+    if conn.session.kind().fifo {
+        // A pipe has no output to bound: all of it in one call.
+        let fed = conn.session.feed(anvil, now, input, out, log);
+        out.clear();
+        return (fed.consumed, fed.close);
+    }
     let mut pos = 0;
     // Line ends found in one SIMD pass over the buffer; the part after the last LF (a
     // partial line, possibly too long) is fed last.
