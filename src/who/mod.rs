@@ -48,7 +48,7 @@ pub enum WhoError {
     #[error("Multiple network masks not supported")]
     MultipleNetworkMasks,
     /// The anvil socket could not be reached (same text as doveadm).
-    #[error("net_connect_unix({}) failed: {source}", path.display())]
+    #[error("net_connect_unix({}) failed: {}", path.display(), errno_text(source))]
     Connect {
         path: PathBuf,
         #[source]
@@ -66,7 +66,23 @@ pub enum WhoError {
     Truncated { path: PathBuf },
 }
 
+/// The C library's text for an I/O error (`No such file or directory`), as doveadm prints it.
+fn errno_text(err: &std::io::Error) -> String {
+    match err.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_owned(),
+        None => err.to_string(),
+    }
+}
+
 impl WhoError {
+    /// How doveadm labels this error on stderr: `Error` for usage, `Fatal` for I/O.
+    pub fn label(&self) -> &'static str {
+        match self {
+            WhoError::MultipleUserMasks | WhoError::MultipleNetworkMasks => "Error",
+            _ => "Fatal",
+        }
+    }
+
     /// The exit code doveadm uses for this error (64 usage, 75 temporary failure).
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -372,7 +388,7 @@ pub fn render_table(dump: &Dump, filter: &Filter, one_per_session: bool, screen:
             .filter(|g| filter.matches_group(g))
             .map(|g| {
                 let pids: Vec<String> = g.pids.iter().map(|p| p.to_string()).collect();
-                let ips: Vec<String> = g.ips.iter().map(|ip| net::format_ip(ip)).collect();
+                let ips: Vec<String> = g.ips.iter().map(net::format_ip).collect();
                 vec![
                     g.username.to_vec(),
                     g.count.to_string().into_bytes(),
@@ -412,7 +428,7 @@ pub fn render_json(dump: &Dump, filter: &Filter, one_per_session: bool) -> Vec<u
                     "service": text(&g.service),
                     "count": g.count,
                     "pids": g.pids.iter().map(|p| p.get()).collect::<Vec<_>>(),
-                    "ips": g.ips.iter().map(|ip| net::format_ip(ip)).collect::<Vec<_>>(),
+                    "ips": g.ips.iter().map(net::format_ip).collect::<Vec<_>>(),
                 })
             })
             .collect()

@@ -164,10 +164,10 @@ fn grouping_sums_refcounts_and_keeps_first_appearance_order() {
     );
     assert_eq!(
         text(render_table(&d, &Filter::default(), false, 80)),
-        "username # proto (pids)     (ips)                       \n\
-         alice    5 imap  (30 20 10) (127.0.0.1 10.0.0.1)        \n\
-         bob      1 pop3  (40)       (127.0.0.1)                 \n\
-         alice    1 lmtp  (50)       ()                          \n"
+        "username # proto (pids)     (ips)                               \n\
+         alice    5 imap  (30 20 10) (127.0.0.1 10.0.0.1)                \n\
+         bob      1 pop3  (40)       (127.0.0.1)                         \n\
+         alice    1 lmtp  (50)       ()                                  \n"
     );
 }
 
