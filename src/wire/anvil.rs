@@ -556,3 +556,6 @@ fn push_dec(out: &mut Vec<u8>, mut n: u32) {
     }
     out.extend_from_slice(&buf[i..]);
 }
+
+#[cfg(test)]
+mod tests;

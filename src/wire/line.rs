@@ -57,9 +57,11 @@ fn content(line: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
+    type Framed<'a> = Option<(usize, &'a [u8])>;
+
     #[test]
     fn known_answers() {
-        let cases: &[(&[u8], Option<(usize, &[u8])>)] = &[
+        let cases: &[(&[u8], Framed)] = &[
             (b"", None),
             (b"abc", None),
             (b"\n", Some((1, b""))),
