@@ -329,3 +329,24 @@ fn json_is_a_valid_array() {
     assert_eq!(v[0]["ip"], serde_json::Value::Null);
     assert_eq!(v[0]["username"], "a\u{fffd}b");
 }
+
+#[test]
+fn huge_refcounts_are_streamed() {
+    struct LineCounter(usize);
+    impl std::io::Write for LineCounter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.iter().filter(|&&b| b == b'\n').count();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let d = dump(vec![session("imap/127.0.0.1/alice", 7, 100_000)]);
+    let mut lines = LineCounter(0);
+    write_table(&d, &Filter::default(), true, 80, &mut lines).unwrap();
+    assert_eq!(lines.0, 100_001);
+    let mut items = LineCounter(0);
+    write_json(&d, &Filter::default(), true, &mut items).unwrap();
+    assert_eq!(items.0, 1);
+}
