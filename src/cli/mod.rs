@@ -108,7 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match crate::who::run(&opts, &mut stdout, &mut stderr) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(err) => {
-                    eprintln!("Error: {err}");
+                    eprintln!("{}: {err}", err.label());
                     Ok(ExitCode::from(err.exit_code()))
                 }
             }
