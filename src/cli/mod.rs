@@ -40,6 +40,8 @@ pub enum Command {
         /// A user mask (`*`, `?`) and/or an IP network `ip/bits`.
         masks: Vec<String>,
     },
+    /// Run the demo stack: stock Dovecot services with Foreman on 127.0.0.1 high ports.
+    Demo,
     /// Benchmarks side by side with stock Dovecot.
     Bench {
         #[command(subcommand)]
@@ -118,10 +120,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match crate::who::run(&opts, &mut stdout, &mut stderr) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(err) => {
-                    eprintln!("Error: {err}");
+                    eprintln!("{}: {err}", err.label());
                     Ok(ExitCode::from(err.exit_code()))
                 }
             }
+        }
+        Command::Demo => {
+            crate::demo::run(std::env::current_exe()?)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             what:
