@@ -112,7 +112,7 @@ impl Sizes {
             }
         } else {
             Sizes {
-                rounds: 3,
+                rounds: 5,
                 warmup_pairs: 200_000,
                 pairs_1: 2_000_000,
                 pairs_8_each: 250_000,

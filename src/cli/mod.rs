@@ -69,6 +69,9 @@ pub enum BenchCommand {
         /// Skip instructions per operation (valgrind --tool=callgrind).
         #[arg(long)]
         skip_callgrind: bool,
+        /// Measure another build's `foreman anvil` (default: this binary).
+        #[arg(long, value_name = "PATH")]
+        foreman_exe: Option<PathBuf>,
     },
 }
 
@@ -137,10 +140,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     skip_memory,
                     skip_dump,
                     skip_callgrind,
+                    foreman_exe,
                 },
         } => {
             let opts = crate::bench::AnvilOptions {
-                foreman_exe: std::env::current_exe()?,
+                foreman_exe: match foreman_exe {
+                    Some(path) => path,
+                    None => std::env::current_exe()?,
+                },
                 quick,
                 skip_throughput,
                 skip_memory,
