@@ -1,2 +1,4 @@
 //! The only module with `unsafe` and raw syscalls: inherited fd checks, fd placement,
 //! SCM_RIGHTS, chmod, setuid.
+
+pub mod fdplan;
