@@ -15,4 +15,7 @@
 //!
 //! `docs/conformance.md` describes the format and the workflow.
 
+pub mod fake_master;
+pub mod normalise;
+pub mod replay;
 pub mod transcript;
