@@ -15,7 +15,10 @@
 //!
 //! `docs/conformance.md` describes the format and the workflow.
 
+pub mod cli;
+pub mod direct;
 pub mod fake_master;
 pub mod normalise;
 pub mod replay;
+pub mod scenarios;
 pub mod transcript;

@@ -5,8 +5,8 @@
 //! Ordering across connections: after every client write the replayer waits (bounded) until
 //! the anvil has read every byte of it (`FIONREAD` on pipes, `SIOCOUTQ` on sockets) before it
 //! goes on, so a CONNECT written to a pipe is seen before a LOOKUP on a socket. With
-//! `realtime` it also keeps the recorded gaps between events, which timestamps in penalty
-//! replies and penalty expiry depend on.
+//! `realtime` it also keeps the recorded gaps between events of [`KEEP_GAPS_FROM`] or more,
+//! which timestamps in penalty replies and penalty expiry depend on.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,6 +19,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::fake_master::{AnvilBinary, FakeMaster};
 use super::normalise::compare_lines;
 use super::transcript::{escape_bytes, escape_pieces, ConnAction, ConnKind, EventKind, ExitKind, Piece, ProcessAction, Transcript};
+
+/// Recorded gaps at least this long (seconds) are kept in a realtime replay; shorter ones are
+/// skipped, and expected timestamps are shifted by the time skipped so far.
+pub const KEEP_GAPS_FROM: f64 = 0.5;
 
 /// How to replay.
 #[derive(Debug, Clone)]
@@ -79,13 +83,56 @@ impl fmt::Display for Mismatch {
     }
 }
 
-/// A connection of the transcript as the replayer sees it.
-enum Live {
+/// A connection of a transcript as the client side sees it.
+pub(crate) enum Live {
     Socket { stream: UnixStream, rx: Receiver<Option<Vec<u8>>>, buf: Vec<u8>, eof: bool },
     Pipe(ConnKind),
 }
 
 impl Live {
+    /// Opens a transcript connection: a socket connection, or the pipe of that kind.
+    pub(crate) fn open(fm: &FakeMaster, kind: ConnKind) -> io::Result<Live> {
+        if kind.is_pipe() {
+            Ok(Live::Pipe(kind))
+        } else {
+            Live::open_socket(fm.connect(kind)?)
+        }
+    }
+
+    /// Writes `data` as one write, then waits (until `deadline`) for the anvil to have read
+    /// all of it, so that what follows on another connection comes after it.
+    pub(crate) fn send(&mut self, fm: &FakeMaster, data: &[u8], deadline: Instant) -> io::Result<()> {
+        match self {
+            Live::Socket { stream, .. } => {
+                // A write after the anvil closed fails; the transcript says whether a close
+                // was expected, so the error itself is not a mismatch.
+                if stream.write_all(data).is_ok() {
+                    while crate::sys::fdplan::unconsumed_bytes(stream, true).unwrap_or(0) > 0
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            Live::Pipe(k) => {
+                let k = *k;
+                if fm.pid().is_none() || fm.anvil_holds_pipe(k)? {
+                    fm.write_pipe(k, data)?;
+                }
+                while fm.pid().is_some()
+                    && fm.pipe_unread(k)? > 0
+                    && fm.anvil_holds_pipe(k)?
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        // Let an anvil that hands reads to another task finish processing them.
+        std::thread::sleep(Duration::from_millis(2));
+        Ok(())
+    }
+
     fn open_socket(stream: UnixStream) -> io::Result<Live> {
         let (tx, rx) = mpsc::channel();
         let mut reader = stream.try_clone()?;
@@ -109,7 +156,7 @@ impl Live {
     }
 
     /// Receives until `done(buf, eof)` holds or `deadline` passes.
-    fn fill(&mut self, deadline: Instant, done: impl Fn(&[u8], bool) -> bool) {
+    pub(crate) fn fill(&mut self, deadline: Instant, done: impl Fn(&[u8], bool) -> bool) {
         let Live::Socket { rx, buf, eof, .. } = self else { return };
         while !done(buf, *eof) && !*eof {
             let now = Instant::now();
@@ -123,7 +170,7 @@ impl Live {
     }
 
     /// Takes whatever has already arrived without waiting.
-    fn drain_now(&mut self) {
+    pub(crate) fn drain_now(&mut self) {
         self.fill(Instant::now(), |_, _| false);
     }
 }
@@ -154,9 +201,16 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
     let t0 = t.events.first().map(|e| e.time).unwrap_or(0.0);
     let tol = opts.ts_tolerance;
     let realtime = opts.realtime;
-    let ts_ok = move |k: i64, v: i64| {
+    // Seconds of recorded time skipped so far (short gaps are not waited for).
+    let skipped = std::cell::Cell::new(0.0f64);
+    let ts_ok = |k: i64, v: i64| {
         if realtime {
-            (v - (base + k)).abs() <= tol
+            // The value was produced at some earlier event, when between 0 and all of the
+            // skipped time had been skipped.
+            let hi = (base + k) as f64;
+            let lo = hi - skipped.get();
+            let (v, t) = (v as f64, tol as f64 + 0.5);
+            v >= lo - t && v <= hi + t
         } else {
             v >= base - tol && v <= now_unix().ceil() as i64 + tol
         }
@@ -176,9 +230,12 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
             log: fm.log_text(),
         };
         if opts.realtime {
-            let at = start + Duration::from_secs_f64((ev.time - t0).max(0.0));
-            if let Some(d) = at.checked_duration_since(Instant::now()) {
-                std::thread::sleep(d);
+            let target = (ev.time - t0 - skipped.get()).max(0.0);
+            let gap = target - start.elapsed().as_secs_f64();
+            if gap >= KEEP_GAPS_FROM {
+                std::thread::sleep(Duration::from_secs_f64(gap));
+            } else if gap > 0.0 {
+                skipped.set(skipped.get() + gap);
             }
         }
         let deadline = Instant::now() + opts.timeout;
@@ -204,39 +261,11 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                 let label = format!("{id} {}", kind.name());
                 match action {
                     ConnAction::Open => {
-                        let live = if kind.is_pipe() { Live::Pipe(*kind) } else { Live::open_socket(fm.connect(*kind)?)? };
-                        conns.insert(id.clone(), live);
+                        conns.insert(id.clone(), Live::open(&fm, *kind)?);
                     }
                     ConnAction::ClientToAnvil(data) => {
                         let live = conns.get_mut(id).ok_or_else(|| unknown_conn(name, line, id))?;
-                        match live {
-                            Live::Socket { stream, .. } => {
-                                // A write after the anvil closed fails; the transcript will say
-                                // whether a close was expected, so the error itself is ignored.
-                                if stream.write_all(data).is_ok() {
-                                    while crate::sys::fdplan::unconsumed_bytes(stream, true).unwrap_or(0) > 0
-                                        && Instant::now() < deadline
-                                    {
-                                        std::thread::sleep(Duration::from_millis(1));
-                                    }
-                                }
-                            }
-                            Live::Pipe(k) => {
-                                let k = *k;
-                                if fm.anvil_holds_pipe(k)? || fm.pid().is_none() {
-                                    fm.write_pipe(k, data)?;
-                                }
-                                while fm.pid().is_some()
-                                    && fm.pipe_unread(k)? > 0
-                                    && fm.anvil_holds_pipe(k)?
-                                    && Instant::now() < deadline
-                                {
-                                    std::thread::sleep(Duration::from_millis(1));
-                                }
-                            }
-                        }
-                        // Let an anvil that hands reads to another task finish processing them.
-                        std::thread::sleep(Duration::from_millis(2));
+                        live.send(&fm, data, deadline)?;
                     }
                     ConnAction::AnvilToClient(_) => {
                         let mut j = i;
@@ -321,7 +350,10 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                                 }
                             }
                         }
-                        conns.remove(id);
+                        // Kept: later client writes to it are replayed (and go nowhere).
+                        if let Some(Live::Socket { eof, .. }) = conns.get_mut(id) {
+                            *eof = true;
+                        }
                     }
                 }
             }

@@ -40,6 +40,11 @@ pub enum Command {
         /// A user mask (`*`, `?`) and/or an IP network `ip/bits`.
         masks: Vec<String>,
     },
+    /// The anvil conformance suite: record transcripts from stock Dovecot, replay them.
+    Conformance {
+        #[command(subcommand)]
+        what: crate::conformance::cli::ConformanceCommand,
+    },
     /// Benchmarks side by side with stock Dovecot.
     Bench {
         #[command(subcommand)]
@@ -87,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = (socket, one_per_session, json, masks);
             anyhow::bail!("foreman who: not implemented yet")
         }
+        Command::Conformance { what } => crate::conformance::cli::run(what),
         Command::Bench { what: BenchCommand::Anvil { quick } } => {
             let _ = quick;
             anyhow::bail!("foreman bench anvil: not implemented yet")
