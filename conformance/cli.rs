@@ -30,6 +30,27 @@ pub enum ConformanceCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run as the anvil executable of a stock Dovecot: start the stock anvil behind this
+    /// process and append every byte crossing it to a raw capture.
+    RecordProxy {
+        /// The raw capture file (appended to; several proxies may share it).
+        #[arg(long)]
+        out: PathBuf,
+        /// The stock anvil binary.
+        #[arg(long, default_value = super::fake_master::STOCK_ANVIL)]
+        stock: PathBuf,
+    },
+    /// Turn a raw proxy capture into a corpus transcript.
+    Finish {
+        /// The raw capture written by record-proxy.
+        raw: PathBuf,
+        /// The transcript to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Comment lines to put in the transcript's header.
+        #[arg(long)]
+        comment: Vec<String>,
+    },
     /// Record scenarios from stock Dovecot into transcripts.
     Record {
         /// Directory to write `<scenario>.transcript` files into.
@@ -105,6 +126,15 @@ pub fn run(cmd: ConformanceCommand) -> anyhow::Result<ExitCode> {
             println!("{} passed, {} failed", total - n, n);
             Ok(if n == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+        ConformanceCommand::RecordProxy { out, stock } => {
+            let how = super::proxy::run(&super::proxy::ProxyOptions { out, stock })?;
+            Ok(exit_like(how))
+        }
+        ConformanceCommand::Finish { raw, out, comment } => {
+            let t = super::proxy::finish(&load(&raw)?, comment);
+            std::fs::write(&out, t.render(3)).with_context(|| format!("writing {}", out.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         ConformanceCommand::Record { out, list, names } => {
             let scripts = super::scenarios::direct_scripts();
             if list {
@@ -129,6 +159,21 @@ pub fn run(cmd: ConformanceCommand) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no such scenario: {names:?} (see --list)");
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Exits the way a child did: the same status, or killed by the same signal.
+fn exit_like(how: super::transcript::ExitKind) -> ExitCode {
+    match how {
+        super::transcript::ExitKind::Status(n) => ExitCode::from(n.clamp(0, 255) as u8),
+        super::transcript::ExitKind::Signal(s) => {
+            if let Ok(sig) = nix::sys::signal::Signal::try_from(s) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), sig);
+                // Still alive: the signal was caught or ignored; SIGKILL is never.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+            }
+            ExitCode::from(128u8.saturating_add(s as u8))
         }
     }
 }

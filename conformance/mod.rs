@@ -19,6 +19,7 @@ pub mod cli;
 pub mod direct;
 pub mod fake_master;
 pub mod normalise;
+pub mod proxy;
 pub mod replay;
 pub mod scenarios;
 pub mod transcript;

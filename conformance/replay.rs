@@ -243,6 +243,7 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
             EventKind::Process(p) => match p {
                 ProcessAction::Start { restarted } => fm.spawn(*restarted, opts.timeout)?,
                 ProcessAction::MasterDead => fm.master_dead(),
+                ProcessAction::Signal(n) => fm.kill(*n)?,
                 ProcessAction::Exit(want) => {
                     let mut got = fm.wait_exit(Duration::ZERO)?;
                     if got.is_none() {

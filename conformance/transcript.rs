@@ -110,6 +110,8 @@ pub enum ProcessAction {
     Start { restarted: bool },
     /// The master died: anvil's master-dead pipe (fd 6) reports an error from now on.
     MasterDead,
+    /// The master sent the anvil this signal (SIGQUIT at shutdown, for example).
+    Signal(i32),
     /// The anvil process ended.
     Exit(ExitKind),
 }
@@ -260,6 +262,9 @@ impl Event {
                     ProcessAction::Start { restarted: false } => s.push_str("start"),
                     ProcessAction::Start { restarted: true } => s.push_str("start restarted"),
                     ProcessAction::MasterDead => s.push_str("master-dead"),
+                    ProcessAction::Signal(n) => {
+                        let _ = write!(s, "signal {n}");
+                    }
                     ProcessAction::Exit(e) => {
                         let _ = write!(s, "exit {e}");
                     }
@@ -308,6 +313,7 @@ impl Event {
                 ("start", None) => ProcessAction::Start { restarted: false },
                 ("start", Some("restarted")) => ProcessAction::Start { restarted: true },
                 ("master-dead", None) => ProcessAction::MasterDead,
+                ("signal", Some(n)) => ProcessAction::Signal(n.parse().map_err(|_| "bad signal number")?),
                 ("exit", Some(r)) => {
                     let (how, n) = r.split_once(' ').ok_or("exit needs 'status N' or 'signal N'")?;
                     let n: i32 = n.parse().map_err(|_| "bad exit number")?;
@@ -413,9 +419,9 @@ mod tests {
         let text = "foreman-anvil-transcript 1\n# hello\n0.000 - process start\n0.010 1 master-pipe open\n\
 0.010 1 master-pipe client->anvil VERSION\\x09anvil\\x091\\x090\\x0a\n0.020 2 anvil-auth-penalty anvil->client 2 {ts+0}\n\
 0.021 2 anvil-auth-penalty anvil->client\n0.030 2 anvil-auth-penalty close-by-anvil\n0.040 - process master-dead\n\
-0.050 - process exit signal 9\n0.060 - process start restarted\n";
+0.045 - process signal 3\n0.050 - process exit signal 9\n0.060 - process start restarted\n";
         let t = Transcript::parse(text).unwrap();
-        assert_eq!(t.events.len(), 9);
+        assert_eq!(t.events.len(), 10);
         assert_eq!(t.lines[0], 3);
         assert_eq!(t.render(3), text);
     }
