@@ -137,8 +137,12 @@ pub fn run(cmd: ConformanceCommand) -> anyhow::Result<ExitCode> {
         }
         ConformanceCommand::Record { out, list, names } => {
             let scripts = super::scenarios::direct_scripts();
+            let live = super::scenarios::live_scenarios();
             if list {
                 for s in &scripts {
+                    println!("{:28} {}", s.name, s.about.lines().next().unwrap_or(""));
+                }
+                for s in &live {
                     println!("{:28} {}", s.name, s.about.lines().next().unwrap_or(""));
                 }
                 return Ok(ExitCode::SUCCESS);
@@ -151,6 +155,17 @@ pub fn run(cmd: ConformanceCommand) -> anyhow::Result<ExitCode> {
                 }
                 known = true;
                 let t = super::direct::record(s, AnvilBinary::Stock).with_context(|| format!("recording {}", s.name))?;
+                let path = out.join(format!("{}.transcript", s.name));
+                std::fs::write(&path, t.render(3))?;
+                println!("recorded {}", path.display());
+            }
+            let foreman = std::env::current_exe()?;
+            for s in &live {
+                if !names.is_empty() && !names.iter().any(|n| n == s.name) {
+                    continue;
+                }
+                known = true;
+                let t = super::live::record(s, &foreman).with_context(|| format!("recording {}", s.name))?;
                 let path = out.join(format!("{}.transcript", s.name));
                 std::fs::write(&path, t.render(3))?;
                 println!("recorded {}", path.display());

@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod direct;
 pub mod fake_master;
+pub mod live;
 pub mod normalise;
 pub mod proxy;
 pub mod replay;

@@ -248,6 +248,9 @@ fn forward_signals(shared: Arc<Shared>, child: i32) {
             });
         }
         while let Some(k) = rx.recv().await {
+            if *shared.exited.lock().unwrap() {
+                continue;
+            }
             shared.record(EventKind::Process(ProcessAction::Signal(k)));
             if k == libc::SIGQUIT {
                 shared.stop_accepting.store(true, Ordering::SeqCst);

@@ -243,7 +243,12 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
             EventKind::Process(p) => match p {
                 ProcessAction::Start { restarted } => fm.spawn(*restarted, opts.timeout)?,
                 ProcessAction::MasterDead => fm.master_dead(),
-                ProcessAction::Signal(n) => fm.kill(*n)?,
+                // A signal to an anvil that already exited is a no-op, as kill(2) would be.
+                ProcessAction::Signal(n) => {
+                    if fm.pid().is_some() {
+                        fm.kill(*n)?;
+                    }
+                }
                 ProcessAction::Exit(want) => {
                     let mut got = fm.wait_exit(Duration::ZERO)?;
                     if got.is_none() {

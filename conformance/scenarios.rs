@@ -514,3 +514,282 @@ fn many_sessions_dump() -> Script {
     .send(3, "CONNECT-DUMP\nLOOKUP\timap/10.0.0.1/bob\n")
     .close(3)
 }
+
+use super::live::{Ctx, LiveScenario};
+use anyhow::Context as _;
+use nix::sys::signal::Signal;
+
+/// Every scenario of real traffic, in corpus order.
+pub fn live_scenarios() -> Vec<LiveScenario> {
+    vec![
+        LiveScenario {
+            name: "live-imap-login-logout",
+            about: "An IMAP login and logout: imap-login's LOOKUP, auth's PENALTY-GET, the imap\n\
+                    process's CONNECT/DISCONNECT on the shared pipe; then dovecot stops.",
+            userip_limit: None,
+            run: imap_login_logout,
+        },
+        LiveScenario {
+            name: "live-pop3-login-logout",
+            about: "A POP3 login and QUIT, then dovecot stops.",
+            userip_limit: None,
+            run: pop3_login_logout,
+        },
+        LiveScenario {
+            name: "live-userip-limit",
+            about: "mail_max_userip_connections = 2: a third IMAP login of alice from the same IP\n\
+                    is refused after LOOKUP returns 2; bob still gets in.",
+            userip_limit: Some(2),
+            run: userip_limit,
+        },
+        LiveScenario {
+            name: "live-auth-penalty",
+            about: "Failed POP3 and IMAP logins raise the auth penalty (PENALTY-INC with a password\n\
+                    checksum, the same wrong password again, a second one), a successful login resets\n\
+                    it, doveadm penalty dumps it.",
+            userip_limit: None,
+            run: auth_penalty,
+        },
+        LiveScenario {
+            name: "live-doveadm-who",
+            about: "doveadm who and who -1 (CONNECT-DUMP) with IMAP and POP3 sessions of two users.",
+            userip_limit: None,
+            run: doveadm_who,
+        },
+        LiveScenario {
+            name: "live-doveadm-kick",
+            about: "doveadm kick alice: CONNECT-DUMP, SIGTERM to her imap processes, their\n\
+                    DISCONNECTs; bob's session stays.",
+            userip_limit: None,
+            run: doveadm_kick,
+        },
+        LiveScenario {
+            name: "live-killed-mail-process",
+            about: "An imap process killed with SIGKILL: the master writes KILL <pid> to the master\n\
+                    pipe and the session disappears from the dump.",
+            userip_limit: None,
+            run: killed_mail_process,
+        },
+        LiveScenario {
+            name: "live-anvil-crash-restart",
+            about: "The stock anvil is killed (SIGKILL) with a session open: the master restarts it with\n\
+                    ANVIL_RESTARTED=1, writes KILL <old pid> and VERSION to the master pipe; the old\n\
+                    session's DISCONNECT is unknown to the new anvil.",
+            userip_limit: None,
+            run: anvil_crash_restart,
+        },
+        LiveScenario {
+            name: "live-reload",
+            about: "A SIGHUP reload with a session open: anvil is not restarted, its pipes get no new\n\
+                    VERSION line, sessions before and after the reload are counted together.",
+            userip_limit: None,
+            run: reload,
+        },
+        LiveScenario {
+            name: "live-shutdown-with-client",
+            about: "dovecot stops while an anvil client is connected: anvil keeps answering it and\n\
+                    exits 0 once it disconnects.",
+            userip_limit: None,
+            run: shutdown_with_client,
+        },
+    ]
+}
+
+fn imap_login_logout(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut c = ctx.dovecot.imap()?;
+    anyhow::ensure!(c.login("alice", "secret")?.is_ok(), "login failed");
+    ctx.wait_raw("shared-pipe client->anvil CONNECT", 1)?;
+    ctx.settle();
+    c.logout()?;
+    ctx.wait_raw("shared-pipe client->anvil DISCONNECT", 1)?;
+    ctx.settle();
+    Ok(())
+}
+
+fn pop3_login_logout(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut c = ctx.dovecot.pop3()?;
+    let r = c.login("bob", "secret")?;
+    anyhow::ensure!(r.starts_with("+OK"), "login failed: {r}");
+    ctx.wait_raw("shared-pipe client->anvil CONNECT", 1)?;
+    ctx.settle();
+    c.quit()?;
+    ctx.wait_raw("shared-pipe client->anvil DISCONNECT", 1)?;
+    ctx.settle();
+    Ok(())
+}
+
+fn userip_limit(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut sessions = Vec::new();
+    for n in 1..=2 {
+        let mut c = ctx.dovecot.imap()?;
+        anyhow::ensure!(c.login("alice", "secret")?.is_ok(), "login {n} failed");
+        ctx.wait_raw("shared-pipe client->anvil CONNECT", n)?;
+        ctx.settle();
+        sessions.push(c);
+    }
+    let mut third = ctx.dovecot.imap()?;
+    let r = third.login("alice", "secret")?;
+    anyhow::ensure!(!r.is_ok(), "the third login should be refused: {r:?}");
+    ctx.settle();
+    drop(third);
+    let mut b = ctx.dovecot.imap()?;
+    anyhow::ensure!(b.login("bob", "secret")?.is_ok(), "bob's login failed");
+    ctx.wait_raw("shared-pipe client->anvil CONNECT", 3)?;
+    ctx.settle();
+    b.logout()?;
+    for c in sessions {
+        c.logout()?;
+    }
+    ctx.wait_raw("shared-pipe client->anvil DISCONNECT", 3)?;
+    ctx.settle();
+    Ok(())
+}
+
+fn auth_penalty(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut p = ctx.dovecot.pop3()?;
+    let r = p.login("alice", "wrong")?;
+    anyhow::ensure!(r.starts_with("-ERR"), "wrong password accepted: {r}");
+    ctx.settle();
+    let r = p.login("alice", "wrong")?;
+    anyhow::ensure!(r.starts_with("-ERR"), "wrong password accepted: {r}");
+    ctx.settle();
+    let mut i = ctx.dovecot.imap()?;
+    anyhow::ensure!(!i.login("alice", "other-wrong")?.is_ok(), "wrong password accepted");
+    ctx.settle();
+    ctx.doveadm(&["penalty"])?;
+    anyhow::ensure!(i.login("alice", "secret")?.is_ok(), "login failed");
+    ctx.wait_raw("shared-pipe client->anvil CONNECT", 1)?;
+    ctx.settle();
+    ctx.doveadm(&["penalty"])?;
+    i.logout()?;
+    p.abort();
+    ctx.wait_raw("shared-pipe client->anvil DISCONNECT", 1)?;
+    ctx.settle();
+    Ok(())
+}
+
+fn doveadm_who(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut a1 = ctx.dovecot.imap()?;
+    anyhow::ensure!(a1.login("alice", "secret")?.is_ok(), "login failed");
+    let mut a2 = ctx.dovecot.imap()?;
+    anyhow::ensure!(a2.login("alice", "secret")?.is_ok(), "login failed");
+    let mut b = ctx.dovecot.pop3()?;
+    anyhow::ensure!(b.login("bob", "secret")?.starts_with("+OK"), "login failed");
+    ctx.wait_raw("shared-pipe client->anvil CONNECT", 3)?;
+    ctx.settle();
+    let who = ctx.doveadm(&["who"])?;
+    anyhow::ensure!(who.contains("alice") && who.contains("bob"), "who: {who}");
+    ctx.doveadm(&["who", "-1"])?;
+    ctx.doveadm(&["who", "alice"])?;
+    a1.logout()?;
+    a2.logout()?;
+    b.quit()?;
+    ctx.wait_raw("shared-pipe client->anvil DISCONNECT", 3)?;
+    ctx.settle();
+    ctx.doveadm(&["who"])?;
+    Ok(())
+}
+
+fn doveadm_kick(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut a = ctx.dovecot.imap()?;
+    anyhow::ensure!(a.login("alice", "secret")?.is_ok(), "login failed");
+    let mut b = ctx.dovecot.imap()?;
+    anyhow::ensure!(b.login("bob", "secret")?.is_ok(), "login failed");
+    ctx.wait_raw("shared-pipe client->anvil CONNECT", 2)?;
+    ctx.settle();
+    ctx.doveadm(&["kick", "alice"])?;
+    ctx.wait_raw("shared-pipe client->anvil DISCONNECT", 1)?;
+    ctx.settle();
+    ctx.doveadm(&["who", "-1"])?;
+    a.abort();
+    b.logout()?;
+    ctx.wait_raw("shared-pipe client->anvil DISCONNECT", 2)?;
+    ctx.settle();
+    Ok(())
+}
+
+fn killed_mail_process(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut a = ctx.dovecot.imap()?;
+    anyhow::ensure!(a.login("alice", "secret")?.is_ok(), "login failed");
+    ctx.wait_raw("shared-pipe client->anvil CONNECT", 1)?;
+    ctx.settle();
+    let pid = ctx.mail_process("imap")?;
+    ctx.signal(pid, Signal::SIGKILL)?;
+    ctx.wait_raw("master-pipe client->anvil KILL", 1)?;
+    ctx.settle();
+    ctx.doveadm(&["who", "-1"])?;
+    a.abort();
+    ctx.settle();
+    Ok(())
+}
+
+fn anvil_crash_restart(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut a = ctx.dovecot.imap()?;
+    anyhow::ensure!(a.login("alice", "secret")?.is_ok(), "login failed");
+    ctx.wait_raw("shared-pipe client->anvil CONNECT", 1)?;
+    ctx.settle();
+    let anvil = ctx.stock_anvil()?;
+    ctx.signal(anvil, Signal::SIGKILL)?;
+    ctx.wait_raw("- process start restarted", 1)?;
+    ctx.wait_raw("master-pipe client->anvil VERSION", 2)?;
+    ctx.settle();
+    ctx.doveadm(&["who", "-1"])?;
+    a.logout()?;
+    ctx.wait_raw("shared-pipe client->anvil DISCONNECT", 1)?;
+    ctx.settle();
+    // A new login: a fresh imap-login process, and auth may have to reconnect.
+    let mut b = ctx.dovecot.imap()?;
+    let _ = b.login("bob", "secret")?;
+    ctx.settle();
+    let mut b2 = ctx.dovecot.imap()?;
+    let ok = b2.login("bob", "secret")?.is_ok();
+    ctx.settle();
+    ctx.doveadm(&["who", "-1"])?;
+    b.abort();
+    if ok {
+        b2.logout()?;
+    }
+    ctx.settle();
+    Ok(())
+}
+
+fn reload(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut a = ctx.dovecot.imap()?;
+    anyhow::ensure!(a.login("alice", "secret")?.is_ok(), "login failed");
+    ctx.wait_raw("shared-pipe client->anvil CONNECT", 1)?;
+    ctx.settle();
+    let master = ctx.dovecot.pid().context("no master")?;
+    ctx.signal(master, Signal::SIGHUP)?;
+    std::thread::sleep(Duration::from_secs(1));
+    ctx.settle();
+    let mut b = ctx.dovecot.imap()?;
+    anyhow::ensure!(b.login("alice", "secret")?.is_ok(), "login after reload failed");
+    ctx.wait_raw("shared-pipe client->anvil CONNECT", 2)?;
+    ctx.settle();
+    ctx.doveadm(&["who"])?;
+    a.logout()?;
+    b.logout()?;
+    ctx.wait_raw("shared-pipe client->anvil DISCONNECT", 2)?;
+    ctx.settle();
+    Ok(())
+}
+
+fn shutdown_with_client(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let mut a = ctx.dovecot.imap()?;
+    anyhow::ensure!(a.login("alice", "secret")?.is_ok(), "login failed");
+    ctx.wait_raw("shared-pipe client->anvil CONNECT", 1)?;
+    ctx.settle();
+    let mut client = ctx.dovecot.anvil_client()?;
+    let _ = client.request(b"LOOKUP\timap/127.0.0.1/alice")?;
+    ctx.settle();
+    a.abort();
+    ctx.settle();
+    ctx.dovecot.stop()?;
+    ctx.wait_raw("- process master-dead", 1)?;
+    ctx.settle();
+    let _ = client.request(b"LOOKUP\timap/127.0.0.1/alice")?;
+    let _ = client.dump(b"CONNECT-DUMP")?;
+    drop(client);
+    ctx.settle();
+    Ok(())
+}
