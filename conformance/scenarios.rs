@@ -731,7 +731,7 @@ fn anvil_crash_restart(ctx: &mut Ctx) -> anyhow::Result<()> {
     let anvil = ctx.stock_anvil()?;
     ctx.signal(anvil, Signal::SIGKILL)?;
     ctx.wait_raw("- process start restarted", 1)?;
-    ctx.wait_raw("master-pipe client->anvil VERSION", 2)?;
+    ctx.wait_raw("shared-pipe client->anvil VERSION", 2)?;
     ctx.settle();
     ctx.doveadm(&["who", "-1"])?;
     a.logout()?;
