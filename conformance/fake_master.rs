@@ -29,7 +29,6 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::{pipe2, Pid};
 
 use super::transcript::{ConnKind, ExitKind};
-use crate::sys::fdplan::spawn_with_fds;
 use crate::wire::status::{StatusRecord, STATUS_RECORD_LEN};
 
 /// Where the stock anvil binary lives on Debian.
@@ -151,10 +150,8 @@ impl FakeMaster {
         let _ = dead_r;
         let null = || File::options().read(true).write(true).open("/dev/null").map(OwnedFd::from);
         let (log_r, log_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let std_fds = [null()?, null()?, log_w];
         let plan = vec![
-            (null()?, 0),
-            (null()?, 1),
-            (log_w, 2),
             (null()?, 3),
             (self.fdpass.1.try_clone()?, 4),
             (self.status_write.try_clone()?, 5),
@@ -189,7 +186,7 @@ impl FakeMaster {
         for (k, v) in &vars {
             cmd.env(k, v);
         }
-        let child = spawn_with_fds(&mut cmd, plan)?;
+        let child = spawn_with_layout(&mut cmd, std_fds, plan)?;
         let pid = child.id() as i32;
         self.child = Some(child);
         let c = self.collected.clone();
@@ -349,6 +346,15 @@ impl Drop for FakeMaster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Spawns `cmd` with fds 0–2 from `std_fds` and every `(fd, n)` of `plan` at number n; the
+/// parent's copies are closed once the child runs.
+pub fn spawn_with_layout(cmd: &mut Command, std_fds: [OwnedFd; 3], plan: Vec<(OwnedFd, i32)>) -> io::Result<Child> {
+    let [i, o, e] = std_fds;
+    cmd.stdin(std::process::Stdio::from(i)).stdout(std::process::Stdio::from(o)).stderr(std::process::Stdio::from(e));
+    crate::sys::place_fds(cmd, plan)?;
+    cmd.spawn()
 }
 
 /// Converts a process exit status.

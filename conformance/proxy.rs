@@ -33,11 +33,10 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::pipe2;
 
-use super::fake_master::{exit_kind, STOCK_ANVIL};
+use super::fake_master::{exit_kind, spawn_with_layout, STOCK_ANVIL};
 use super::normalise::normalise_reply;
 use super::transcript::{ConnAction, ConnKind, Event, EventKind, ExitKind, Piece, ProcessAction, Transcript};
 use crate::master_compat::child_env::{MASTER_ANVIL_LOG_FDPASS_FD, MASTER_DEAD_FD, MASTER_LISTEN_FD_FIRST, MASTER_STATUS_FD};
-use crate::sys::fdplan::{spawn_with_fds, take_inherited_fd};
 use crate::wire::status::{StatusRecord, STATUS_RECORD_LEN};
 
 /// How long a connection close seen from stock waits for stock's exit to be recorded first,
@@ -105,21 +104,22 @@ impl Default for ProxyOptions {
     }
 }
 
-fn take(fd: i32) -> io::Result<OwnedFd> {
-    take_inherited_fd(fd).ok_or_else(|| io::Error::other(format!("fd {fd} was not given by the master")))
-}
-
 /// Runs the proxy until stock anvil exits; returns how it exited (the caller exits the same way).
 pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
     let restarted = std::env::var_os("ANVIL_RESTARTED").is_some();
     let generation: u32 = std::env::var("GENERATION").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
-    let fdpass = take(MASTER_ANVIL_LOG_FDPASS_FD)?;
-    let status_out = File::from(take(MASTER_STATUS_FD)?);
-    let dead = take(MASTER_DEAD_FD)?;
-    let master_pipe = take(MASTER_LISTEN_FD_FIRST)?;
-    let shared_pipe = take(MASTER_LISTEN_FD_FIRST + 1)?;
-    let listen_anvil = UnixListener::from(take(MASTER_LISTEN_FD_FIRST + 2)?);
-    let listen_penalty = UnixListener::from(take(MASTER_LISTEN_FD_FIRST + 3)?);
+    let socket_count: u32 = std::env::var("SOCKET_COUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(4);
+    let fds = crate::sys::take_anvil_fds(socket_count).map_err(io::Error::other)?;
+    let fdpass = fds.log_fdpass;
+    let status_out = File::from(fds.status);
+    let dead = fds.master_dead;
+    let master_pipe = fds.master_pipe;
+    let shared_pipe = fds.shared_pipe;
+    let mut listeners = fds.listeners.into_iter();
+    let (Some(listen_anvil), Some(listen_penalty)) = (listeners.next(), listeners.next()) else {
+        return Err(io::Error::other("the master gave fewer than two anvil listeners"));
+    };
+    let (listen_anvil, listen_penalty) = (UnixListener::from(listen_anvil), UnixListener::from(listen_penalty));
 
     let file = File::options().create(true).append(true).open(&opts.out)?;
     if file.metadata()?.len() == 0 {
@@ -146,10 +146,8 @@ pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
     let (st_r, st_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (dead_r, dead_w) = pipe2(OFlag::O_CLOEXEC)?;
     let null = || File::options().read(true).write(true).open("/dev/null").map(OwnedFd::from);
+    let std_fds = [null()?, null()?, io::stderr().as_fd().try_clone_to_owned()?];
     let plan = vec![
-        (null()?, 0),
-        (null()?, 1),
-        (io::stderr().as_fd().try_clone_to_owned()?, 2),
         (null()?, 3),
         (fdpass, MASTER_ANVIL_LOG_FDPASS_FD),
         (st_w, MASTER_STATUS_FD),
@@ -159,7 +157,7 @@ pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
         (OwnedFd::from(stock_listen_anvil), MASTER_LISTEN_FD_FIRST + 2),
         (OwnedFd::from(stock_listen_penalty), MASTER_LISTEN_FD_FIRST + 3),
     ];
-    let mut child = spawn_with_fds(&mut Command::new(&opts.stock), plan)?;
+    let mut child = spawn_with_layout(&mut Command::new(&opts.stock), std_fds, plan)?;
     let child_pid = child.id() as i32;
     shared.record(EventKind::Process(ProcessAction::Start { restarted }));
 

@@ -77,23 +77,49 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Anvil { socket: Some(socket), penalty_socket } => {
-            crate::anvil_compat::server::run_standalone(crate::anvil_compat::server::StandaloneOptions {
-                socket,
-                penalty_socket,
-            })?;
+        Command::Anvil {
+            socket: Some(socket),
+            penalty_socket,
+        } => {
+            crate::anvil_compat::server::run_standalone(
+                crate::anvil_compat::server::StandaloneOptions {
+                    socket,
+                    penalty_socket,
+                },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Anvil { socket: None, .. } => {
             crate::anvil_compat::server::run_under_master()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Who { socket, one_per_session, json, masks } => {
-            let _ = (socket, one_per_session, json, masks);
-            anyhow::bail!("foreman who: not implemented yet")
+        Command::Who {
+            socket,
+            one_per_session,
+            json,
+            masks,
+        } => {
+            let opts = crate::who::Options {
+                socket: socket.unwrap_or_else(|| crate::who::DEFAULT_SOCKET.into()),
+                one_per_session,
+                json,
+                masks,
+                screen: crate::who::stdout_screen(),
+            };
+            let mut stdout = std::io::stdout().lock();
+            let mut stderr = std::io::stderr().lock();
+            match crate::who::run(&opts, &mut stdout, &mut stderr) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(err) => {
+                    eprintln!("Error: {err}");
+                    Ok(ExitCode::from(err.exit_code()))
+                }
+            }
         }
         Command::Conformance { what } => crate::conformance::cli::run(what),
-        Command::Bench { what: BenchCommand::Anvil { quick } } => {
+        Command::Bench {
+            what: BenchCommand::Anvil { quick },
+        } => {
             let _ = quick;
             anyhow::bail!("foreman bench anvil: not implemented yet")
         }

@@ -1,65 +1,9 @@
-//! Placing fds at fixed numbers in a child process, and taking fds a parent left at fixed
-//! numbers. Used wherever Foreman plays a Dovecot master towards a stock service binary (the
-//! conformance replayer and recording proxy) and will serve the master's spawner too.
+//! How far a reader has got: bytes written to a pipe or socket that the peer has not consumed
+//! yet. The conformance replayer uses it to know that an anvil has read a write before it
+//! goes on with another connection.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
-
-/// First fd number used to park sources before they are moved onto their targets, so that
-/// a source sitting on another entry's target number is never overwritten.
-const PARK_BASE: RawFd = 200;
-
-/// Spawns `cmd` with each `(fd, target)` of `plan` placed at fd number `target` (without
-/// close-on-exec). Every other fd this process holds stays close-on-exec as Rust opens them.
-/// The `OwnedFd`s are closed in the parent once the child has been spawned.
-pub fn spawn_with_fds(cmd: &mut Command, plan: Vec<(OwnedFd, RawFd)>) -> io::Result<Child> {
-    let raw: Vec<(RawFd, RawFd)> = plan.iter().map(|(fd, target)| (fd.as_raw_fd(), *target)).collect();
-    // SAFETY: the closure only calls fcntl/dup2/close (async-signal-safe) on fds that stay
-    // open in the parent until spawn() returns, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut parked = [0 as RawFd; 64];
-            if raw.len() > parked.len() {
-                return Err(io::Error::from_raw_os_error(libc::EMFILE));
-            }
-            for (i, (src, _)) in raw.iter().enumerate() {
-                let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, PARK_BASE);
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                parked[i] = fd;
-            }
-            for (i, (_, target)) in raw.iter().enumerate() {
-                if libc::dup2(parked[i], *target) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                libc::close(parked[i]);
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn();
-    drop(plan);
-    child
-}
-
-/// Takes ownership of fd `fd` inherited from the parent, if it is open. Call at most once per
-/// number, at start-up, before anything else could have opened or closed that number.
-pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
-    // SAFETY: F_GETFD only queries; it fails with EBADF when the number is not open.
-    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
-    if !open {
-        return None;
-    }
-    // SAFETY: the fd is open and, per this function's contract, owned by nobody else in
-    // this process. Mark it close-on-exec so it does not leak into our own children.
-    unsafe {
-        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        Some(OwnedFd::from_raw_fd(fd))
-    }
-}
+use std::os::fd::AsRawFd;
 
 /// Bytes waiting in the kernel on `fd`'s connection that its reader has not consumed yet:
 /// for a pipe (either end) the bytes in the pipe buffer (FIONREAD), for a connected unix
@@ -73,4 +17,28 @@ pub fn unconsumed_bytes(fd: &impl AsRawFd, is_socket: bool) -> io::Result<usize>
         return Err(io::Error::last_os_error());
     }
     Ok(n.max(0) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn pipe_and_socket_backlogs_drain_when_read() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (mut r, mut w) = (std::fs::File::from(r), std::fs::File::from(w));
+        w.write_all(b"abc").unwrap();
+        assert_eq!(unconsumed_bytes(&w, false).unwrap(), 3);
+        let mut buf = [0u8; 3];
+        r.read_exact(&mut buf).unwrap();
+        assert_eq!(unconsumed_bytes(&w, false).unwrap(), 0);
+
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(b"hello").unwrap();
+        assert!(unconsumed_bytes(&a, true).unwrap() > 0);
+        let mut buf = [0u8; 5];
+        b.read_exact(&mut buf).unwrap();
+        assert_eq!(unconsumed_bytes(&a, true).unwrap(), 0);
+    }
 }
