@@ -26,6 +26,13 @@ pub enum ConformanceCommand {
         /// Seconds to wait for any one expected reply, close or exit.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+        /// A file of documented deviations of the anvil under test (`<file>:<line>: <what>`);
+        /// a transcript listed there must stop at exactly that mismatch.
+        #[arg(long)]
+        deviations: Option<PathBuf>,
+        /// How many transcripts to replay at once (each against its own anvil).
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
         /// Transcript files, or directories whose `*.transcript` files are replayed.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -83,27 +90,96 @@ pub fn transcript_paths(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Replays every file; prints one line per transcript and each mismatch. Returns the number
-/// of transcripts that did not replay clean.
-pub fn replay_files(files: &[PathBuf], opts: &ReplayOptions, out: &mut dyn std::io::Write) -> anyhow::Result<usize> {
-    let mut failed = 0;
-    for path in transcript_paths(files)? {
-        let name = path.display().to_string();
-        let result = load(&path).and_then(|t| replay(&t, &name, opts).map_err(anyhow::Error::from));
-        match result {
-            Ok(None) => writeln!(out, "ok       {name}")?,
-            Ok(Some(m)) => {
-                failed += 1;
-                writeln!(out, "MISMATCH {name}")?;
-                write!(out, "{m}")?;
+/// Documented, deliberate differences of an anvil under test: for each transcript (file name),
+/// the mismatch it is expected to stop at, as `<file name>:<line>: <what>`.
+#[derive(Debug, Clone, Default)]
+pub struct Deviations(pub Vec<(String, usize, String)>);
+
+impl Deviations {
+    /// Parses a deviations file: `# comments`, blank lines, and `<file name>:<line>: <what>`.
+    pub fn parse(text: &str) -> anyhow::Result<Deviations> {
+        let mut v = Vec::new();
+        for (n, l) in text.lines().enumerate() {
+            let l = l.trim();
+            if l.is_empty() || l.starts_with('#') {
+                continue;
             }
-            Err(e) => {
-                failed += 1;
-                writeln!(out, "ERROR    {name}: {e:#}")?;
-            }
+            let parse = || -> Option<(String, usize, String)> {
+                let (name, rest) = l.split_once(':')?;
+                let (line, what) = rest.split_once(':')?;
+                Some((name.trim().to_string(), line.trim().parse().ok()?, what.trim().to_string()))
+            };
+            v.push(parse().with_context(|| format!("deviations line {}: expected '<file>:<line>: <what>'", n + 1))?);
+        }
+        Ok(Deviations(v))
+    }
+
+    fn expected_for(&self, path: &Path) -> Option<&(String, usize, String)> {
+        let name = path.file_name()?.to_str()?;
+        self.0.iter().find(|(n, _, _)| n == name)
+    }
+}
+
+/// What a replay of many files came to.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub passed: usize,
+    /// Transcripts that stopped exactly at their documented deviation.
+    pub deviated: usize,
+    /// Transcripts that mismatched (or deviated differently than documented, or replayed
+    /// clean although a deviation is documented), or could not be replayed.
+    pub failed: Vec<String>,
+}
+
+/// Replays every file (`jobs` at a time, each against its own anvil); prints one line per
+/// transcript and each mismatch, in file order.
+pub fn replay_files(
+    files: &[PathBuf],
+    opts: &ReplayOptions,
+    deviations: &Deviations,
+    jobs: usize,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<Summary> {
+    let paths = transcript_paths(files)?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<String>>> = paths.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let verdicts: Vec<std::sync::Mutex<u8>> = paths.iter().map(|_| std::sync::Mutex::new(0)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(path) = paths.get(i) else { break };
+                let name = path.display().to_string();
+                let expected = deviations.expected_for(path);
+                let result = load(path).and_then(|t| replay(&t, &name, opts).map_err(anyhow::Error::from));
+                let (verdict, text) = match (result, expected) {
+                    (Ok(None), None) => (0, format!("ok       {name}\n")),
+                    (Ok(None), Some((_, line, what))) => {
+                        (2, format!("STALE    {name}: replays clean, but a deviation is documented at line {line}: {what}\n"))
+                    }
+                    (Ok(Some(m)), Some((_, line, what))) if m.line == *line && m.what == *what => {
+                        (1, format!("deviates {name}:{line}: {what} (documented)\n"))
+                    }
+                    (Ok(Some(m)), _) => (2, format!("MISMATCH {name}\n{m}")),
+                    (Err(e), _) => (2, format!("ERROR    {name}: {e:#}\n")),
+                };
+                *results[i].lock().unwrap() = Some(text);
+                *verdicts[i].lock().unwrap() = verdict;
+            });
+        }
+    });
+    let mut summary = Summary::default();
+    for (i, path) in paths.iter().enumerate() {
+        if let Some(text) = results[i].lock().unwrap().take() {
+            write!(out, "{text}")?;
+        }
+        match *verdicts[i].lock().unwrap() {
+            0 => summary.passed += 1,
+            1 => summary.deviated += 1,
+            _ => summary.failed.push(path.display().to_string()),
         }
     }
-    Ok(failed)
+    Ok(summary)
 }
 
 fn load(path: &Path) -> anyhow::Result<Transcript> {
@@ -114,17 +190,23 @@ fn load(path: &Path) -> anyhow::Result<Transcript> {
 /// Runs a `foreman conformance` subcommand.
 pub fn run(cmd: ConformanceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ConformanceCommand::Replay { anvil, fast, timeout, files } => {
+        ConformanceCommand::Replay { anvil, fast, timeout, deviations, jobs, files } => {
             let opts = ReplayOptions {
                 binary: AnvilBinary::parse(&anvil)?,
                 realtime: !fast,
                 timeout: Duration::from_secs(timeout),
                 ..ReplayOptions::default()
             };
-            let n = replay_files(&files, &opts, &mut std::io::stdout())?;
-            let total = transcript_paths(&files)?.len();
-            println!("{} passed, {} failed", total - n, n);
-            Ok(if n == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            let deviations = match deviations {
+                Some(p) => Deviations::parse(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)?,
+                None => Deviations::default(),
+            };
+            let s = replay_files(&files, &opts, &deviations, jobs, &mut std::io::stdout())?;
+            if s.deviated > 0 {
+                println!("{} deviate as documented", s.deviated);
+            }
+            println!("{} passed, {} failed", s.passed + s.deviated, s.failed.len());
+            Ok(if s.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         ConformanceCommand::RecordProxy { out, stock } => {
             let how = super::proxy::run(&super::proxy::ProxyOptions { out, stock })?;

@@ -18,8 +18,12 @@ pub fn direct_scripts() -> Vec<Script> {
         disconnect_malformed(),
         kill_master_pipe(),
         kill_rejected(),
-        kill_malformed_master_pipe(),
         lookup(),
+        pipe_error_kill_on_shared_pipe(),
+        pipe_error_kill_malformed_master_pipe(),
+        pipe_error_lookup_on_shared_pipe(),
+        pipe_error_bad_handshake(),
+        pipe_error_oversized_line(),
         penalty_get_inc(),
         penalty_checksum_memory(),
         penalty_malformed(),
@@ -28,7 +32,6 @@ pub fn direct_scripts() -> Vec<Script> {
         escapes(),
         framing(),
         oversized_lines(),
-        oversized_pipe_line(),
         unknown_commands(),
         errors_keep_earlier_effects(),
         anvil_restart(),
@@ -183,54 +186,96 @@ fn kill_master_pipe() -> Script {
 fn kill_rejected() -> Script {
     Script::new(
         "kill-rejected",
-        "KILL from anything but the master pipe is an error: sockets are closed, and the shared\n\
-         pipe is closed for good, so later CONNECTs on it are lost (§4.2, §1.3).",
+        "KILL from a socket is an error whichever socket it comes on, and fails on the parameter\n\
+         count first when the pid is missing (§4.2); the connection is closed.",
     )
     .pipes(1, 2)
     .client(3)
     .send(3, "KILL\t1\n")
     .penalty_client(4)
     .send(4, "KILL\t1\n")
-    .send(2, "KILL\t1\n")
-    .send(2, "CONNECT\t5\tlost/1\n")
     .client(5)
-    .send(5, "LOOKUP\tlost/1\n")
+    .send(5, "KILL\n")
+    .client(6)
+    .send(6, "KILL\tx\n")
+    .send(2, "CONNECT\t5\tk/1\n")
     .send(1, "KILL\t5\n")
-    .send(5, "LOOKUP\tlost/1\n")
-    .close(5)
-}
-
-fn kill_malformed_master_pipe() -> Script {
-    Script::new(
-        "kill-malformed-master-pipe",
-        "KILL without a pid, or with an invalid one, closes even the master pipe (§4.2);\n\
-         a socket KILL without arguments fails on the parameter count first.",
-    )
-    .pipes(1, 2)
-    .client(3)
-    .send(3, "KILL\n")
-    .send(2, "CONNECT\t9\tk/1\n")
-    .send(1, "KILL\tnine\n")
-    .send(1, "KILL\t9\n")
-    .client(4)
-    .send(4, "LOOKUP\tk/1\n")
-    .close(4)
+    .client(7)
+    .send(7, "LOOKUP\tk/1\n")
+    .close(7)
 }
 
 fn lookup() -> Script {
     Script::new(
         "lookup",
-        "LOOKUP: extra fields ignored, missing argument closes; LOOKUP on a pipe closes that pipe\n\
-         for good and later CONNECTs on it are lost (§4.2, §8.3).",
+        "LOOKUP: extra fields ignored, an empty ident is an ident, a missing argument closes (§4.2).",
     )
     .pipes(1, 2)
     .client(3)
     .send(3, "LOOKUP\tnone\nLOOKUP\tx\textra\tmore\nLOOKUP\t\n")
+    .send(2, "CONNECT\t5\t\n")
+    .send(3, "LOOKUP\t\n")
     .client(4)
     .send(4, "LOOKUP\n")
+    .close(3)
+}
+
+fn pipe_error_kill_on_shared_pipe() -> Script {
+    Script::new(
+        "pipe-error-kill-on-shared-pipe",
+        "KILL on the shared pipe is an input error: stock closes the pipe for good and later\n\
+         CONNECTs on it are lost (§4.2, §1.3). Foreman deviates on purpose (docs/anvil.md).",
+    )
+    .pipes(1, 2)
+    .send(2, "KILL\t1\n")
+    .send(2, "CONNECT\t5\tlost/1\n")
+    .client(3)
+    .send(3, "LOOKUP\tlost/1\n")
+    .close(3)
+}
+
+fn pipe_error_kill_malformed_master_pipe() -> Script {
+    Script::new(
+        "pipe-error-kill-malformed-master-pipe",
+        "KILL with an invalid pid closes even the master pipe, and later KILLs are lost (§4.2).\n\
+         Foreman deviates on purpose (docs/anvil.md).",
+    )
+    .pipes(1, 2)
+    .send(2, "CONNECT\t9\tk/1\n")
+    .send(1, "KILL\tnine\n")
+    .send(1, "KILL\t9\n")
+    .client(3)
+    .send(3, "LOOKUP\tk/1\n")
+    .close(3)
+}
+
+fn pipe_error_lookup_on_shared_pipe() -> Script {
+    Script::new(
+        "pipe-error-lookup-on-shared-pipe",
+        "LOOKUP on a pipe closes that pipe for good; later CONNECTs on it are lost (§4.2, §8.3).\n\
+         Foreman deviates on purpose (docs/anvil.md).",
+    )
+    .pipes(1, 2)
     .send(2, "LOOKUP\tx\n")
     .send(2, "CONNECT\t5\tlost/1\n")
+    .client(3)
     .send(3, "LOOKUP\tlost/1\n")
+    .close(3)
+}
+
+fn pipe_error_bad_handshake() -> Script {
+    Script::new(
+        "pipe-error-bad-handshake",
+        "A first line on the shared pipe that is not the VERSION line (no ANVIL_RESTARTED):\n\
+         stock closes the pipe (§2). Foreman deviates on purpose (docs/anvil.md).",
+    )
+    .open(2, SharedPipe)
+    .open(1, MasterPipe)
+    .send(2, "CONNECT\t5\tearly/1\n")
+    .send(2, "VERSION\tanvil\t1\t0\nCONNECT\t6\tlate/1\n")
+    .send(1, "VERSION\tanvil\t1\t0\n")
+    .client(3)
+    .send(3, "LOOKUP\tearly/1\nLOOKUP\tlate/1\n")
     .close(3)
 }
 
@@ -392,10 +437,11 @@ fn oversized_lines() -> Script {
     .close(4)
 }
 
-fn oversized_pipe_line() -> Script {
+fn pipe_error_oversized_line() -> Script {
     Script::new(
-        "oversized-pipe-line",
-        "An oversized line on the shared pipe closes that pipe for good (§1.8, §1.3).",
+        "pipe-error-oversized-line",
+        "An oversized line on the shared pipe closes that pipe for good (§1.8, §1.3).\n\
+         Foreman deviates on purpose (docs/anvil.md).",
     )
     .pipes(1, 2)
     .send(2, format!("CONNECT\t1\t{}\n", "d".repeat(1100)))
