@@ -107,9 +107,18 @@ impl Deviations {
             let parse = || -> Option<(String, usize, String)> {
                 let (name, rest) = l.split_once(':')?;
                 let (line, what) = rest.split_once(':')?;
-                Some((name.trim().to_string(), line.trim().parse().ok()?, what.trim().to_string()))
+                Some((
+                    name.trim().to_string(),
+                    line.trim().parse().ok()?,
+                    what.trim().to_string(),
+                ))
             };
-            v.push(parse().with_context(|| format!("deviations line {}: expected '<file>:<line>: <what>'", n + 1))?);
+            v.push(parse().with_context(|| {
+                format!(
+                    "deviations line {}: expected '<file>:<line>: <what>'",
+                    n + 1
+                )
+            })?);
         }
         Ok(Deviations(v))
     }
@@ -142,8 +151,10 @@ pub fn replay_files(
 ) -> anyhow::Result<Summary> {
     let paths = transcript_paths(files)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<String>>> = paths.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let verdicts: Vec<std::sync::Mutex<u8>> = paths.iter().map(|_| std::sync::Mutex::new(0)).collect();
+    let results: Vec<std::sync::Mutex<Option<String>>> =
+        paths.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let verdicts: Vec<std::sync::Mutex<u8>> =
+        paths.iter().map(|_| std::sync::Mutex::new(0)).collect();
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             scope.spawn(|| loop {
@@ -183,14 +194,22 @@ pub fn replay_files(
 }
 
 fn load(path: &Path) -> anyhow::Result<Transcript> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Transcript::parse(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Runs a `foreman conformance` subcommand.
 pub fn run(cmd: ConformanceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ConformanceCommand::Replay { anvil, fast, timeout, deviations, jobs, files } => {
+        ConformanceCommand::Replay {
+            anvil,
+            fast,
+            timeout,
+            deviations,
+            jobs,
+            files,
+        } => {
             let opts = ReplayOptions {
                 binary: AnvilBinary::parse(&anvil)?,
                 realtime: !fast,
@@ -198,15 +217,26 @@ pub fn run(cmd: ConformanceCommand) -> anyhow::Result<ExitCode> {
                 ..ReplayOptions::default()
             };
             let deviations = match deviations {
-                Some(p) => Deviations::parse(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)?,
+                Some(p) => Deviations::parse(
+                    &std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                )?,
                 None => Deviations::default(),
             };
             let s = replay_files(&files, &opts, &deviations, jobs, &mut std::io::stdout())?;
             if s.deviated > 0 {
                 println!("{} deviate as documented", s.deviated);
             }
-            println!("{} passed, {} failed", s.passed + s.deviated, s.failed.len());
-            Ok(if s.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            println!(
+                "{} passed, {} failed",
+                s.passed + s.deviated,
+                s.failed.len()
+            );
+            Ok(if s.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         ConformanceCommand::RecordProxy { out, stock } => {
             let how = super::proxy::run(&super::proxy::ProxyOptions { out, stock })?;
@@ -214,7 +244,8 @@ pub fn run(cmd: ConformanceCommand) -> anyhow::Result<ExitCode> {
         }
         ConformanceCommand::Finish { raw, out, comment } => {
             let t = super::proxy::finish(&load(&raw)?, comment);
-            std::fs::write(&out, t.render(3)).with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(&out, t.render(3))
+                .with_context(|| format!("writing {}", out.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         ConformanceCommand::Record { out, list, names } => {
@@ -236,7 +267,8 @@ pub fn run(cmd: ConformanceCommand) -> anyhow::Result<ExitCode> {
                     continue;
                 }
                 known = true;
-                let t = super::direct::record(s, AnvilBinary::Stock).with_context(|| format!("recording {}", s.name))?;
+                let t = super::direct::record(s, AnvilBinary::Stock)
+                    .with_context(|| format!("recording {}", s.name))?;
                 let path = out.join(format!("{}.transcript", s.name));
                 std::fs::write(&path, t.render(3))?;
                 println!("recorded {}", path.display());
@@ -247,7 +279,8 @@ pub fn run(cmd: ConformanceCommand) -> anyhow::Result<ExitCode> {
                     continue;
                 }
                 known = true;
-                let t = super::live::record(s, &foreman).with_context(|| format!("recording {}", s.name))?;
+                let t = super::live::record(s, &foreman)
+                    .with_context(|| format!("recording {}", s.name))?;
                 let path = out.join(format!("{}.transcript", s.name));
                 std::fs::write(&path, t.render(3))?;
                 println!("recorded {}", path.display());
@@ -268,7 +301,10 @@ fn exit_like(how: super::transcript::ExitKind) -> ExitCode {
             if let Ok(sig) = nix::sys::signal::Signal::try_from(s) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), sig);
                 // Still alive: the signal was caught or ignored; SIGKILL is never.
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::this(),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             ExitCode::from(128u8.saturating_add(s as u8))
         }

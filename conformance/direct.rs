@@ -54,7 +54,11 @@ pub struct Script {
 
 impl Script {
     pub fn new(name: &'static str, about: &'static str) -> Script {
-        Script { name, about, steps: vec![Step::Start { restarted: false }] }
+        Script {
+            name,
+            about,
+            steps: vec![Step::Start { restarted: false }],
+        }
     }
     /// Opens both pipes (ids `m` and `s`) and writes the master's handshakes, shared pipe
     /// first, as the stock master does right after forking anvil.
@@ -76,7 +80,8 @@ impl Script {
     }
     /// Opens an `anvil-auth-penalty` socket connection and sends the handshake.
     pub fn penalty_client(self, id: u32) -> Script {
-        self.open(id, ConnKind::AnvilAuthPenalty).send(id, HANDSHAKE)
+        self.open(id, ConnKind::AnvilAuthPenalty)
+            .send(id, HANDSHAKE)
     }
     pub fn send(mut self, id: u32, data: impl AsRef<[u8]>) -> Script {
         self.steps.push(Step::Send(id, data.as_ref().to_vec()));
@@ -93,7 +98,10 @@ impl Script {
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 struct Recorder {
@@ -107,11 +115,18 @@ struct Recorder {
 
 impl Recorder {
     fn push(&mut self, what: EventKind) {
-        self.events.push(Event { time: self.start.elapsed().as_secs_f64(), what });
+        self.events.push(Event {
+            time: self.start.elapsed().as_secs_f64(),
+            what,
+        });
     }
 
     fn conn(&mut self, id: u32, kind: ConnKind, action: ConnAction) {
-        self.push(EventKind::Conn { id: id.to_string(), kind, action });
+        self.push(EventKind::Conn {
+            id: id.to_string(),
+            kind,
+            action,
+        });
     }
 
     /// Collects replies and closes until the anvil has been quiet for [`QUIET`].
@@ -147,7 +162,11 @@ impl Recorder {
                         lines.push(std::mem::take(buf));
                     }
                     for l in lines {
-                        self.conn(id, kind, ConnAction::AnvilToClient(vec![super::transcript::Piece::Bytes(l)]));
+                        self.conn(
+                            id,
+                            kind,
+                            ConnAction::AnvilToClient(vec![super::transcript::Piece::Bytes(l)]),
+                        );
                     }
                     *eof
                 }
@@ -180,13 +199,20 @@ impl Recorder {
 pub fn record(script: &Script, binary: AnvilBinary) -> io::Result<Transcript> {
     let mut fm = FakeMaster::new(binary)?;
     let base = now_unix();
-    let mut r = Recorder { start: Instant::now(), events: Vec::new(), conns: BTreeMap::new(), closed: BTreeMap::new() };
+    let mut r = Recorder {
+        start: Instant::now(),
+        events: Vec::new(),
+        conns: BTreeMap::new(),
+        closed: BTreeMap::new(),
+    };
     let timeout = Duration::from_secs(10);
     for step in &script.steps {
         match step {
             Step::Start { restarted } => {
                 fm.spawn(*restarted, timeout)?;
-                r.push(EventKind::Process(ProcessAction::Start { restarted: *restarted }));
+                r.push(EventKind::Process(ProcessAction::Start {
+                    restarted: *restarted,
+                }));
             }
             Step::Open(id, kind) => {
                 r.conns.insert(*id, (*kind, Live::open(&fm, *kind)?));
@@ -200,14 +226,21 @@ pub fn record(script: &Script, binary: AnvilBinary) -> io::Result<Transcript> {
                 r.conn(*id, kind, ConnAction::ClientToAnvil(data.clone()));
             }
             Step::Send(id, data) => {
-                let (kind, live) = r.conns.get_mut(id).ok_or_else(|| io::Error::other(format!("{}: send on connection {id} that is not open", script.name)))?;
+                let (kind, live) = r.conns.get_mut(id).ok_or_else(|| {
+                    io::Error::other(format!(
+                        "{}: send on connection {id} that is not open",
+                        script.name
+                    ))
+                })?;
                 let kind = *kind;
                 live.send(&fm, data, Instant::now() + timeout)?;
                 r.conn(*id, kind, ConnAction::ClientToAnvil(data.clone()));
             }
             Step::Close(id) => {
                 r.collect(&fm)?;
-                let Some((kind, live)) = r.conns.remove(id) else { continue };
+                let Some((kind, live)) = r.conns.remove(id) else {
+                    continue;
+                };
                 match live {
                     Live::Socket { stream, .. } => {
                         let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -219,7 +252,9 @@ pub fn record(script: &Script, binary: AnvilBinary) -> io::Result<Transcript> {
             Step::Kill(sig) => {
                 r.collect(&fm)?;
                 fm.kill(*sig)?;
-                let how = fm.wait_exit(timeout)?.ok_or_else(|| io::Error::other("anvil survived a kill"))?;
+                let how = fm
+                    .wait_exit(timeout)?
+                    .ok_or_else(|| io::Error::other("anvil survived a kill"))?;
                 r.push(EventKind::Process(ProcessAction::Exit(how)));
             }
             Step::MasterDead => {
@@ -228,7 +263,9 @@ pub fn record(script: &Script, binary: AnvilBinary) -> io::Result<Transcript> {
             }
             Step::WaitExit => {
                 r.collect(&fm)?;
-                let how = fm.wait_exit(timeout)?.ok_or_else(|| io::Error::other(format!("{}: anvil did not exit", script.name)))?;
+                let how = fm.wait_exit(timeout)?.ok_or_else(|| {
+                    io::Error::other(format!("{}: anvil did not exit", script.name))
+                })?;
                 r.push(EventKind::Process(ProcessAction::Exit(how)));
             }
             Step::Sleep(d) => std::thread::sleep(*d),
@@ -236,7 +273,12 @@ pub fn record(script: &Script, binary: AnvilBinary) -> io::Result<Transcript> {
         r.collect(&fm)?;
         if matches!(step, Step::Kill(_) | Step::WaitExit) {
             // The anvil is gone: its pipes are closed too.
-            let pipes: Vec<u32> = r.conns.iter().filter(|(_, (k, _))| k.is_pipe()).map(|(id, _)| *id).collect();
+            let pipes: Vec<u32> = r
+                .conns
+                .iter()
+                .filter(|(_, (k, _))| k.is_pipe())
+                .map(|(id, _)| *id)
+                .collect();
             for id in pipes {
                 let (kind, _) = r.conns.remove(&id).unwrap();
                 r.conn(id, kind, ConnAction::CloseByAnvil);
@@ -247,7 +289,11 @@ pub fn record(script: &Script, binary: AnvilBinary) -> io::Result<Transcript> {
     fm.stop();
     let end = now_unix();
     for e in &mut r.events {
-        if let EventKind::Conn { action: ConnAction::AnvilToClient(p), .. } = &mut e.what {
+        if let EventKind::Conn {
+            action: ConnAction::AnvilToClient(p),
+            ..
+        } = &mut e.what
+        {
             if let [super::transcript::Piece::Bytes(b)] = p.as_slice() {
                 *p = normalise_reply(b, base, (base, end));
             }
@@ -255,8 +301,15 @@ pub fn record(script: &Script, binary: AnvilBinary) -> io::Result<Transcript> {
     }
     let mut comments = vec![
         format!("scenario: {}", script.name),
-        format!("recorded from the stock anvil binary ({}) under Foreman's fake master", super::fake_master::STOCK_ANVIL),
+        format!(
+            "recorded from the stock anvil binary ({}) under Foreman's fake master",
+            super::fake_master::STOCK_ANVIL
+        ),
     ];
     comments.extend(script.about.lines().map(str::to_string));
-    Ok(Transcript { comments, lines: vec![0; r.events.len()], events: r.events })
+    Ok(Transcript {
+        comments,
+        lines: vec![0; r.events.len()],
+        events: r.events,
+    })
 }

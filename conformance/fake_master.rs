@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -92,12 +92,18 @@ pub struct FakeMaster {
 impl FakeMaster {
     /// Creates the pipes and sockets in a new temporary directory; starts nothing yet.
     pub fn new(binary: AnvilBinary) -> io::Result<FakeMaster> {
-        let dir = tempfile::Builder::new().prefix("foreman-conformance-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("foreman-conformance-")
+            .tempdir()?;
         let run = dir.path().join("run");
         std::fs::create_dir(&run)?;
         std::fs::write(
             dir.path().join("dovecot.conf"),
-            format!("base_dir = {}\nstate_dir = {}\n", run.display(), dir.path().display()),
+            format!(
+                "base_dir = {}\nstate_dir = {}\n",
+                run.display(),
+                dir.path().display()
+            ),
         )?;
         let listeners = [
             UnixListener::bind(run.join(ConnKind::Anvil.name()))?,
@@ -107,7 +113,12 @@ impl FakeMaster {
         let (sr, sw) = pipe2(OFlag::O_CLOEXEC)?;
         let (status_read, status_write) = pipe2(OFlag::O_CLOEXEC)?;
         let (dead_r, dead_w) = pipe2(OFlag::O_CLOEXEC)?;
-        let fdpass = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?;
+        let fdpass = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
         let collected = Arc::new((Mutex::new(Collected::default()), Condvar::new()));
         let c = collected.clone();
         std::thread::spawn(move || {
@@ -146,9 +157,16 @@ impl FakeMaster {
             return Err(io::Error::other("an anvil is already running"));
         }
         self.generation += 1;
-        let dead_r = self.dead.0.as_ref().ok_or_else(|| io::Error::other("the fake master is dead"))?;
-        let _ = dead_r;
-        let null = || File::options().read(true).write(true).open("/dev/null").map(OwnedFd::from);
+        if self.dead.0.is_none() {
+            return Err(io::Error::other("the fake master is dead"));
+        }
+        let null = || {
+            File::options()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+        };
         let (log_r, log_w) = pipe2(OFlag::O_CLOEXEC)?;
         let std_fds = [null()?, null()?, log_w];
         let plan = vec![
@@ -163,7 +181,10 @@ impl FakeMaster {
         ];
         let mut vars: Vec<(&str, String)> = vec![
             ("DOVECOT_CHILD_PROCESS", "1".into()),
-            ("CONFIG_FILE", self.dir.path().join("dovecot.conf").display().to_string()),
+            (
+                "CONFIG_FILE",
+                self.dir.path().join("dovecot.conf").display().to_string(),
+            ),
             ("SERVICE_NAME", "anvil".into()),
             ("CLIENT_LIMIT", "1000".into()),
             ("PROCESS_LIMIT", "1".into()),
@@ -182,7 +203,9 @@ impl FakeMaster {
         }
         let preserve: Vec<&str> = vars.iter().map(|(k, _)| *k).collect();
         let mut cmd = self.binary.command();
-        cmd.env_clear().current_dir(self.run_dir()).env("DOVECOT_PRESERVE_ENVS", preserve.join(" "));
+        cmd.env_clear()
+            .current_dir(self.run_dir())
+            .env("DOVECOT_PRESERVE_ENVS", preserve.join(" "));
         for (k, v) in &vars {
             cmd.env(k, v);
         }
@@ -218,7 +241,10 @@ impl FakeMaster {
             drop(g);
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 self.child = None;
-                return Err(io::Error::other(format!("anvil exited at start-up: {st}; log: {}", self.log_text())));
+                return Err(io::Error::other(format!(
+                    "anvil exited at start-up: {st}; log: {}",
+                    self.log_text()
+                )));
             }
             g = lock.lock().unwrap();
         }
@@ -265,7 +291,9 @@ impl FakeMaster {
     /// Whether the running anvil still holds the read end of a pipe (it closes it for good
     /// after bad input). Looks for the pipe's inode among `/proc/<pid>/fd/*`.
     pub fn anvil_holds_pipe(&self, kind: ConnKind) -> io::Result<bool> {
-        let Some(pid) = self.pid() else { return Ok(false) };
+        let Some(pid) = self.pid() else {
+            return Ok(false);
+        };
         let fd = match kind {
             ConnKind::MasterPipe => &self.master_pipe.0,
             _ => &self.shared_pipe.0,
@@ -296,7 +324,9 @@ impl FakeMaster {
 
     /// Sends a signal to the running anvil.
     pub fn kill(&self, signal: i32) -> io::Result<()> {
-        let pid = self.pid().ok_or_else(|| io::Error::other("no anvil running"))?;
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other("no anvil running"))?;
         let sig = Signal::try_from(signal).map_err(io::Error::from)?;
         nix::sys::signal::kill(Pid::from_raw(pid as i32), sig).map_err(io::Error::from)
     }
@@ -304,7 +334,9 @@ impl FakeMaster {
     /// Waits up to `timeout` for the anvil to exit; `Ok(None)` if it is still running.
     pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<ExitKind>> {
         let deadline = Instant::now() + timeout;
-        let Some(child) = self.child.as_mut() else { return Err(io::Error::other("no anvil running")) };
+        let Some(child) = self.child.as_mut() else {
+            return Err(io::Error::other("no anvil running"));
+        };
         loop {
             if let Some(st) = child.try_wait()? {
                 self.child = None;
@@ -330,11 +362,6 @@ impl FakeMaster {
         self.dir.path()
     }
 
-    /// For writing: a raw fd number of a pipe writer, for diagnostics.
-    pub fn pipe_fd(&self, kind: ConnKind) -> i32 {
-        self.pipe_writer(kind).as_raw_fd()
-    }
-
     /// Writes bytes to a pipe as one write (the master pipe is non-blocking; lines are small).
     pub fn write_pipe(&self, kind: ConnKind, data: &[u8]) -> io::Result<()> {
         let mut w = self.pipe_writer(kind);
@@ -350,9 +377,15 @@ impl Drop for FakeMaster {
 
 /// Spawns `cmd` with fds 0–2 from `std_fds` and every `(fd, n)` of `plan` at number n; the
 /// parent's copies are closed once the child runs.
-pub fn spawn_with_layout(cmd: &mut Command, std_fds: [OwnedFd; 3], plan: Vec<(OwnedFd, i32)>) -> io::Result<Child> {
+pub fn spawn_with_layout(
+    cmd: &mut Command,
+    std_fds: [OwnedFd; 3],
+    plan: Vec<(OwnedFd, i32)>,
+) -> io::Result<Child> {
     let [i, o, e] = std_fds;
-    cmd.stdin(std::process::Stdio::from(i)).stdout(std::process::Stdio::from(o)).stderr(std::process::Stdio::from(e));
+    cmd.stdin(std::process::Stdio::from(i))
+        .stdout(std::process::Stdio::from(o))
+        .stderr(std::process::Stdio::from(e));
     crate::sys::place_fds(cmd, plan)?;
     cmd.spawn()
 }

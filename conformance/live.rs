@@ -50,7 +50,10 @@ impl Ctx {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("the capture never showed {needle:?} {count} time(s); dovecot log:\n{}", self.dovecot.log_tail(20))
+        bail!(
+            "the capture never showed {needle:?} {count} time(s); dovecot log:\n{}",
+            self.dovecot.log_tail(20)
+        )
     }
 
     fn master_pid(&self) -> anyhow::Result<u32> {
@@ -60,14 +63,25 @@ impl Ctx {
     /// Pids of the master's children whose executable name is `comm`.
     pub fn children(&self, parent: u32, comm: &str) -> Vec<u32> {
         let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return out;
+        };
         for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
             // "pid (comm) state ppid ..."; comm may hold spaces, so split at the last ')'.
-            let Some((head, tail)) = stat.rsplit_once(')') else { continue };
+            let Some((head, tail)) = stat.rsplit_once(')') else {
+                continue;
+            };
             let c = head.split_once('(').map(|x| x.1).unwrap_or("");
-            let ppid = tail.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+            let ppid = tail
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok());
             if c == comm && ppid == Some(parent) {
                 out.push(pid);
             }
@@ -88,14 +102,19 @@ impl Ctx {
     /// The stock anvil behind the current proxy.
     pub fn stock_anvil(&self) -> anyhow::Result<u32> {
         let proxies = self.children(self.master_pid()?, "foreman");
-        let [proxy] = proxies.as_slice() else { bail!("expected one proxy, found {proxies:?}") };
+        let [proxy] = proxies.as_slice() else {
+            bail!("expected one proxy, found {proxies:?}")
+        };
         let anvils = self.children(*proxy, "anvil");
-        let [anvil] = anvils.as_slice() else { bail!("expected one stock anvil, found {anvils:?}") };
+        let [anvil] = anvils.as_slice() else {
+            bail!("expected one stock anvil, found {anvils:?}")
+        };
         Ok(*anvil)
     }
 
     pub fn signal(&self, pid: u32, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).with_context(|| format!("kill {pid}"))
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+            .with_context(|| format!("kill {pid}"))
     }
 
     /// Runs doveadm and returns its stdout.
@@ -122,23 +141,39 @@ pub struct LiveScenario {
 /// Records one scenario: starts stock Dovecot with the proxy as anvil, runs it, stops
 /// Dovecot, and returns the finished transcript.
 pub fn record(s: &LiveScenario, foreman: &Path) -> anyhow::Result<Transcript> {
-    let work = tempfile::Builder::new().prefix("foreman-live-record-").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("foreman-live-record-")
+        .tempdir()?;
     let raw = work.path().join("anvil.raw");
     let raw_s = raw.to_str().context("non-UTF-8 temp path")?.to_string();
-    let foreman_s = foreman.to_str().context("non-UTF-8 foreman path")?.to_string();
+    let foreman_s = foreman
+        .to_str()
+        .context("non-UTF-8 foreman path")?
+        .to_string();
     let mut b = StockDovecot::builder()
-        .custom_anvil(&foreman_s, &["conformance", "record-proxy", "--out", &raw_s])
+        .custom_anvil(
+            &foreman_s,
+            &["conformance", "record-proxy", "--out", &raw_s],
+        )
         .user("alice", "secret")
         .user("bob", "secret");
     if let Some(n) = s.userip_limit {
         b = b.mail_max_userip_connections(n);
     }
-    let dovecot = b.start().with_context(|| format!("starting stock dovecot for {}", s.name))?;
+    let dovecot = b
+        .start()
+        .with_context(|| format!("starting stock dovecot for {}", s.name))?;
     let mut ctx = Ctx { dovecot, raw };
     ctx.wait_raw("master-pipe client->anvil VERSION", 1)?;
     ctx.wait_raw("shared-pipe client->anvil VERSION", 1)?;
     ctx.settle();
-    (s.run)(&mut ctx).with_context(|| format!("scenario {}; dovecot log:\n{}", s.name, ctx.dovecot.log_tail(30)))?;
+    (s.run)(&mut ctx).with_context(|| {
+        format!(
+            "scenario {}; dovecot log:\n{}",
+            s.name,
+            ctx.dovecot.log_tail(30)
+        )
+    })?;
     ctx.settle();
     ctx.dovecot.stop()?;
     ctx.wait_raw("- process exit", count_starts(&ctx.raw))?;
@@ -147,12 +182,15 @@ pub fn record(s: &LiveScenario, foreman: &Path) -> anyhow::Result<Transcript> {
     let parsed = Transcript::parse(&text).context("parsing the raw capture")?;
     let mut comments = vec![
         format!("scenario: {}", s.name),
-        "recorded from stock Dovecot 2.3.19.1 through `foreman conformance record-proxy`".to_string(),
+        "recorded from stock Dovecot 2.3.19.1 through `foreman conformance record-proxy`"
+            .to_string(),
     ];
     comments.extend(s.about.lines().map(str::to_string));
     Ok(super::proxy::finish(&parsed, comments))
 }
 
 fn count_starts(raw: &Path) -> usize {
-    std::fs::read_to_string(raw).map(|t| t.matches("- process start").count()).unwrap_or(1)
+    std::fs::read_to_string(raw)
+        .map(|t| t.matches("- process start").count())
+        .unwrap_or(1)
 }

@@ -22,12 +22,13 @@ pub const WINDOW_SLACK_SECS: i64 = 86_400;
 pub fn normalise_reply(line: &[u8], base: i64, window: (i64, i64)) -> Vec<Piece> {
     let mut pieces = Vec::new();
     let mut cur = Vec::new();
-    for (i, token) in line.split(|&b| b == b'\t' || b == b' ').enumerate() {
-        if i > 0 {
-            // The separator that preceded this token.
-            let pos: usize = line.split(|&b| b == b'\t' || b == b' ').take(i).map(|t| t.len() + 1).sum();
-            cur.push(line[pos - 1]);
-        }
+    let mut rest = line;
+    loop {
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\t' || b == b' ')
+            .unwrap_or(rest.len());
+        let token = &rest[..end];
         match timestamp_value(token) {
             Some(v) if v >= window.0 - WINDOW_SLACK_SECS && v <= window.1 + WINDOW_SLACK_SECS => {
                 if !cur.is_empty() {
@@ -36,6 +37,13 @@ pub fn normalise_reply(line: &[u8], base: i64, window: (i64, i64)) -> Vec<Piece>
                 pieces.push(Piece::Timestamp(v - base));
             }
             _ => cur.extend_from_slice(token),
+        }
+        match rest.get(end) {
+            Some(&sep) => {
+                cur.push(sep);
+                rest = &rest[end + 1..];
+            }
+            None => break,
         }
     }
     if !cur.is_empty() {
@@ -62,7 +70,9 @@ pub fn match_line(expected: &[Piece], got: &[u8], ts_ok: &dyn Fn(i64, i64) -> bo
             },
             Piece::Timestamp(k) => {
                 let n = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-                let value = std::str::from_utf8(&rest[..n]).ok().and_then(|s| s.parse::<i64>().ok());
+                let value = std::str::from_utf8(&rest[..n])
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok());
                 match value {
                     Some(v) if n > 0 && ts_ok(*k, v) => rest = &rest[n..],
                     _ => return false,
@@ -105,11 +115,15 @@ pub fn compare_lines(
             let got_run = &got[i..j.min(got.len())];
             let mut used = vec![false; got_run.len()];
             for (n, e) in expected[i..j].iter().enumerate() {
-                let hit = (0..got_run.len()).find(|&g| !used[g] && match_line(e, &got_run[g], ts_ok));
+                let hit =
+                    (0..got_run.len()).find(|&g| !used[g] && match_line(e, &got_run[g], ts_ok));
                 match hit {
                     Some(g) => used[g] = true,
                     None => {
-                        return Err((i + n, "CONNECT-DUMP rows differ (compared as a multiset)".into()));
+                        return Err((
+                            i + n,
+                            "CONNECT-DUMP rows differ (compared as a multiset)".into(),
+                        ));
                     }
                 }
             }
@@ -149,7 +163,10 @@ mod tests {
             "pA\\x092\\x09{ts+2}\\x09{ts+3}"
         );
         // A pid-like number far from the window, and digits inside an ident, stay.
-        assert_eq!(show(&normalise_reply(b"x/1795892932y\t2147483647\t1", base, w)), "x/1795892932y\\x092147483647\\x091");
+        assert_eq!(
+            show(&normalise_reply(b"x/1795892932y\t2147483647\t1", base, w)),
+            "x/1795892932y\\x092147483647\\x091"
+        );
     }
 
     #[test]
@@ -167,15 +184,19 @@ mod tests {
     #[test]
     fn connect_dump_rows_are_a_multiset() {
         let ok = |_: i64, _: i64| true;
-        let exp: Vec<Vec<Piece>> =
-            ["a\\x091\\x092", "b\\x092\\x091", ""].iter().map(|s| unescape(s, true).unwrap()).collect();
+        let exp: Vec<Vec<Piece>> = ["a\\x091\\x092", "b\\x092\\x091", ""]
+            .iter()
+            .map(|s| unescape(s, true).unwrap())
+            .collect();
         let got: Vec<Vec<u8>> = vec![b"b\t2\t1".to_vec(), b"a\t1\t2".to_vec(), b"".to_vec()];
         assert!(compare_lines(&exp, &got, &ok).is_ok());
         let bad: Vec<Vec<u8>> = vec![b"b\t2\t1".to_vec(), b"a\t1\t3".to_vec(), b"".to_vec()];
         assert_eq!(compare_lines(&exp, &bad, &ok).unwrap_err().0, 0);
         // Penalty rows (three TABs) keep their order.
-        let exp: Vec<Vec<Piece>> =
-            ["a\\x091\\x092\\x093", "b\\x091\\x092\\x093"].iter().map(|s| unescape(s, true).unwrap()).collect();
+        let exp: Vec<Vec<Piece>> = ["a\\x091\\x092\\x093", "b\\x091\\x092\\x093"]
+            .iter()
+            .map(|s| unescape(s, true).unwrap())
+            .collect();
         let swapped: Vec<Vec<u8>> = vec![b"b\t1\t2\t3".to_vec(), b"a\t1\t2\t3".to_vec()];
         assert!(compare_lines(&exp, &swapped, &ok).is_err());
     }

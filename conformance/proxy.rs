@@ -35,8 +35,12 @@ use nix::unistd::pipe2;
 
 use super::fake_master::{exit_kind, spawn_with_layout, STOCK_ANVIL};
 use super::normalise::normalise_reply;
-use super::transcript::{ConnAction, ConnKind, Event, EventKind, ExitKind, Piece, ProcessAction, Transcript};
-use crate::master_compat::child_env::{MASTER_ANVIL_LOG_FDPASS_FD, MASTER_DEAD_FD, MASTER_LISTEN_FD_FIRST, MASTER_STATUS_FD};
+use super::transcript::{
+    ConnAction, ConnKind, Event, EventKind, ExitKind, Piece, ProcessAction, Transcript,
+};
+use crate::master_compat::child_env::{
+    MASTER_ANVIL_LOG_FDPASS_FD, MASTER_DEAD_FD, MASTER_LISTEN_FD_FIRST, MASTER_STATUS_FD,
+};
 use crate::wire::status::{StatusRecord, STATUS_RECORD_LEN};
 
 /// How long a connection close seen from stock waits for stock's exit to be recorded first,
@@ -44,7 +48,10 @@ use crate::wire::status::{StatusRecord, STATUS_RECORD_LEN};
 const EXIT_ORDER_GRACE: Duration = Duration::from_millis(150);
 
 fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// The raw capture file and shared proxy state.
@@ -60,14 +67,22 @@ struct Shared {
 
 impl Shared {
     fn record(&self, what: EventKind) {
-        let mut line = Event { time: now_unix(), what }.render(6);
+        let mut line = Event {
+            time: now_unix(),
+            what,
+        }
+        .render(6);
         line.push('\n');
         let mut f = self.file.lock().unwrap();
         let _ = f.write_all(line.as_bytes());
     }
 
     fn new_conn(&self, kind: ConnKind) -> String {
-        let id = format!("{}.{}", self.pid, self.next_id.fetch_add(1, Ordering::SeqCst) + 1);
+        let id = format!(
+            "{}.{}",
+            self.pid,
+            self.next_id.fetch_add(1, Ordering::SeqCst) + 1
+        );
         self.open_conns.fetch_add(1, Ordering::SeqCst);
         self.conn(&id, kind, ConnAction::Open);
         id
@@ -75,7 +90,11 @@ impl Shared {
 
     fn conn(&self, id: &str, kind: ConnKind, action: ConnAction) {
         let closing = matches!(action, ConnAction::CloseByAnvil | ConnAction::CloseByClient);
-        self.record(EventKind::Conn { id: id.to_string(), kind, action });
+        self.record(EventKind::Conn {
+            id: id.to_string(),
+            kind,
+            action,
+        });
         if closing {
             self.open_conns.fetch_sub(1, Ordering::SeqCst);
         }
@@ -85,7 +104,10 @@ impl Shared {
     /// chance to be recorded first.
     fn wait_exit_briefly(&self) {
         let g = self.exited.lock().unwrap();
-        let _ = self.exited_cv.wait_timeout_while(g, EXIT_ORDER_GRACE, |e| !*e).unwrap();
+        let _ = self
+            .exited_cv
+            .wait_timeout_while(g, EXIT_ORDER_GRACE, |e| !*e)
+            .unwrap();
     }
 }
 
@@ -100,15 +122,24 @@ pub struct ProxyOptions {
 
 impl Default for ProxyOptions {
     fn default() -> Self {
-        ProxyOptions { out: PathBuf::from("anvil.raw"), stock: PathBuf::from(STOCK_ANVIL) }
+        ProxyOptions {
+            out: PathBuf::from("anvil.raw"),
+            stock: PathBuf::from(STOCK_ANVIL),
+        }
     }
 }
 
 /// Runs the proxy until stock anvil exits; returns how it exited (the caller exits the same way).
 pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
     let restarted = std::env::var_os("ANVIL_RESTARTED").is_some();
-    let generation: u32 = std::env::var("GENERATION").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
-    let socket_count: u32 = std::env::var("SOCKET_COUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(4);
+    let generation: u32 = std::env::var("GENERATION")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0);
+    let socket_count: u32 = std::env::var("SOCKET_COUNT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(4);
     let fds = crate::sys::take_anvil_fds(socket_count).map_err(io::Error::other)?;
     let fdpass = fds.log_fdpass;
     let status_out = File::from(fds.status);
@@ -117,13 +148,25 @@ pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
     let shared_pipe = fds.shared_pipe;
     let mut listeners = fds.listeners.into_iter();
     let (Some(listen_anvil), Some(listen_penalty)) = (listeners.next(), listeners.next()) else {
-        return Err(io::Error::other("the master gave fewer than two anvil listeners"));
+        return Err(io::Error::other(
+            "the master gave fewer than two anvil listeners",
+        ));
     };
-    let (listen_anvil, listen_penalty) = (UnixListener::from(listen_anvil), UnixListener::from(listen_penalty));
+    let (listen_anvil, listen_penalty) = (
+        UnixListener::from(listen_anvil),
+        UnixListener::from(listen_penalty),
+    );
 
     let file = File::options().create(true).append(true).open(&opts.out)?;
     if file.metadata()?.len() == 0 {
-        (&file).write_all(format!("{} {}\n", super::transcript::MAGIC, super::transcript::FORMAT_VERSION).as_bytes())?;
+        (&file).write_all(
+            format!(
+                "{} {}\n",
+                super::transcript::MAGIC,
+                super::transcript::FORMAT_VERSION
+            )
+            .as_bytes(),
+        )?;
     }
     let shared = Arc::new(Shared {
         file: Mutex::new(file),
@@ -136,7 +179,9 @@ pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
     });
 
     // Stock's own layout.
-    let dir = tempfile::Builder::new().prefix("foreman-record-proxy-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("foreman-record-proxy-")
+        .tempdir()?;
     let stock_sock = |k: ConnKind| dir.path().join(k.name());
     let stock_listen_anvil = UnixListener::bind(stock_sock(ConnKind::Anvil))?;
     let stock_listen_penalty = UnixListener::bind(stock_sock(ConnKind::AnvilAuthPenalty))?;
@@ -145,7 +190,13 @@ pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
     let (s_r, s_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (st_r, st_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (dead_r, dead_w) = pipe2(OFlag::O_CLOEXEC)?;
-    let null = || File::options().read(true).write(true).open("/dev/null").map(OwnedFd::from);
+    let null = || {
+        File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+    };
     let std_fds = [null()?, null()?, io::stderr().as_fd().try_clone_to_owned()?];
     let plan = vec![
         (null()?, 3),
@@ -154,8 +205,14 @@ pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
         (dead_w, MASTER_DEAD_FD),
         (m_r, MASTER_LISTEN_FD_FIRST),
         (s_r, MASTER_LISTEN_FD_FIRST + 1),
-        (OwnedFd::from(stock_listen_anvil), MASTER_LISTEN_FD_FIRST + 2),
-        (OwnedFd::from(stock_listen_penalty), MASTER_LISTEN_FD_FIRST + 3),
+        (
+            OwnedFd::from(stock_listen_anvil),
+            MASTER_LISTEN_FD_FIRST + 2,
+        ),
+        (
+            OwnedFd::from(stock_listen_penalty),
+            MASTER_LISTEN_FD_FIRST + 3,
+        ),
     ];
     let mut child = spawn_with_layout(&mut Command::new(&opts.stock), std_fds, plan)?;
     let child_pid = child.id() as i32;
@@ -169,7 +226,11 @@ pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
         let mut rec = [0u8; STATUS_RECORD_LEN];
         while r.read_exact(&mut rec).is_ok() {
             if let Some(s) = StatusRecord::decode(&rec) {
-                let mine = StatusRecord { pid: own_pid, generation, available_count: s.available_count };
+                let mine = StatusRecord {
+                    pid: own_pid,
+                    generation,
+                    available_count: s.available_count,
+                };
                 let _ = out.write_all(&mine.encode());
             }
         }
@@ -201,12 +262,18 @@ pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
         std::thread::spawn(move || forward_signals(shared, child_pid));
     }
 
-    for (fd, to_stock, kind) in [(master_pipe, m_w, ConnKind::MasterPipe), (shared_pipe, s_w, ConnKind::SharedPipe)] {
+    for (fd, to_stock, kind) in [
+        (master_pipe, m_w, ConnKind::MasterPipe),
+        (shared_pipe, s_w, ConnKind::SharedPipe),
+    ] {
         let shared = shared.clone();
         let id = shared.new_conn(kind);
         std::thread::spawn(move || serve_pipe(&shared, &id, kind, fd, to_stock));
     }
-    for (listener, kind) in [(listen_anvil, ConnKind::Anvil), (listen_penalty, ConnKind::AnvilAuthPenalty)] {
+    for (listener, kind) in [
+        (listen_anvil, ConnKind::Anvil),
+        (listen_penalty, ConnKind::AnvilAuthPenalty),
+    ] {
         let shared = shared.clone();
         let path = stock_sock(kind);
         std::thread::spawn(move || accept_loop(&shared, listener, kind, &path));
@@ -230,12 +297,25 @@ pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
 
 fn forward_signals(shared: Arc<Shared>, child: i32) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
     rt.block_on(async move {
-        let kinds = [libc::SIGQUIT, libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
+        let kinds = [
+            libc::SIGQUIT,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+        ];
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for k in kinds {
-            let Ok(mut s) = signal(SignalKind::from_raw(k)) else { continue };
+            let Ok(mut s) = signal(SignalKind::from_raw(k)) else {
+                continue;
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
                 while s.recv().await.is_some() {
@@ -265,7 +345,10 @@ fn serve_pipe(shared: &Shared, id: &str, kind: ConnKind, from_master: OwnedFd, t
     let mut buf = [0u8; 4096];
     loop {
         let (stock_gone, readable) = {
-            let mut fds = [PollFd::new(from_master.as_fd(), PollFlags::POLLIN), PollFd::new(to_stock.as_fd(), PollFlags::empty())];
+            let mut fds = [
+                PollFd::new(from_master.as_fd(), PollFlags::POLLIN),
+                PollFd::new(to_stock.as_fd(), PollFlags::empty()),
+            ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -325,7 +408,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: UnixListener, kind: ConnKind, sto
                 let path = stock_path.to_path_buf();
                 std::thread::spawn(move || serve_socket(&shared, kind, client, &path));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,
         }
     }
@@ -338,7 +423,9 @@ fn serve_socket(shared: &Arc<Shared>, kind: ConnKind, mut client: UnixStream, st
         return;
     };
     let done = Arc::new(Mutex::new(false));
-    let (Ok(mut client_r), Ok(mut stock_w)) = (client.try_clone(), stock.try_clone()) else { return };
+    let (Ok(mut client_r), Ok(mut stock_w)) = (client.try_clone(), stock.try_clone()) else {
+        return;
+    };
     {
         let shared = shared.clone();
         let id = id.clone();
@@ -368,7 +455,11 @@ fn serve_socket(shared: &Arc<Shared>, kind: ConnKind, mut client: UnixStream, st
     loop {
         match stock.read(&mut buf) {
             Ok(n) if n > 0 => {
-                shared.conn(&id, kind, ConnAction::AnvilToClient(vec![Piece::Bytes(buf[..n].to_vec())]));
+                shared.conn(
+                    &id,
+                    kind,
+                    ConnAction::AnvilToClient(vec![Piece::Bytes(buf[..n].to_vec())]),
+                );
                 let _ = client.write_all(&buf[..n]);
             }
             _ => {
@@ -401,24 +492,45 @@ pub fn finish(raw: &Transcript, comments: Vec<String>) -> Transcript {
     for e in &raw.events {
         let time = ((e.time - t0) * 1000.0).round() / 1000.0;
         let EventKind::Conn { id, kind, action } = &e.what else {
-            events.push(Event { time, what: e.what.clone() });
+            events.push(Event {
+                time,
+                what: e.what.clone(),
+            });
             continue;
         };
         let n = ids.len() + 1;
-        let new_id = ids.entry(id.clone()).or_insert_with(|| n.to_string()).clone();
-        let mut push = |action: ConnAction| events.push(Event { time, what: EventKind::Conn { id: new_id.clone(), kind: *kind, action } });
+        let new_id = ids
+            .entry(id.clone())
+            .or_insert_with(|| n.to_string())
+            .clone();
+        let mut push = |action: ConnAction| {
+            events.push(Event {
+                time,
+                what: EventKind::Conn {
+                    id: new_id.clone(),
+                    kind: *kind,
+                    action,
+                },
+            })
+        };
         match action {
             ConnAction::AnvilToClient(p) => {
                 let buf = pending.entry(id.clone()).or_default();
                 buf.extend(super::transcript::plain_bytes(p).unwrap_or_default());
                 while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
-                    push(ConnAction::AnvilToClient(normalise_reply(&line[..line.len() - 1], base, window)));
+                    push(ConnAction::AnvilToClient(normalise_reply(
+                        &line[..line.len() - 1],
+                        base,
+                        window,
+                    )));
                 }
             }
             ConnAction::CloseByAnvil | ConnAction::CloseByClient => {
                 if let Some(rest) = pending.remove(id).filter(|r| !r.is_empty()) {
-                    push(ConnAction::AnvilToClient(normalise_reply(&rest, base, window)));
+                    push(ConnAction::AnvilToClient(normalise_reply(
+                        &rest, base, window,
+                    )));
                 }
                 push(action.clone());
             }
@@ -426,5 +538,9 @@ pub fn finish(raw: &Transcript, comments: Vec<String>) -> Transcript {
         }
     }
     let lines = vec![0; events.len()];
-    Transcript { comments, events, lines }
+    Transcript {
+        comments,
+        events,
+        lines,
+    }
 }

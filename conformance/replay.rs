@@ -18,7 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::fake_master::{AnvilBinary, FakeMaster};
 use super::normalise::compare_lines;
-use super::transcript::{escape_bytes, escape_pieces, ConnAction, ConnKind, EventKind, ExitKind, Piece, ProcessAction, Transcript};
+use super::transcript::{
+    escape_bytes, escape_pieces, ConnAction, ConnKind, EventKind, ExitKind, Piece, ProcessAction,
+    Transcript,
+};
 
 /// Recorded gaps at least this long (seconds) are kept in a realtime replay; shorter ones are
 /// skipped, and expected timestamps are shifted by the time skipped so far.
@@ -39,7 +42,12 @@ pub struct ReplayOptions {
 
 impl Default for ReplayOptions {
     fn default() -> Self {
-        ReplayOptions { binary: AnvilBinary::Stock, realtime: true, ts_tolerance: 2, timeout: Duration::from_secs(5) }
+        ReplayOptions {
+            binary: AnvilBinary::Stock,
+            realtime: true,
+            ts_tolerance: 2,
+            timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -66,7 +74,11 @@ pub struct Mismatch {
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "MISMATCH {}:{} (event {}, conn {}): {}", self.name, self.line, self.event, self.conn, self.what)?;
+        writeln!(
+            f,
+            "MISMATCH {}:{} (event {}, conn {}): {}",
+            self.name, self.line, self.event, self.conn, self.what
+        )?;
         for e in &self.expected {
             writeln!(f, "  - expected: {e}")?;
         }
@@ -85,7 +97,12 @@ impl fmt::Display for Mismatch {
 
 /// A connection of a transcript as the client side sees it.
 pub(crate) enum Live {
-    Socket { stream: UnixStream, rx: Receiver<Option<Vec<u8>>>, buf: Vec<u8>, eof: bool },
+    Socket {
+        stream: UnixStream,
+        rx: Receiver<Option<Vec<u8>>>,
+        buf: Vec<u8>,
+        eof: bool,
+    },
     Pipe(ConnKind),
 }
 
@@ -101,7 +118,12 @@ impl Live {
 
     /// Writes `data` as one write, then waits (until `deadline`) for the anvil to have read
     /// all of it, so that what follows on another connection comes after it.
-    pub(crate) fn send(&mut self, fm: &FakeMaster, data: &[u8], deadline: Instant) -> io::Result<()> {
+    pub(crate) fn send(
+        &mut self,
+        fm: &FakeMaster,
+        data: &[u8],
+        deadline: Instant,
+    ) -> io::Result<()> {
         match self {
             Live::Socket { stream, .. } => {
                 // A write after the anvil closed fails; the transcript says whether a close
@@ -152,12 +174,19 @@ impl Live {
                 }
             }
         });
-        Ok(Live::Socket { stream, rx, buf: Vec::new(), eof: false })
+        Ok(Live::Socket {
+            stream,
+            rx,
+            buf: Vec::new(),
+            eof: false,
+        })
     }
 
     /// Receives until `done(buf, eof)` holds or `deadline` passes.
     pub(crate) fn fill(&mut self, deadline: Instant, done: impl Fn(&[u8], bool) -> bool) {
-        let Live::Socket { rx, buf, eof, .. } = self else { return };
+        let Live::Socket { rx, buf, eof, .. } = self else {
+            return;
+        };
         while !done(buf, *eof) && !*eof {
             let now = Instant::now();
             let wait = deadline.saturating_duration_since(now);
@@ -176,7 +205,10 @@ impl Live {
 }
 
 fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn show_bytes(b: &[u8]) -> String {
@@ -219,16 +251,19 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
     while i < t.events.len() {
         let ev = &t.events[i];
         let line = t.lines.get(i).copied().unwrap_or(0);
-        let mismatch = |conn: &str, what: String, expected: Vec<String>, got: Vec<String>, fm: &FakeMaster| Mismatch {
-            name: name.to_string(),
-            line,
-            event: i,
-            conn: conn.to_string(),
-            what,
-            expected,
-            got,
-            log: fm.log_text(),
-        };
+        let mismatch =
+            |conn: &str, what: String, expected: Vec<String>, got: Vec<String>, fm: &FakeMaster| {
+                Mismatch {
+                    name: name.to_string(),
+                    line,
+                    event: i,
+                    conn: conn.to_string(),
+                    what,
+                    expected,
+                    got,
+                    log: fm.log_text(),
+                }
+            };
         if opts.realtime {
             let target = (ev.time - t0 - skipped.get()).max(0.0);
             let gap = target - start.elapsed().as_secs_f64();
@@ -259,7 +294,13 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                     }
                     if got != Some(*want) {
                         let got = got.map_or("still running".to_string(), |g| format!("exit {g}"));
-                        return Ok(Some(mismatch("-", "anvil process".into(), vec![format!("exit {want}")], vec![got], &fm)));
+                        return Ok(Some(mismatch(
+                            "-",
+                            "anvil process".into(),
+                            vec![format!("exit {want}")],
+                            vec![got],
+                            &fm,
+                        )));
                     }
                 }
             },
@@ -270,14 +311,19 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                         conns.insert(id.clone(), Live::open(&fm, *kind)?);
                     }
                     ConnAction::ClientToAnvil(data) => {
-                        let live = conns.get_mut(id).ok_or_else(|| unknown_conn(name, line, id))?;
+                        let live = conns
+                            .get_mut(id)
+                            .ok_or_else(|| unknown_conn(name, line, id))?;
                         live.send(&fm, data, deadline)?;
                     }
                     ConnAction::AnvilToClient(_) => {
                         let mut j = i;
                         let mut expected: Vec<Vec<Piece>> = Vec::new();
-                        while let Some(EventKind::Conn { id: id2, action: ConnAction::AnvilToClient(p), .. }) =
-                            t.events.get(j).map(|e| &e.what)
+                        while let Some(EventKind::Conn {
+                            id: id2,
+                            action: ConnAction::AnvilToClient(p),
+                            ..
+                        }) = t.events.get(j).map(|e| &e.what)
                         {
                             if id2 != id {
                                 break;
@@ -285,11 +331,21 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                             expected.push(p.clone());
                             j += 1;
                         }
-                        let live = conns.get_mut(id).ok_or_else(|| unknown_conn(name, line, id))?;
+                        let live = conns
+                            .get_mut(id)
+                            .ok_or_else(|| unknown_conn(name, line, id))?;
                         let n = expected.len();
-                        live.fill(deadline, |b, _| b.iter().filter(|&&c| c == b'\n').count() >= n);
+                        live.fill(deadline, |b, _| {
+                            b.iter().filter(|&&c| c == b'\n').count() >= n
+                        });
                         let Live::Socket { buf, eof, .. } = live else {
-                            return Ok(Some(mismatch(&label, "a pipe cannot carry replies".into(), vec![], vec![], &fm)));
+                            return Ok(Some(mismatch(
+                                &label,
+                                "a pipe cannot carry replies".into(),
+                                vec![],
+                                vec![],
+                                &fm,
+                            )));
                         };
                         let mut got: Vec<Vec<u8>> = Vec::new();
                         let mut used = 0;
@@ -301,7 +357,15 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                             got.push(l[..l.len() - 1].to_vec());
                         }
                         let result = if got.len() < n {
-                            Err((got.len(), if *eof { "anvil closed the connection" } else { "timed out waiting for a reply" }.to_string()))
+                            Err((
+                                got.len(),
+                                if *eof {
+                                    "anvil closed the connection"
+                                } else {
+                                    "timed out waiting for a reply"
+                                }
+                                .to_string(),
+                            ))
                         } else {
                             compare_lines(&expected, &got, &ts_ok)
                         };
@@ -311,7 +375,13 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                             if !partial.is_empty() {
                                 gl.push(format!("{} (no LF yet)", show_bytes(partial)));
                             }
-                            let mut m = mismatch(&label, what, expected.iter().map(|e| show_pieces(e)).collect(), gl, &fm);
+                            let mut m = mismatch(
+                                &label,
+                                what,
+                                expected.iter().map(|e| show_pieces(e)).collect(),
+                                gl,
+                                &fm,
+                            );
                             m.event = i + k;
                             m.line = t.lines.get(i + k).copied().unwrap_or(line);
                             return Ok(Some(m));
@@ -321,12 +391,20 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                         continue;
                     }
                     ConnAction::CloseByClient => {
-                        let mut live = conns.remove(id).ok_or_else(|| unknown_conn(name, line, id))?;
+                        let mut live = conns
+                            .remove(id)
+                            .ok_or_else(|| unknown_conn(name, line, id))?;
                         live.drain_now();
                         match live {
                             Live::Socket { stream, buf, .. } => {
                                 if !buf.is_empty() {
-                                    return Ok(Some(mismatch(&label, "unexpected output before the client closed".into(), vec![], vec![show_bytes(&buf)], &fm)));
+                                    return Ok(Some(mismatch(
+                                        &label,
+                                        "unexpected output before the client closed".into(),
+                                        vec![],
+                                        vec![show_bytes(&buf)],
+                                        &fm,
+                                    )));
                                 }
                                 let _ = stream.shutdown(Shutdown::Both);
                             }
@@ -334,16 +412,32 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                         }
                     }
                     ConnAction::CloseByAnvil => {
-                        let live = conns.get_mut(id).ok_or_else(|| unknown_conn(name, line, id))?;
+                        let live = conns
+                            .get_mut(id)
+                            .ok_or_else(|| unknown_conn(name, line, id))?;
                         match live {
                             Live::Socket { .. } => {
                                 live.fill(deadline, |_, eof| eof);
-                                let Live::Socket { buf, eof, .. } = live else { unreachable!() };
+                                let Live::Socket { buf, eof, .. } = live else {
+                                    unreachable!()
+                                };
                                 if !buf.is_empty() {
-                                    return Ok(Some(mismatch(&label, "unexpected output before the anvil closed".into(), vec!["(close)".into()], vec![show_bytes(buf)], &fm)));
+                                    return Ok(Some(mismatch(
+                                        &label,
+                                        "unexpected output before the anvil closed".into(),
+                                        vec!["(close)".into()],
+                                        vec![show_bytes(buf)],
+                                        &fm,
+                                    )));
                                 }
                                 if !*eof {
-                                    return Ok(Some(mismatch(&label, "the anvil did not close the connection".into(), vec!["(close)".into()], vec!["(still open)".into()], &fm)));
+                                    return Ok(Some(mismatch(
+                                        &label,
+                                        "the anvil did not close the connection".into(),
+                                        vec!["(close)".into()],
+                                        vec!["(still open)".into()],
+                                        &fm,
+                                    )));
                                 }
                             }
                             Live::Pipe(k) => {
@@ -352,7 +446,13 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                                     std::thread::sleep(Duration::from_millis(2));
                                 }
                                 if fm.anvil_holds_pipe(k)? {
-                                    return Ok(Some(mismatch(&label, "the anvil did not close the pipe".into(), vec!["(close)".into()], vec!["(still open)".into()], &fm)));
+                                    return Ok(Some(mismatch(
+                                        &label,
+                                        "the anvil did not close the pipe".into(),
+                                        vec!["(close)".into()],
+                                        vec!["(still open)".into()],
+                                        &fm,
+                                    )));
                                 }
                             }
                         }

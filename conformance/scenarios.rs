@@ -61,7 +61,9 @@ fn handshake_accepted() -> Script {
         let id = i as u32 + 1;
         s = s.open(id, Anvil).send(id, v).send(id, "LOOKUP\tx\n");
     }
-    s.open(7, AnvilAuthPenalty).send(7, "VERSION\tanvil\t1\t0\nLOOKUP\tx\n").close(7)
+    s.open(7, AnvilAuthPenalty)
+        .send(7, "VERSION\tanvil\t1\t0\nLOOKUP\tx\n")
+        .close(7)
 }
 
 fn handshake_rejected() -> Script {
@@ -119,8 +121,14 @@ fn disconnect_unknown() -> Script {
     )
     .client(1)
     .send(1, "DISCONNECT\t5\tnobody/here\n")
-    .send(1, "CONNECT\t5\tx/1.1.1.1/u\nDISCONNECT\t6\tx/1.1.1.1/u\nLOOKUP\tx/1.1.1.1/u\n")
-    .send(1, "DISCONNECT\t5\tx/1.1.1.1/u\nDISCONNECT\t5\tx/1.1.1.1/u\nLOOKUP\tx/1.1.1.1/u\n")
+    .send(
+        1,
+        "CONNECT\t5\tx/1.1.1.1/u\nDISCONNECT\t6\tx/1.1.1.1/u\nLOOKUP\tx/1.1.1.1/u\n",
+    )
+    .send(
+        1,
+        "DISCONNECT\t5\tx/1.1.1.1/u\nDISCONNECT\t5\tx/1.1.1.1/u\nLOOKUP\tx/1.1.1.1/u\n",
+    )
     .close(1)
 }
 
@@ -141,7 +149,12 @@ fn connect_malformed() -> Script {
     malformed(
         "connect-malformed",
         "CONNECT argument errors close the connection (§4.2 pid rules); valid edge pids stay.",
-        &["CONNECT\t0\tpid/zero", "CONNECT\t2147483647\tpid/max", "CONNECT\t00012\tpid/lead", "CONNECT\t1\ta\textra"],
+        &[
+            "CONNECT\t0\tpid/zero",
+            "CONNECT\t2147483647\tpid/max",
+            "CONNECT\t00012\tpid/lead",
+            "CONNECT\t1\ta\textra",
+        ],
         &[
             "CONNECT",
             "CONNECT\t1",
@@ -162,7 +175,13 @@ fn disconnect_malformed() -> Script {
         "disconnect-malformed",
         "DISCONNECT argument errors close the connection (§4.2).",
         &["CONNECT\t3\td/1", "DISCONNECT\t3\td/1"],
-        &["DISCONNECT", "DISCONNECT\t3", "DISCONNECT\tx\td/1", "DISCONNECT\t2147483648\td/1", "DISCONNECT\t\t"],
+        &[
+            "DISCONNECT",
+            "DISCONNECT\t3",
+            "DISCONNECT\tx\td/1",
+            "DISCONNECT\t2147483648\td/1",
+            "DISCONNECT\t\t",
+        ],
     )
 }
 
@@ -323,8 +342,14 @@ fn penalty_malformed() -> Script {
         "PENALTY-* argument errors close the connection; edge values that are valid do not (§4.2).",
     )
     .penalty_client(1)
-    .send(1, "PENALTY-INC\tv\t4294967295\t65535\nPENALTY-INC\tw\t0\t0\nPENALTY-SET-EXPIRE-SECS\t0\n")
-    .send(1, "PENALTY-SET-EXPIRE-SECS\t4294967295\nPENALTY-GET\tv\nPENALTY-GET\tw\n");
+    .send(
+        1,
+        "PENALTY-INC\tv\t4294967295\t65535\nPENALTY-INC\tw\t0\t0\nPENALTY-SET-EXPIRE-SECS\t0\n",
+    )
+    .send(
+        1,
+        "PENALTY-SET-EXPIRE-SECS\t4294967295\nPENALTY-GET\tv\nPENALTY-GET\tw\n",
+    );
     let bad = [
         "PENALTY-INC",
         "PENALTY-INC\tv\t1",
@@ -368,10 +393,16 @@ fn penalty_expiry() -> Script {
          pass but a GET in the same batch still sees the record (§5.2).",
     )
     .penalty_client(1)
-    .send(1, "PENALTY-SET-EXPIRE-SECS\t1\nPENALTY-INC\te\t0\t1\nPENALTY-GET\te\n")
+    .send(
+        1,
+        "PENALTY-SET-EXPIRE-SECS\t1\nPENALTY-INC\te\t0\t1\nPENALTY-GET\te\n",
+    )
     .step(Step::Sleep(Duration::from_millis(3000)))
     .send(1, "PENALTY-GET\te\nPENALTY-DUMP\n")
-    .send(1, "PENALTY-SET-EXPIRE-SECS\t0\nPENALTY-INC\tz\t0\t1\nPENALTY-GET\tz\n")
+    .send(
+        1,
+        "PENALTY-SET-EXPIRE-SECS\t0\nPENALTY-INC\tz\t0\t1\nPENALTY-GET\tz\n",
+    )
     .step(Step::Sleep(Duration::from_millis(1000)))
     .send(1, "PENALTY-GET\tz\nPENALTY-DUMP\n")
     .close(1)
@@ -403,7 +434,10 @@ fn framing() -> Script {
          an unknown empty command.",
     )
     .client(1)
-    .send(1, b"CONNECT\t1\ta\rb\r\nCONNECT\t1\ta\r\r\nLOOKUP\ta\rb\nCONNECT-DUMP\n".as_slice())
+    .send(
+        1,
+        b"CONNECT\t1\ta\rb\r\nCONNECT\t1\ta\r\r\nLOOKUP\ta\rb\nCONNECT-DUMP\n".as_slice(),
+    )
     .send(1, b"LOOKUP\ta\rb\x00garbage\tmore\n".as_slice())
     .send(1, "LOO")
     .send(1, "KUP\ta\r")
@@ -462,9 +496,15 @@ fn unknown_commands() -> Script {
     .client(2)
     .send(2, "FOO\tbar\n")
     .penalty_client(3)
-    .send(3, "CONNECT\t1\tp/1\nLOOKUP\tp/1\nCONNECT-DUMP\textra\nPENALTY-DUMP\tx\n")
+    .send(
+        3,
+        "CONNECT\t1\tp/1\nLOOKUP\tp/1\nCONNECT-DUMP\textra\nPENALTY-DUMP\tx\n",
+    )
     .client(4)
-    .send(4, "PENALTY-INC\t1.1.1.1\t0\t1\nPENALTY-GET\t9.9.9.9\nCONNECT-DUMP\n")
+    .send(
+        4,
+        "PENALTY-INC\t1.1.1.1\t0\t1\nPENALTY-GET\t9.9.9.9\nCONNECT-DUMP\n",
+    )
     .send(4, "CONNECT -DUMP\n")
     .close(3)
 }
@@ -501,7 +541,10 @@ fn anvil_restart() -> Script {
     .send(4, "KILL\t12345\nVERSION\tanvil\t1\t0\n")
     .send(5, "CONNECT\t12\timap/1.1.1.1/w\n")
     .client(6)
-    .send(6, "LOOKUP\timap/1.1.1.1/u\nLOOKUP\timap/1.1.1.1/v\nLOOKUP\timap/1.1.1.1/w\n")
+    .send(
+        6,
+        "LOOKUP\timap/1.1.1.1/u\nLOOKUP\timap/1.1.1.1/v\nLOOKUP\timap/1.1.1.1/w\n",
+    )
     .open(7, Anvil)
     .send(7, "LOOKUP\tx\n")
     .close(6)
@@ -546,7 +589,10 @@ fn many_sessions_dump() -> Script {
         let pid = 1000 + n % 6;
         let user = ["alice", "bob", "carol", "dave", "eve"][(n % 5) as usize];
         let proto = if n % 3 == 0 { "pop3" } else { "imap" };
-        lines.push_str(&format!("CONNECT\t{pid}\t{proto}/10.0.0.{}/{user}\n", n % 4));
+        lines.push_str(&format!(
+            "CONNECT\t{pid}\t{proto}/10.0.0.{}/{user}\n",
+            n % 4
+        ));
     }
     Script::new(
         "many-sessions-dump",
@@ -700,7 +746,10 @@ fn auth_penalty(ctx: &mut Ctx) -> anyhow::Result<()> {
     anyhow::ensure!(r.starts_with("-ERR"), "wrong password accepted: {r}");
     ctx.settle();
     let mut i = ctx.dovecot.imap()?;
-    anyhow::ensure!(!i.login("alice", "other-wrong")?.is_ok(), "wrong password accepted");
+    anyhow::ensure!(
+        !i.login("alice", "other-wrong")?.is_ok(),
+        "wrong password accepted"
+    );
     ctx.settle();
     ctx.doveadm(&["penalty"])?;
     anyhow::ensure!(i.login("alice", "secret")?.is_ok(), "login failed");
@@ -809,7 +858,10 @@ fn reload(ctx: &mut Ctx) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     ctx.settle();
     let mut b = ctx.dovecot.imap()?;
-    anyhow::ensure!(b.login("alice", "secret")?.is_ok(), "login after reload failed");
+    anyhow::ensure!(
+        b.login("alice", "secret")?.is_ok(),
+        "login after reload failed"
+    );
     ctx.wait_raw("shared-pipe client->anvil CONNECT", 2)?;
     ctx.settle();
     ctx.doveadm(&["who"])?;

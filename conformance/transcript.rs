@@ -129,7 +129,11 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
     /// On a connection: its id (unique within the transcript), kind and action.
-    Conn { id: String, kind: ConnKind, action: ConnAction },
+    Conn {
+        id: String,
+        kind: ConnKind,
+        action: ConnAction,
+    },
     /// To the anvil process.
     Process(ProcessAction),
 }
@@ -206,7 +210,9 @@ pub fn unescape(text: &str, markers: bool) -> Result<Vec<Piece>, String> {
                 }
                 let end = text[i..].find('}').ok_or("unterminated {marker}")? + i;
                 let m = &text[i + 1..end];
-                let off = m.strip_prefix("ts").ok_or_else(|| format!("unknown marker {{{m}}}"))?;
+                let off = m
+                    .strip_prefix("ts")
+                    .ok_or_else(|| format!("unknown marker {{{m}}}"))?;
                 let k: i64 = off.parse().map_err(|_| format!("bad offset in {{{m}}}"))?;
                 if !off.starts_with(['+', '-']) {
                     return Err(format!("marker offset needs a sign: {{{m}}}"));
@@ -307,15 +313,21 @@ impl Event {
         let rest = it.next();
         if id == "-" {
             if kind != "process" {
-                return Err(format!("connection id '-' needs kind 'process', not '{kind}'"));
+                return Err(format!(
+                    "connection id '-' needs kind 'process', not '{kind}'"
+                ));
             }
             let p = match (action, rest) {
                 ("start", None) => ProcessAction::Start { restarted: false },
                 ("start", Some("restarted")) => ProcessAction::Start { restarted: true },
                 ("master-dead", None) => ProcessAction::MasterDead,
-                ("signal", Some(n)) => ProcessAction::Signal(n.parse().map_err(|_| "bad signal number")?),
+                ("signal", Some(n)) => {
+                    ProcessAction::Signal(n.parse().map_err(|_| "bad signal number")?)
+                }
                 ("exit", Some(r)) => {
-                    let (how, n) = r.split_once(' ').ok_or("exit needs 'status N' or 'signal N'")?;
+                    let (how, n) = r
+                        .split_once(' ')
+                        .ok_or("exit needs 'status N' or 'signal N'")?;
                     let n: i32 = n.parse().map_err(|_| "bad exit number")?;
                     match how {
                         "status" => ProcessAction::Exit(ExitKind::Status(n)),
@@ -325,12 +337,20 @@ impl Event {
                 }
                 _ => return Err(format!("unknown process event '{action}'")),
             };
-            return Ok(Event { time, what: EventKind::Process(p) });
+            return Ok(Event {
+                time,
+                what: EventKind::Process(p),
+            });
         }
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_') {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+        {
             return Err(format!("bad connection id '{id}'"));
         }
-        let kind = ConnKind::parse(kind).ok_or_else(|| format!("unknown connection kind '{kind}'"))?;
+        let kind =
+            ConnKind::parse(kind).ok_or_else(|| format!("unknown connection kind '{kind}'"))?;
         let action = match (action, rest) {
             ("open", None) => ConnAction::Open,
             ("close-by-client", None) => ConnAction::CloseByClient,
@@ -342,7 +362,14 @@ impl Event {
             ("anvil->client", d) => ConnAction::AnvilToClient(unescape(d.unwrap_or(""), true)?),
             (a, _) => return Err(format!("unknown or malformed action '{a}'")),
         };
-        Ok(Event { time, what: EventKind::Conn { id: id.to_string(), kind, action } })
+        Ok(Event {
+            time,
+            what: EventKind::Conn {
+                id: id.to_string(),
+                kind,
+                action,
+            },
+        })
     }
 }
 
@@ -350,21 +377,31 @@ impl Transcript {
     /// Parses a whole file.
     pub fn parse(text: &str) -> Result<Transcript, ParseError> {
         let mut lines = text.lines().enumerate();
-        let (_, header) = lines.next().ok_or(ParseError { line: 1, message: "empty file".into() })?;
+        let (_, header) = lines.next().ok_or(ParseError {
+            line: 1,
+            message: "empty file".into(),
+        })?;
         let want = format!("{MAGIC} {FORMAT_VERSION}");
         if header != want {
-            return Err(ParseError { line: 1, message: format!("header must be '{want}', got '{header}'") });
+            return Err(ParseError {
+                line: 1,
+                message: format!("header must be '{want}', got '{header}'"),
+            });
         }
         let mut t = Transcript::default();
         for (i, line) in lines {
             if let Some(c) = line.strip_prefix('#') {
-                t.comments.push(c.strip_prefix(' ').unwrap_or(c).to_string());
+                t.comments
+                    .push(c.strip_prefix(' ').unwrap_or(c).to_string());
                 continue;
             }
             if line.is_empty() {
                 continue;
             }
-            let ev = Event::parse(line).map_err(|message| ParseError { line: i + 1, message })?;
+            let ev = Event::parse(line).map_err(|message| ParseError {
+                line: i + 1,
+                message,
+            })?;
             t.events.push(ev);
             t.lines.push(i + 1);
         }
@@ -406,7 +443,11 @@ mod tests {
         assert!(unescape("2 {ts+3}", false).is_err());
         assert_eq!(
             unescape("2 {ts-3}x", true).unwrap(),
-            vec![Piece::Bytes(b"2 ".to_vec()), Piece::Timestamp(-3), Piece::Bytes(b"x".to_vec())]
+            vec![
+                Piece::Bytes(b"2 ".to_vec()),
+                Piece::Timestamp(-3),
+                Piece::Bytes(b"x".to_vec())
+            ]
         );
         assert!(unescape("{ts3}", true).is_err());
         assert!(unescape("{pid}", true).is_err());
@@ -428,7 +469,8 @@ mod tests {
 
     #[test]
     fn bad_lines_are_rejected_with_their_number() {
-        let e = Transcript::parse("foreman-anvil-transcript 1\n0.0 1 anvil frobnicate\n").unwrap_err();
+        let e =
+            Transcript::parse("foreman-anvil-transcript 1\n0.0 1 anvil frobnicate\n").unwrap_err();
         assert_eq!(e.line, 2);
         assert!(Transcript::parse("foreman-anvil-transcript 2\n").is_err());
         assert!(Transcript::parse("foreman-anvil-transcript 1\n0.0 1 nope open\n").is_err());

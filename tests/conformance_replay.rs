@@ -15,11 +15,18 @@ fn corpus() -> PathBuf {
 }
 
 fn run_corpus(binary: AnvilBinary, deviations: Deviations) -> foreman::conformance::cli::Summary {
-    let opts = ReplayOptions { binary, ..ReplayOptions::default() };
+    let opts = ReplayOptions {
+        binary,
+        ..ReplayOptions::default()
+    };
     let mut out = Vec::new();
     let summary = replay_files(&[corpus()], &opts, &deviations, 4, &mut out).expect("replay ran");
     let text = String::from_utf8_lossy(&out);
-    assert!(summary.failed.is_empty(), "transcripts that did not replay clean: {:?}\n{text}", summary.failed);
+    assert!(
+        summary.failed.is_empty(),
+        "transcripts that did not replay clean: {:?}\n{text}",
+        summary.failed
+    );
     summary
 }
 
@@ -31,13 +38,21 @@ fn corpus_is_large_enough_and_parses() {
         let text = std::fs::read_to_string(&p).unwrap();
         let t = Transcript::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         // Printing a parsed transcript gives the file back byte for byte: the format is stable.
-        assert_eq!(t.render(3), text, "{} is not in canonical form", p.display());
+        assert_eq!(
+            t.render(3),
+            text,
+            "{} is not in canonical form",
+            p.display()
+        );
     }
 }
 
 #[test]
 fn corpus_replays_clean_against_the_stock_anvil() {
-    assert!(std::path::Path::new(STOCK_ANVIL).exists(), "stock anvil missing; run scripts/test.sh");
+    assert!(
+        std::path::Path::new(STOCK_ANVIL).exists(),
+        "stock anvil missing; run scripts/test.sh"
+    );
     let s = run_corpus(AnvilBinary::Stock, Deviations::default());
     assert_eq!(s.deviated, 0);
     assert!(s.passed >= 20);
@@ -47,8 +62,15 @@ fn corpus_replays_clean_against_the_stock_anvil() {
 fn corpus_replays_against_foreman_with_only_the_documented_deviations() {
     let text = std::fs::read_to_string(corpus().join("foreman-deviations")).unwrap();
     let deviations = Deviations::parse(&text).unwrap();
-    let s = run_corpus(AnvilBinary::Path(env!("CARGO_BIN_EXE_foreman").into()), deviations.clone());
-    assert_eq!(s.deviated, deviations.0.len(), "every documented deviation is still there");
+    let s = run_corpus(
+        AnvilBinary::Path(env!("CARGO_BIN_EXE_foreman").into()),
+        deviations.clone(),
+    );
+    assert_eq!(
+        s.deviated,
+        deviations.0.len(),
+        "every documented deviation is still there"
+    );
 }
 
 /// Replays a transcript edited by `edit` against stock and returns the mismatch report.
@@ -57,8 +79,14 @@ fn replay_edited(name: &str, edit: impl Fn(&str) -> String) -> String {
     let edited = edit(&text);
     assert_ne!(edited, text, "the edit changed nothing");
     let t = Transcript::parse(&edited).unwrap();
-    let opts = ReplayOptions { binary: AnvilBinary::Stock, timeout: Duration::from_secs(2), ..ReplayOptions::default() };
-    let m = replay(&t, name, &opts).unwrap().expect("the edited transcript must not replay clean");
+    let opts = ReplayOptions {
+        binary: AnvilBinary::Stock,
+        timeout: Duration::from_secs(2),
+        ..ReplayOptions::default()
+    };
+    let m = replay(&t, name, &opts)
+        .unwrap()
+        .expect("the edited transcript must not replay clean");
     m.to_string()
 }
 
@@ -67,8 +95,14 @@ fn a_changed_reply_is_reported_with_its_line_and_both_sides() {
     let report = replay_edited("connect-lookup-dump.transcript", |t| {
         t.replacen("3 anvil anvil->client 3\n", "3 anvil anvil->client 4\n", 1)
     });
-    assert!(report.contains("connect-lookup-dump.transcript:17"), "{report}");
-    assert!(report.contains("expected: 4") && report.contains("got:      3"), "{report}");
+    assert!(
+        report.contains("connect-lookup-dump.transcript:17"),
+        "{report}"
+    );
+    assert!(
+        report.contains("expected: 4") && report.contains("got:      3"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -81,7 +115,11 @@ fn a_missing_close_and_a_changed_dump_row_are_caught() {
     assert!(report.contains("anvil closed the connection"), "{report}");
     // Dump rows are a multiset, but a different refcount is still a difference.
     let report = replay_edited("connect-lookup-dump.transcript", |t| {
-        t.replacen("test/1.2.3.4/u\\x094242\\x092", "test/1.2.3.4/u\\x094242\\x093", 1)
+        t.replacen(
+            "test/1.2.3.4/u\\x094242\\x092",
+            "test/1.2.3.4/u\\x094242\\x093",
+            1,
+        )
     });
     assert!(report.contains("CONNECT-DUMP rows differ"), "{report}");
 }

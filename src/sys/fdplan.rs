@@ -10,7 +10,11 @@ use std::os::fd::AsRawFd;
 /// stream socket the bytes this end sent that the peer has not read (SIOCOUTQ).
 pub fn unconsumed_bytes(fd: &impl AsRawFd, is_socket: bool) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
-    let req = if is_socket { libc::TIOCOUTQ } else { libc::FIONREAD };
+    let req = if is_socket {
+        libc::TIOCOUTQ
+    } else {
+        libc::FIONREAD
+    };
     // SAFETY: the ioctl writes one c_int to the pointer we pass.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req, &mut n as *mut libc::c_int) };
     if rc < 0 {
