@@ -80,7 +80,8 @@ pub struct FakeMaster {
     dir: tempfile::TempDir,
     master_pipe: (OwnedFd, File),
     shared_pipe: (OwnedFd, File),
-    listeners: [UnixListener; 2],
+    /// `None` in standalone mode, where the anvil binds the sockets itself.
+    listeners: Option<[UnixListener; 2]>,
     status_write: OwnedFd,
     dead: (Option<OwnedFd>, OwnedFd),
     fdpass: (OwnedFd, OwnedFd),
@@ -92,6 +93,12 @@ pub struct FakeMaster {
 impl FakeMaster {
     /// Creates the pipes and sockets in a new temporary directory; starts nothing yet.
     pub fn new(binary: AnvilBinary) -> io::Result<FakeMaster> {
+        FakeMaster::with_mode(binary, false)
+    }
+
+    /// Like [`FakeMaster::new`]; `standalone` runs the anvil as `<binary> --socket …
+    /// --penalty-socket …` instead (Foreman's standalone mode): no inherited fds, no pipes.
+    pub fn with_mode(binary: AnvilBinary, standalone: bool) -> io::Result<FakeMaster> {
         let dir = tempfile::Builder::new()
             .prefix("foreman-conformance-")
             .tempdir()?;
@@ -105,10 +112,14 @@ impl FakeMaster {
                 dir.path().display()
             ),
         )?;
-        let listeners = [
-            UnixListener::bind(run.join(ConnKind::Anvil.name()))?,
-            UnixListener::bind(run.join(ConnKind::AnvilAuthPenalty.name()))?,
-        ];
+        let listeners = if standalone {
+            None
+        } else {
+            Some([
+                UnixListener::bind(run.join(ConnKind::Anvil.name()))?,
+                UnixListener::bind(run.join(ConnKind::AnvilAuthPenalty.name()))?,
+            ])
+        };
         let (mr, mw) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         let (sr, sw) = pipe2(OFlag::O_CLOEXEC)?;
         let (status_read, status_write) = pipe2(OFlag::O_CLOEXEC)?;
@@ -160,6 +171,9 @@ impl FakeMaster {
         if self.dead.0.is_none() {
             return Err(io::Error::other("the fake master is dead"));
         }
+        let Some(listeners) = &self.listeners else {
+            return self.spawn_standalone(timeout);
+        };
         let null = || {
             File::options()
                 .read(true)
@@ -176,8 +190,8 @@ impl FakeMaster {
             (self.dead.1.try_clone()?, 6),
             (self.master_pipe.0.try_clone()?, 7),
             (self.shared_pipe.0.try_clone()?, 8),
-            (OwnedFd::from(self.listeners[0].try_clone()?), 9),
-            (OwnedFd::from(self.listeners[1].try_clone()?), 10),
+            (OwnedFd::from(listeners[0].try_clone()?), 9),
+            (OwnedFd::from(listeners[1].try_clone()?), 10),
         ];
         let mut vars: Vec<(&str, String)> = vec![
             ("DOVECOT_CHILD_PROCESS", "1".into()),
@@ -248,6 +262,59 @@ impl FakeMaster {
             }
             g = lock.lock().unwrap();
         }
+    }
+
+    /// Standalone mode: `<binary> --socket run/anvil --penalty-socket run/anvil-auth-penalty`;
+    /// ready once both sockets accept a connection.
+    fn spawn_standalone(&mut self, timeout: Duration) -> io::Result<()> {
+        let run = self.run_dir();
+        let mut cmd = self.binary.command();
+        cmd.arg("--socket")
+            .arg(run.join(ConnKind::Anvil.name()))
+            .arg("--penalty-socket")
+            .arg(run.join(ConnKind::AnvilAuthPenalty.name()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn()?;
+        if let Some(err) = child.stderr.take() {
+            let c = self.collected.clone();
+            std::thread::spawn(move || {
+                let mut f = err;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    c.0.lock().unwrap().log.extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        self.child = Some(child);
+        let deadline = Instant::now() + timeout;
+        // A probe connection that sends nothing and closes leaves no trace in an anvil.
+        while !(self.connect(ConnKind::Anvil).is_ok()
+            && self.connect(ConnKind::AnvilAuthPenalty).is_ok())
+        {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "anvil exited at start-up: {st}; log: {}",
+                    self.log_text()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::other(
+                    "the standalone anvil's sockets never accepted",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// The running anvil's pid.

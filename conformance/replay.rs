@@ -38,6 +38,9 @@ pub struct ReplayOptions {
     pub ts_tolerance: i64,
     /// How long to wait for any one expected thing (a reply, a close, a start, an exit).
     pub timeout: Duration,
+    /// Run the anvil standalone (`--socket`, `--penalty-socket`) instead of under the fake
+    /// master; only transcripts without pipes and process events can be replayed so.
+    pub standalone: bool,
 }
 
 impl Default for ReplayOptions {
@@ -47,6 +50,7 @@ impl Default for ReplayOptions {
             realtime: true,
             ts_tolerance: 2,
             timeout: Duration::from_secs(5),
+            standalone: false,
         }
     }
 }
@@ -223,10 +227,20 @@ fn show_pieces(p: &[Piece]) -> String {
     s
 }
 
+/// Whether a transcript needs a master: pipes, restarts, master death, signals or an exit.
+/// Such transcripts cannot be replayed against a standalone anvil.
+pub fn needs_master(t: &Transcript) -> bool {
+    t.events.iter().any(|e| match &e.what {
+        EventKind::Conn { kind, .. } => kind.is_pipe(),
+        EventKind::Process(ProcessAction::Start { restarted }) => *restarted,
+        EventKind::Process(_) => true,
+    })
+}
+
 /// Replays one transcript. `Ok(None)`: everything matched. `Err`: the replay itself could not
 /// run (a binary that does not start, a socket that cannot be connected).
 pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Option<Mismatch>> {
-    let mut fm = FakeMaster::new(opts.binary.clone())?;
+    let mut fm = FakeMaster::with_mode(opts.binary.clone(), opts.standalone)?;
     let mut conns: HashMap<String, Live> = HashMap::new();
     let start = Instant::now();
     let base = now_unix().floor() as i64;

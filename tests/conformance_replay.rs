@@ -19,6 +19,13 @@ fn run_corpus(binary: AnvilBinary, deviations: Deviations) -> foreman::conforman
         binary,
         ..ReplayOptions::default()
     };
+    run_corpus_with(opts, deviations)
+}
+
+fn run_corpus_with(
+    opts: ReplayOptions,
+    deviations: Deviations,
+) -> foreman::conformance::cli::Summary {
     let mut out = Vec::new();
     let summary = replay_files(&[corpus()], &opts, &deviations, 4, &mut out).expect("replay ran");
     let text = String::from_utf8_lossy(&out);
@@ -70,6 +77,25 @@ fn corpus_replays_against_foreman_with_only_the_documented_deviations() {
         s.deviated,
         deviations.0.len(),
         "every documented deviation is still there"
+    );
+}
+
+#[test]
+fn socket_only_transcripts_replay_against_standalone_foreman() {
+    let opts = ReplayOptions {
+        binary: AnvilBinary::Path(env!("CARGO_BIN_EXE_foreman").into()),
+        standalone: true,
+        ..ReplayOptions::default()
+    };
+    let s = run_corpus_with(opts, Deviations::default());
+    assert!(
+        s.passed >= 10,
+        "only {} transcripts replayed standalone",
+        s.passed
+    );
+    assert!(
+        s.skipped > 0,
+        "transcripts with pipes must be skipped, not replayed"
     );
 }
 
