@@ -205,7 +205,6 @@ impl FakeMaster {
             ("PROCESS_MIN_AVAIL", "1".into()),
             ("IDLE_KILL", "4294967295".into()),
             ("GENERATION", self.generation.to_string()),
-            ("DOVECOT_VERSION", "2.3.19.1".into()),
             ("LOG_DEBUG", String::new()),
             ("SOCKET2_SETTINGS", "anvil".into()),
             ("SOCKET3_SETTINGS", "anvil-auth-penalty".into()),

@@ -544,3 +544,31 @@ pub fn finish(raw: &Transcript, comments: Vec<String>) -> Transcript {
         lines,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_renumbers_splits_replies_and_marks_timestamps() {
+        let raw = "foreman-anvil-transcript 1\n\
+1795899183.400000 - process start\n\
+1795899183.500000 77.1 shared-pipe open\n\
+1795899186.000000 77.3 anvil-auth-penalty open\n\
+1795899186.100000 77.3 anvil-auth-penalty client->anvil PENALTY-GET\\x09x\\x0aPENALTY-DUMP\\x0a\n\
+1795899186.200000 77.3 anvil-auth-penalty anvil->client 2 1795899185\\x0ax\\x092\n\
+1795899186.300000 77.3 anvil-auth-penalty anvil->client \\x091795899185\\x091795899186\\x0a\\x0a\n\
+1795899187.000000 77.3 anvil-auth-penalty close-by-client\n";
+        let t = finish(&Transcript::parse(raw).unwrap(), vec!["c".into()]);
+        let text = t.render(3);
+        let want =
+            "foreman-anvil-transcript 1\n# c\n0.000 - process start\n0.100 1 shared-pipe open\n\
+2.600 2 anvil-auth-penalty open\n\
+2.700 2 anvil-auth-penalty client->anvil PENALTY-GET\\x09x\\x0aPENALTY-DUMP\\x0a\n\
+2.800 2 anvil-auth-penalty anvil->client 2 {ts+2}\n\
+2.900 2 anvil-auth-penalty anvil->client x\\x092\\x09{ts+2}\\x09{ts+3}\n\
+2.900 2 anvil-auth-penalty anvil->client\n\
+3.600 2 anvil-auth-penalty close-by-client\n";
+        assert_eq!(text, want);
+    }
+}

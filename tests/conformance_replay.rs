@@ -149,3 +149,44 @@ fn a_missing_close_and_a_changed_dump_row_are_caught() {
     });
     assert!(report.contains("CONNECT-DUMP rows differ"), "{report}");
 }
+
+#[test]
+fn the_direct_recorder_writes_what_stock_answers_and_it_replays() {
+    use foreman::conformance::direct::{record, Script};
+    let script = Script::new("tiny", "a tiny scenario")
+        .client(1)
+        .send(
+            1,
+            "CONNECT\t7\tx/1\nLOOKUP\tx/1\nPENALTY-INC\tp\t0\t3\nPENALTY-GET\tp\n",
+        )
+        .client(2)
+        .send(2, "NOPE\n")
+        .close(1);
+    let t = record(&script, AnvilBinary::Stock).unwrap();
+    let text = t.render(3);
+    // Times vary; the timestamp falls in the recording's first or second wall-clock second.
+    let body: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("foreman-"))
+        .map(|l| l.split_once(' ').unwrap().1.replace("{ts+1}", "{ts+0}"))
+        .collect();
+    assert_eq!(
+        body,
+        [
+            "- process start",
+            "1 anvil open",
+            "1 anvil client->anvil VERSION\\x09anvil\\x091\\x090\\x0a",
+            "1 anvil client->anvil CONNECT\\x097\\x09x/1\\x0aLOOKUP\\x09x/1\\x0aPENALTY-INC\\x09p\\x090\\x093\\x0aPENALTY-GET\\x09p\\x0a",
+            "1 anvil anvil->client 1",
+            "1 anvil anvil->client 3 {ts+0}",
+            "2 anvil open",
+            "2 anvil client->anvil VERSION\\x09anvil\\x091\\x090\\x0a",
+            "2 anvil client->anvil NOPE\\x0a",
+            "2 anvil close-by-anvil",
+            "1 anvil close-by-client",
+        ]
+    );
+    let reparsed = Transcript::parse(&text).unwrap();
+    let opts = ReplayOptions::default();
+    assert!(replay(&reparsed, "tiny", &opts).unwrap().is_none());
+}
