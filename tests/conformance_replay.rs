@@ -190,3 +190,35 @@ fn the_direct_recorder_writes_what_stock_answers_and_it_replays() {
     let opts = ReplayOptions::default();
     assert!(replay(&reparsed, "tiny", &opts).unwrap().is_none());
 }
+
+#[test]
+fn the_recording_proxy_captures_a_live_imap_login_that_replays_on_both_anvils() {
+    use foreman::conformance::scenarios::live_scenarios;
+    let scenario = live_scenarios()
+        .into_iter()
+        .find(|s| s.name == "live-imap-login-logout")
+        .unwrap();
+    let foreman = PathBuf::from(env!("CARGO_BIN_EXE_foreman"));
+    let t = foreman::conformance::live::record(&scenario, &foreman).unwrap();
+    let text = t.render(3);
+    for needle in [
+        "- process start\n",
+        "master-pipe client->anvil VERSION\\x09anvil\\x091\\x090\\x0a\n",
+        "anvil client->anvil LOOKUP\\x09imap/127.0.0.1/alice\\x0a\n",
+        "anvil anvil->client 0\n",
+        "shared-pipe client->anvil CONNECT\\x09",
+        "shared-pipe client->anvil DISCONNECT\\x09",
+        "- process master-dead\n",
+        "- process exit status 0\n",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    for binary in [AnvilBinary::Stock, AnvilBinary::Path(foreman.clone())] {
+        let opts = ReplayOptions {
+            binary,
+            ..ReplayOptions::default()
+        };
+        let m = replay(&t, "live-imap-login-logout (fresh)", &opts).unwrap();
+        assert!(m.is_none(), "{}", m.unwrap());
+    }
+}
