@@ -98,23 +98,28 @@ pub fn run_standalone(opts: StandaloneOptions) -> Result<(), ServerError> {
     }
     let mut paths = vec![opts.socket];
     paths.extend(opts.penalty_socket);
-    let mut listeners = Vec::new();
-    for path in &paths {
-        listeners.push(bind_standalone(path)?);
-    }
-    let setup = Setup {
-        listeners,
-        master_pipe: None,
-        shared_pipe: None,
-        status: None,
-        master_dead: None,
-        log_fdpass: None,
-        client_limit: None,
-        anvil_restarted: false,
-        logger,
-    };
-    let result = run(setup);
-    for path in &paths {
+    let mut bound = Vec::new();
+    // Bound only once the signal handlers are in place: a client that sees the socket may
+    // send SIGTERM right away.
+    let result = run(|| {
+        let mut listeners = Vec::new();
+        for path in &paths {
+            listeners.push(bind_standalone(path)?);
+            bound.push(path.clone());
+        }
+        Ok(Setup {
+            listeners,
+            master_pipe: None,
+            shared_pipe: None,
+            status: None,
+            master_dead: None,
+            log_fdpass: None,
+            client_limit: None,
+            anvil_restarted: false,
+            logger,
+        })
+    });
+    for path in &bound {
         let _ = std::fs::remove_file(path);
     }
     result
@@ -172,7 +177,30 @@ pub fn run_under_master() -> Result<(), ServerError> {
         .map(StdUnixListener::from)
         .collect();
 
-    // Every fd is taken: now drop privileges, as stock anvil does after its setup.
+    // Every fd is taken. Signal handlers go in next (inside `run`), then privileges are
+    // dropped, as stock anvil does after its setup.
+    run(move || {
+        drop_privileges(&env, &mut logger)?;
+        Ok(Setup {
+            listeners,
+            master_pipe: Some(fds.master_pipe),
+            shared_pipe: Some(fds.shared_pipe),
+            status: Some(StatusSetup {
+                fd: fds.status,
+                pid: pid as i32,
+                generation: env.generation,
+            }),
+            master_dead: Some(fds.master_dead),
+            log_fdpass: Some(fds.log_fdpass),
+            client_limit: Some(env.client_limit),
+            anvil_restarted: env.anvil_restarted,
+            logger,
+        })
+    })
+}
+
+/// setgid, setgroups, chroot, setuid from the `RESTRICT_*` variables.
+fn drop_privileges(env: &ChildEnv, logger: &mut Logger) -> Result<(), ServerError> {
     let r = &env.restrict;
     let mut extra_groups = r.extra_groups.clone();
     extra_groups.extend(r.gid_priv);
@@ -185,23 +213,7 @@ pub fn run_under_master() -> Result<(), ServerError> {
     if let PrivDropOutcome::Skipped(why) = outcome {
         logger.log(Level::Info, format!("privilege drop: {why}").as_bytes());
     }
-
-    let setup = Setup {
-        listeners,
-        master_pipe: Some(fds.master_pipe),
-        shared_pipe: Some(fds.shared_pipe),
-        status: Some(StatusSetup {
-            fd: fds.status,
-            pid: pid as i32,
-            generation: env.generation,
-        }),
-        master_dead: Some(fds.master_dead),
-        log_fdpass: Some(fds.log_fdpass),
-        client_limit: Some(env.client_limit),
-        anvil_restarted: env.anvil_restarted,
-        logger,
-    };
-    run(setup)
+    Ok(())
 }
 
 /// Everything the event loop starts from, in either mode.
@@ -224,12 +236,30 @@ struct StatusSetup {
     generation: u32,
 }
 
-fn run(setup: Setup) -> Result<(), ServerError> {
+/// The signals the event loop handles, registered before anything is visible to clients.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// Starts the runtime, installs the signal handlers, then calls `prepare` (bind or drop
+/// privileges) and serves.
+fn run(prepare: impl FnOnce() -> Result<Setup, ServerError>) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(setup))
+    local.block_on(&runtime, async {
+        let signals = Signals {
+            term: signal(SignalKind::terminate())?,
+            quit: signal(SignalKind::quit())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        };
+        serve(prepare()?, signals).await
+    })
 }
 
 /// Buffers shared by every connection: used only inside one synchronous step.
@@ -257,7 +287,8 @@ struct Shared {
     exit_when_idle: Cell<bool>,
     /// Whether accepting is allowed now; accept loops watch it.
     gate: watch::Sender<bool>,
-    status_changed: Notify,
+    /// The status pipe (under a master).
+    status: Option<Status>,
     /// The penalty deadline the timer task last saw.
     penalty_seen: Cell<Option<UnixMillis>>,
     penalty_changed: Notify,
@@ -287,13 +318,13 @@ impl Shared {
     fn client_joined(&self) {
         self.clients.set(self.clients.get() + 1);
         self.update_gate();
-        self.status_changed.notify_one();
+        self.update_status();
     }
 
     fn client_left(&self) {
         self.clients.set(self.clients.get() - 1);
         self.update_gate();
-        self.status_changed.notify_one();
+        self.update_status();
         self.maybe_exit();
     }
 
@@ -301,7 +332,7 @@ impl Shared {
     fn close_listeners(&self) {
         if !self.stopped.replace(true) {
             self.update_gate();
-            self.status_changed.notify_one();
+            self.update_status();
         }
     }
 
@@ -310,6 +341,14 @@ impl Shared {
         self.close_listeners();
         self.exit_when_idle.set(true);
         self.maybe_exit();
+    }
+
+    /// Reports the current `available_count` on fd 5 (rate limited), synchronously with the
+    /// change, as stock does.
+    fn update_status(&self) {
+        if let Some(status) = &self.status {
+            status.update(self.available_count(), &self.logger);
+        }
     }
 
     fn maybe_exit(&self) {
@@ -328,7 +367,7 @@ impl Shared {
     }
 }
 
-async fn serve(setup: Setup) -> Result<(), ServerError> {
+async fn serve(setup: Setup, mut signals: Signals) -> Result<(), ServerError> {
     let (gate, _) = watch::channel(true);
     let standalone = setup.status.is_none();
     let shared = Rc::new(Shared {
@@ -345,17 +384,23 @@ async fn serve(setup: Setup) -> Result<(), ServerError> {
         stopped: Cell::new(false),
         exit_when_idle: Cell::new(false),
         gate,
-        status_changed: Notify::new(),
+        status: match setup.status {
+            Some(st) => Some(Status {
+                tx: pipe::Sender::from_owned_fd(st.fd)?,
+                pid: st.pid,
+                generation: st.generation,
+                limiter: Cell::new(StatusLimiter::default()),
+                deferred: Cell::new(None),
+                blocked: Cell::new(false),
+                broken: Cell::new(false),
+                wake: Notify::new(),
+            }),
+            None => None,
+        },
         penalty_seen: Cell::new(None),
         penalty_changed: Notify::new(),
         exit: Notify::new(),
     });
-
-    // Signals first, so none is lost once we report ready.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigquit = signal(SignalKind::quit())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
 
     for (fd, kind) in [
         (setup.master_pipe, ConnKind::MASTER_PIPE),
@@ -380,36 +425,31 @@ async fn serve(setup: Setup) -> Result<(), ServerError> {
     if let Some(fd) = setup.log_fdpass {
         tokio::task::spawn_local(receive_log_fds(shared.clone(), fd));
     }
-    // The status task sends the first record (end of initialisation) when it first runs.
-    if let Some(status) = setup.status {
-        let tx = pipe::Sender::from_owned_fd(status.fd)?;
-        tokio::task::spawn_local(status_task(
-            shared.clone(),
-            tx,
-            status.pid,
-            status.generation,
-        ));
+    if shared.status.is_some() {
+        tokio::task::spawn_local(status_task(shared.clone()));
+        // The first record marks the end of initialisation.
+        shared.update_status();
     }
 
     loop {
         tokio::select! {
             _ = shared.exit.notified() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
-            _ = sigint.recv() => {
+            _ = signals.term.recv() => return Ok(()),
+            _ = signals.int.recv() => {
                 // Standalone: Ctrl-C. Under a master: the idle-kill request, honoured
                 // only when no socket client is connected.
                 if standalone || shared.clients.get() == 0 {
                     return Ok(());
                 }
             }
-            _ = sigquit.recv() => {
+            _ = signals.quit.recv() => {
                 if standalone {
                     shared.stop();
                 } else {
                     shared.close_listeners();
                 }
             }
-            _ = sighup.recv() => {}
+            _ = signals.hup.recv() => {}
         }
     }
 }
@@ -678,15 +718,31 @@ fn feed_bounded(
     log: &mut LogBuf,
 ) -> (usize, bool) {
     let now = now_ms();
+    if conn.session.kind().fifo {
+        // A pipe has no output to bound: all of it in one call.
+        let fed = conn.session.feed(anvil, now, input, out, log);
+        out.clear();
+        return (fed.consumed, fed.close);
+    }
     let mut pos = 0;
-    while pos < input.len() && out.len() + conn.pending.len() < OUTPUT_CAP {
+    // Line ends found in one SIMD pass over the buffer; the part after the last LF (a
+    // partial line, possibly too long) is fed last.
+    let ends = memchr::memchr_iter(b'\n', input)
+        .map(|lf| lf + 1)
+        .chain(std::iter::once(input.len()));
+    for end in ends {
+        if pos >= input.len() || out.len() + conn.pending.len() >= OUTPUT_CAP {
+            break;
+        }
+        if end <= pos {
+            continue;
+        }
         // Replies go after anything still pending, in order.
         let target = if conn.pending.is_empty() {
             &mut *out
         } else {
             &mut conn.pending
         };
-        let end = memchr::memchr(b'\n', &input[pos..]).map_or(input.len(), |lf| pos + lf + 1);
         let fed = conn.session.feed(anvil, now, &input[pos..end], target, log);
         pos += fed.consumed;
         if fed.close {
@@ -784,7 +840,7 @@ enum StatusDecision {
 
 /// Stock's status rate limit: at most one record per wall-clock second, except that
 /// reaching 0 and leaving a sent 0 (and the first record) go out at once.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct StatusLimiter {
     last_sent: Option<u32>,
     last_sent_sec: Option<u64>,
@@ -809,54 +865,94 @@ impl StatusLimiter {
     }
 }
 
-/// Writes status records to fd 5 whenever `available_count` changes, rate limited.
-async fn status_task(shared: Rc<Shared>, tx: pipe::Sender, pid: i32, generation: u32) {
-    let mut limiter = StatusLimiter::default();
-    let mut deferred: Option<tokio::time::Instant> = None;
-    loop {
-        let value = shared.available_count();
+/// The status pipe's writer state.
+struct Status {
+    tx: pipe::Sender,
+    pid: i32,
+    generation: u32,
+    limiter: Cell<StatusLimiter>,
+    /// The 1 s timer for a deferred record, when armed.
+    deferred: Cell<Option<tokio::time::Instant>>,
+    /// The pipe was full: the status task retries when it is writable.
+    blocked: Cell<bool>,
+    /// Writing failed for good (the master closed the pipe).
+    broken: Cell<bool>,
+    /// Wakes the status task (timer armed or pipe full).
+    wake: Notify,
+}
+
+impl Status {
+    fn update(&self, value: u32, logger: &RefCell<Logger>) {
+        if self.blocked.get() || self.broken.get() {
+            return;
+        }
         let now = now_ms();
+        let mut limiter = self.limiter.get();
         match limiter.decide(now, value) {
+            StatusDecision::Skip => {}
+            StatusDecision::Defer => {
+                if self.deferred.get().is_none() {
+                    let at = tokio::time::Instant::now() + Duration::from_secs(1);
+                    self.deferred.set(Some(at));
+                    self.wake.notify_one();
+                }
+            }
             StatusDecision::Send => {
                 let record = StatusRecord {
-                    pid,
-                    generation,
+                    pid: self.pid,
+                    generation: self.generation,
                     available_count: value,
                 }
                 .encode();
-                match tx.try_write(&record) {
+                match self.tx.try_write(&record) {
                     Ok(n) if n == record.len() => {
                         limiter.sent(now, value);
-                        deferred = None;
+                        self.limiter.set(limiter);
+                        self.deferred.set(None);
                     }
                     Ok(n) => {
-                        shared.log(Level::Error, format!("write(status) wrote {n} of 12 bytes"));
-                        return;
+                        logger
+                            .borrow_mut()
+                            .error(format!("write(status) wrote {n} of 12 bytes"));
+                        self.broken.set(true);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        // Retry (with the value current then) once the master reads.
-                        if tx.writable().await.is_err() {
-                            return;
-                        }
-                        continue;
+                        self.blocked.set(true);
+                        self.wake.notify_one();
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     // EPIPE: the master is gone; fd 6 tells the rest.
-                    Err(_) => return,
+                    Err(_) => self.broken.set(true),
                 }
             }
-            StatusDecision::Defer => {
-                deferred
-                    .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(1));
-            }
-            StatusDecision::Skip => {}
         }
-        match deferred {
+    }
+}
+
+/// Runs the status pipe's timers: the deferred record and the retry after a full pipe.
+async fn status_task(shared: Rc<Shared>) {
+    let Some(status) = &shared.status else { return };
+    loop {
+        if status.broken.get() {
+            return;
+        }
+        if status.blocked.get() {
+            if status.tx.writable().await.is_err() {
+                status.broken.set(true);
+                return;
+            }
+            status.blocked.set(false);
+            shared.update_status();
+            continue;
+        }
+        match status.deferred.get() {
             Some(at) => tokio::select! {
-                _ = shared.status_changed.notified() => {}
-                _ = tokio::time::sleep_until(at) => deferred = None,
+                _ = tokio::time::sleep_until(at) => {
+                    status.deferred.set(None);
+                    shared.update_status();
+                }
+                _ = status.wake.notified() => {}
             },
-            None => shared.status_changed.notified().await,
+            None => status.wake.notified().await,
         }
     }
 }

@@ -40,11 +40,16 @@ pub enum Command {
         /// A user mask (`*`, `?`) and/or an IP network `ip/bits`.
         masks: Vec<String>,
     },
+<<<<<<< HEAD
     /// The anvil conformance suite: record transcripts from stock Dovecot, replay them.
     Conformance {
         #[command(subcommand)]
         what: crate::conformance::cli::ConformanceCommand,
     },
+=======
+    /// Run the demo stack: stock Dovecot services with Foreman on 127.0.0.1 high ports.
+    Demo,
+>>>>>>> main
     /// Benchmarks side by side with stock Dovecot.
     Bench {
         #[command(subcommand)]
@@ -111,12 +116,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match crate::who::run(&opts, &mut stdout, &mut stderr) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(err) => {
-                    eprintln!("Error: {err}");
+                    eprintln!("{}: {err}", err.label());
                     Ok(ExitCode::from(err.exit_code()))
                 }
             }
         }
+<<<<<<< HEAD
         Command::Conformance { what } => crate::conformance::cli::run(what),
+=======
+        Command::Demo => {
+            crate::demo::run(std::env::current_exe()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+>>>>>>> main
         Command::Bench {
             what: BenchCommand::Anvil { quick },
         } => {

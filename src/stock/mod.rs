@@ -523,6 +523,13 @@ impl StockDovecot {
         text
     }
 
+    /// The master's exit status if it has exited (without waiting), `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
     /// Stops the master: SIGTERM, wait up to [`STOP_DEADLINE`], then SIGKILL.
     pub fn stop(&mut self) -> Result<Option<ExitStatus>> {
         let Some(mut child) = self.child.take() else {

@@ -48,7 +48,7 @@ pub enum WhoError {
     #[error("Multiple network masks not supported")]
     MultipleNetworkMasks,
     /// The anvil socket could not be reached (same text as doveadm).
-    #[error("net_connect_unix({}) failed: {source}", path.display())]
+    #[error("net_connect_unix({}) failed: {}", path.display(), errno_text(source))]
     Connect {
         path: PathBuf,
         #[source]
@@ -61,17 +61,41 @@ pub enum WhoError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing the output failed.
+    #[error("write to {what} failed: {}", errno_text(source))]
+    Output {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// anvil closed the connection before the end of the dump.
     #[error("anvil connection {}: closed before the end of the dump", path.display())]
     Truncated { path: PathBuf },
 }
 
+/// The C library's text for an I/O error (`No such file or directory`), as doveadm prints it.
+fn errno_text(err: &std::io::Error) -> String {
+    match err.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_owned(),
+        None => err.to_string(),
+    }
+}
+
 impl WhoError {
-    /// The exit code doveadm uses for this error (64 usage, 75 temporary failure).
+    /// How doveadm labels this error on stderr: `Error` for usage, `Fatal` for I/O.
+    pub fn label(&self) -> &'static str {
+        match self {
+            WhoError::MultipleUserMasks | WhoError::MultipleNetworkMasks => "Error",
+            _ => "Fatal",
+        }
+    }
+
+    /// The exit code: 64 usage (as doveadm), 75 anvil unreachable (as doveadm), 74 output.
     pub fn exit_code(&self) -> u8 {
         match self {
             WhoError::MultipleUserMasks | WhoError::MultipleNetworkMasks => 64,
             WhoError::Connect { .. } | WhoError::Io { .. } | WhoError::Truncated { .. } => 75,
+            WhoError::Output { .. } => 74,
         }
     }
 }
@@ -346,33 +370,39 @@ fn session_rows<'a>(
         .flat_map(|s| std::iter::repeat_n(s, s.refcount as usize))
 }
 
-/// The table `doveadm who` (or `doveadm who -1`) prints to stdout.
-pub fn render_table(dump: &Dump, filter: &Filter, one_per_session: bool, screen: usize) -> Vec<u8> {
+/// Writes the table `doveadm who` (or `doveadm who -1`) prints. Sessions are streamed, so a
+/// huge refcount costs time, not memory.
+pub fn write_table<W: Write + ?Sized>(
+    dump: &Dump,
+    filter: &Filter,
+    one_per_session: bool,
+    screen: usize,
+    out: &mut W,
+) -> std::io::Result<()> {
     if one_per_session {
-        let rows: Vec<Vec<Vec<u8>>> = session_rows(&dump.sessions, filter)
-            .map(|s| {
-                vec![
-                    s.username.to_vec(),
-                    s.service.to_vec(),
-                    s.pid.to_string().into_bytes(),
-                    ip_text(s.ip).into_bytes(),
-                ]
-            })
-            .collect();
-        table::table(
+        let rows = session_rows(&dump.sessions, filter).map(|s| {
+            vec![
+                s.username.to_vec(),
+                s.service.to_vec(),
+                s.pid.to_string().into_bytes(),
+                ip_text(s.ip).into_bytes(),
+            ]
+        });
+        table::write_table(
             &SESSION_COLUMNS,
-            &rows,
+            rows,
             ONE_PER_SESSION_MEASURED_ROWS,
             0,
             screen,
+            out,
         )
     } else {
-        let rows: Vec<Vec<Vec<u8>>> = aggregate(&dump.sessions)
+        let rows = aggregate(&dump.sessions)
             .into_iter()
             .filter(|g| filter.matches_group(g))
             .map(|g| {
                 let pids: Vec<String> = g.pids.iter().map(|p| p.to_string()).collect();
-                let ips: Vec<String> = g.ips.iter().map(|ip| net::format_ip(ip)).collect();
+                let ips: Vec<String> = g.ips.iter().map(net::format_ip).collect();
                 vec![
                     g.username.to_vec(),
                     g.count.to_string().into_bytes(),
@@ -380,45 +410,74 @@ pub fn render_table(dump: &Dump, filter: &Filter, one_per_session: bool, screen:
                     format!("({})", pids.join(" ")).into_bytes(),
                     format!("({})", ips.join(" ")).into_bytes(),
                 ]
-            })
-            .collect();
-        table::table(&GROUP_COLUMNS, &rows, 1, GROUP_COLUMNS.len() - 1, screen)
+            });
+        table::write_table(
+            &GROUP_COLUMNS,
+            rows,
+            1,
+            GROUP_COLUMNS.len() - 1,
+            screen,
+            out,
+        )
     }
 }
 
+/// [`write_table`] into a buffer.
+pub fn render_table(dump: &Dump, filter: &Filter, one_per_session: bool, screen: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_table(dump, filter, one_per_session, screen, &mut out).expect("writing to a Vec");
+    out
+}
+
 /// `--json`: an array of group objects, or of session objects with `-1` (one per session,
-/// refcount times). Non-UTF-8 bytes in names become U+FFFD.
-pub fn render_json(dump: &Dump, filter: &Filter, one_per_session: bool) -> Vec<u8> {
+/// refcount times, streamed). Non-UTF-8 bytes in names become U+FFFD.
+pub fn write_json<W: Write + ?Sized>(
+    dump: &Dump,
+    filter: &Filter,
+    one_per_session: bool,
+    out: &mut W,
+) -> std::io::Result<()> {
     use serde_json::{json, Value};
     let text = |b: &[u8]| Value::String(String::from_utf8_lossy(b).into_owned());
-    let items: Vec<Value> = if one_per_session {
-        session_rows(&dump.sessions, filter)
-            .map(|s| {
-                json!({
-                    "username": text(&s.username),
-                    "service": text(&s.service),
-                    "pid": s.pid.get(),
-                    "ip": s.ip.map(|ip| net::format_ip(&ip)),
-                })
+    let items: Box<dyn Iterator<Item = Value>> = if one_per_session {
+        Box::new(session_rows(&dump.sessions, filter).map(move |s| {
+            json!({
+                "username": text(&s.username),
+                "service": text(&s.service),
+                "pid": s.pid.get(),
+                "ip": s.ip.map(|ip| net::format_ip(&ip)),
             })
-            .collect()
+        }))
     } else {
-        aggregate(&dump.sessions)
-            .into_iter()
-            .filter(|g| filter.matches_group(g))
-            .map(|g| {
-                json!({
-                    "username": text(&g.username),
-                    "service": text(&g.service),
-                    "count": g.count,
-                    "pids": g.pids.iter().map(|p| p.get()).collect::<Vec<_>>(),
-                    "ips": g.ips.iter().map(|ip| net::format_ip(ip)).collect::<Vec<_>>(),
-                })
-            })
-            .collect()
+        Box::new(
+            aggregate(&dump.sessions)
+                .into_iter()
+                .filter(|g| filter.matches_group(g))
+                .map(move |g| {
+                    json!({
+                        "username": text(&g.username),
+                        "service": text(&g.service),
+                        "count": g.count,
+                        "pids": g.pids.iter().map(|p| p.get()).collect::<Vec<_>>(),
+                        "ips": g.ips.iter().map(net::format_ip).collect::<Vec<_>>(),
+                    })
+                }),
+        )
     };
-    let mut out = serde_json::to_vec(&Value::Array(items)).unwrap_or_else(|_| b"[]".to_vec());
-    out.push(b'\n');
+    out.write_all(b"[")?;
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *out, &item)?;
+    }
+    out.write_all(b"]\n")
+}
+
+/// [`write_json`] into a buffer.
+pub fn render_json(dump: &Dump, filter: &Filter, one_per_session: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_json(dump, filter, one_per_session, &mut out).expect("writing to a Vec");
     out
 }
 
@@ -449,20 +508,32 @@ pub fn run(opts: &Options, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Re
     let dump = parse_dump(&reply).ok_or_else(|| WhoError::Truncated {
         path: opts.socket.clone(),
     })?;
-    let io = |source| WhoError::Io {
-        path: PathBuf::from("stdout"),
-        source,
+    // A reader that went away (`foreman who | head`) is not an error worth reporting.
+    let io = |what| {
+        move |source: std::io::Error| match source.kind() {
+            std::io::ErrorKind::BrokenPipe => None,
+            _ => Some(WhoError::Output { what, source }),
+        }
     };
-    for raw in &dump.invalid {
-        stderr.write_all(&invalid_row_message(raw)).map_err(io)?;
+    let result = (|| {
+        for raw in &dump.invalid {
+            stderr
+                .write_all(&invalid_row_message(raw))
+                .map_err(io("stderr"))?;
+        }
+        let mut out = std::io::BufWriter::new(stdout);
+        if opts.json {
+            write_json(&dump, &filter, opts.one_per_session, &mut out).map_err(io("stdout"))?;
+        } else {
+            write_table(&dump, &filter, opts.one_per_session, opts.screen, &mut out)
+                .map_err(io("stdout"))?;
+        }
+        out.flush().map_err(io("stdout"))
+    })();
+    match result {
+        Ok(()) | Err(None) => Ok(()),
+        Err(Some(err)) => Err(err),
     }
-    let out = if opts.json {
-        render_json(&dump, &filter, opts.one_per_session)
-    } else {
-        render_table(&dump, &filter, opts.one_per_session, opts.screen)
-    };
-    stdout.write_all(&out).map_err(io)?;
-    stdout.flush().map_err(io)
 }
 
 /// The screen width doveadm would use for stdout.

@@ -109,6 +109,35 @@ fn render_row<R: AsRef<[u8]>>(columns: &[Column], row: &[R], width: &[usize], ou
     out.push(b'\n');
 }
 
+/// Measures the first `measured` rows, then writes the header and every row; rows after the
+/// measured ones are streamed (an endless iterator is fine).
+pub fn write_table<W, I, R>(
+    columns: &[Column],
+    rows: I,
+    measured: usize,
+    expand: usize,
+    screen: usize,
+    out: &mut W,
+) -> std::io::Result<()>
+where
+    W: std::io::Write + ?Sized,
+    I: IntoIterator<Item = Vec<R>>,
+    R: AsRef<[u8]>,
+{
+    let mut rows = rows.into_iter();
+    let head: Vec<Vec<R>> = rows.by_ref().take(measured).collect();
+    let width = widths(columns, &head, measured, expand, screen);
+    let mut buf = Vec::new();
+    render(columns, &head, &width, &mut buf);
+    out.write_all(&buf)?;
+    for row in rows {
+        buf.clear();
+        render_row(columns, &row, &width, &mut buf);
+        out.write_all(&buf)?;
+    }
+    Ok(())
+}
+
 /// Measures and renders in one go.
 pub fn table<R: AsRef<[u8]>>(
     columns: &[Column],

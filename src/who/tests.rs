@@ -164,10 +164,10 @@ fn grouping_sums_refcounts_and_keeps_first_appearance_order() {
     );
     assert_eq!(
         text(render_table(&d, &Filter::default(), false, 80)),
-        "username # proto (pids)     (ips)                       \n\
-         alice    5 imap  (30 20 10) (127.0.0.1 10.0.0.1)        \n\
-         bob      1 pop3  (40)       (127.0.0.1)                 \n\
-         alice    1 lmtp  (50)       ()                          \n"
+        "username # proto (pids)     (ips)                               \n\
+         alice    5 imap  (30 20 10) (127.0.0.1 10.0.0.1)                \n\
+         bob      1 pop3  (40)       (127.0.0.1)                         \n\
+         alice    1 lmtp  (50)       ()                                  \n"
     );
 }
 
@@ -328,4 +328,25 @@ fn json_is_a_valid_array() {
         serde_json::from_slice(&render_json(&bad, &Filter::default(), true)).unwrap();
     assert_eq!(v[0]["ip"], serde_json::Value::Null);
     assert_eq!(v[0]["username"], "a\u{fffd}b");
+}
+
+#[test]
+fn huge_refcounts_are_streamed() {
+    struct LineCounter(usize);
+    impl std::io::Write for LineCounter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.iter().filter(|&&b| b == b'\n').count();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let d = dump(vec![session("imap/127.0.0.1/alice", 7, 100_000)]);
+    let mut lines = LineCounter(0);
+    write_table(&d, &Filter::default(), true, 80, &mut lines).unwrap();
+    assert_eq!(lines.0, 100_001);
+    let mut items = LineCounter(0);
+    write_json(&d, &Filter::default(), true, &mut items).unwrap();
+    assert_eq!(items.0, 1);
 }

@@ -11,6 +11,7 @@ pub mod anvil;
 pub mod escape;
 pub mod line;
 pub mod log;
+mod scan;
 pub mod status;
 
 /// Why a decoder could not produce a message.
