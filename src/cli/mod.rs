@@ -40,16 +40,13 @@ pub enum Command {
         /// A user mask (`*`, `?`) and/or an IP network `ip/bits`.
         masks: Vec<String>,
     },
-<<<<<<< HEAD
     /// The anvil conformance suite: record transcripts from stock Dovecot, replay them.
     Conformance {
         #[command(subcommand)]
         what: crate::conformance::cli::ConformanceCommand,
     },
-=======
     /// Run the demo stack: stock Dovecot services with Foreman on 127.0.0.1 high ports.
     Demo,
->>>>>>> main
     /// Benchmarks side by side with stock Dovecot.
     Bench {
         #[command(subcommand)]
@@ -121,14 +118,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-<<<<<<< HEAD
         Command::Conformance { what } => crate::conformance::cli::run(what),
-=======
         Command::Demo => {
             crate::demo::run(std::env::current_exe()?)?;
             Ok(ExitCode::SUCCESS)
         }
->>>>>>> main
         Command::Bench {
             what: BenchCommand::Anvil { quick },
         } => {
