@@ -222,7 +222,7 @@ type Args<'a> = [Option<Cow<'a, [u8]>>; 3];
 /// Builds the request from a line whose fields are plain and whose TABs are known.
 #[inline(always)]
 fn request_from_tabs(line: &[u8], tabs: Tabs) -> Result<Option<Request<'_>>, RequestError> {
-    // Field k (k >= 1) runs from the TAB before it to the TAB after it, or to the end.
+    // Field k runs from the TAB before it (or the start) to the TAB after it (or the end).
     let field = |k: usize| -> Option<Cow<'_, [u8]>> {
         if k > tabs.count {
             return None;

@@ -6,6 +6,8 @@
 //! - [`anvil`]: anvil protocol v1 requests and replies.
 //! - [`status`]: the 12-byte master status record.
 //! - [`log`]: Dovecot's internal log-pipe line format.
+//!
+//! Design note: `docs/wire.md`.
 
 pub mod anvil;
 pub mod escape;
