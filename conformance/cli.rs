@@ -146,6 +146,42 @@ pub struct Summary {
     pub failed: Vec<String>,
 }
 
+/// How one transcript's replay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Passed,
+    Deviated,
+    Skipped,
+    Failed,
+}
+
+/// Replays one file and returns its verdict and the report text.
+fn replay_one(path: &Path, opts: &ReplayOptions, deviations: &Deviations) -> (Verdict, String) {
+    let name = path.display().to_string();
+    let t = match load(path) {
+        Ok(t) => t,
+        Err(e) => return (Verdict::Failed, format!("ERROR    {name}: {e:#}\n")),
+    };
+    if opts.standalone && super::replay::needs_master(&t) {
+        return (
+            Verdict::Skipped,
+            format!("skipped  {name} (needs a master)\n"),
+        );
+    }
+    match (replay(&t, &name, opts), deviations.expected_for(path)) {
+        (Ok(None), None) => (Verdict::Passed, format!("ok       {name}\n")),
+        (Ok(None), Some((_, line, what))) => (
+            Verdict::Failed,
+            format!("STALE    {name}: replays clean, but a deviation is documented at line {line}: {what}\n"),
+        ),
+        (Ok(Some(m)), Some((_, line, what))) if m.line == *line && m.what == *what => {
+            (Verdict::Deviated, format!("deviates {name}:{line}: {what} (documented)\n"))
+        }
+        (Ok(Some(m)), _) => (Verdict::Failed, format!("MISMATCH {name}\n{m}")),
+        (Err(e), _) => (Verdict::Failed, format!("ERROR    {name}: {e:#}\n")),
+    }
+}
+
 /// Replays every file (`jobs` at a time, each against its own anvil); prints one line per
 /// transcript and each mismatch, in file order.
 pub fn replay_files(
@@ -157,50 +193,29 @@ pub fn replay_files(
 ) -> anyhow::Result<Summary> {
     let paths = transcript_paths(files)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<String>>> =
+    let results: Vec<std::sync::Mutex<Option<(Verdict, String)>>> =
         paths.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let verdicts: Vec<std::sync::Mutex<u8>> =
-        paths.iter().map(|_| std::sync::Mutex::new(0)).collect();
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(path) = paths.get(i) else { break };
-                let name = path.display().to_string();
-                let expected = deviations.expected_for(path);
-                let t = load(path);
-                if opts.standalone && t.as_ref().is_ok_and(super::replay::needs_master) {
-                    *results[i].lock().unwrap() = Some(format!("skipped  {name} (needs a master)\n"));
-                    *verdicts[i].lock().unwrap() = 3;
-                    continue;
-                }
-                let result = t.and_then(|t| replay(&t, &name, opts).map_err(anyhow::Error::from));
-                let (verdict, text) = match (result, expected) {
-                    (Ok(None), None) => (0, format!("ok       {name}\n")),
-                    (Ok(None), Some((_, line, what))) => {
-                        (2, format!("STALE    {name}: replays clean, but a deviation is documented at line {line}: {what}\n"))
-                    }
-                    (Ok(Some(m)), Some((_, line, what))) if m.line == *line && m.what == *what => {
-                        (1, format!("deviates {name}:{line}: {what} (documented)\n"))
-                    }
-                    (Ok(Some(m)), _) => (2, format!("MISMATCH {name}\n{m}")),
-                    (Err(e), _) => (2, format!("ERROR    {name}: {e:#}\n")),
-                };
-                *results[i].lock().unwrap() = Some(text);
-                *verdicts[i].lock().unwrap() = verdict;
+                *results[i].lock().unwrap() = Some(replay_one(path, opts, deviations));
             });
         }
     });
     let mut summary = Summary::default();
-    for (i, path) in paths.iter().enumerate() {
-        if let Some(text) = results[i].lock().unwrap().take() {
-            write!(out, "{text}")?;
-        }
-        match *verdicts[i].lock().unwrap() {
-            0 => summary.passed += 1,
-            1 => summary.deviated += 1,
-            3 => summary.skipped += 1,
-            _ => summary.failed.push(path.display().to_string()),
+    for (path, result) in paths.iter().zip(results) {
+        let (verdict, text) = result
+            .into_inner()
+            .unwrap()
+            .expect("every file was replayed");
+        write!(out, "{text}")?;
+        match verdict {
+            Verdict::Passed => summary.passed += 1,
+            Verdict::Deviated => summary.deviated += 1,
+            Verdict::Skipped => summary.skipped += 1,
+            Verdict::Failed => summary.failed.push(path.display().to_string()),
         }
     }
     Ok(summary)
