@@ -1,5 +1,6 @@
 //! `foreman conformance …`: the command-line side of the suite.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -253,18 +254,21 @@ pub fn run(cmd: ConformanceCommand) -> anyhow::Result<ExitCode> {
                 )?,
                 None => Deviations::default(),
             };
-            let s = replay_files(&files, &opts, &deviations, jobs, &mut std::io::stdout())?;
+            // Written, not printed: a closed stdout is an error here, not a panic.
+            let mut out = std::io::stdout().lock();
+            let s = replay_files(&files, &opts, &deviations, jobs, &mut out)?;
             if s.skipped > 0 {
-                println!("{} skipped (they need a master)", s.skipped);
+                writeln!(out, "{} skipped (they need a master)", s.skipped)?;
             }
             if s.deviated > 0 {
-                println!("{} deviate as documented", s.deviated);
+                writeln!(out, "{} deviate as documented", s.deviated)?;
             }
-            println!(
+            writeln!(
+                out,
                 "{} passed, {} failed",
                 s.passed + s.deviated,
                 s.failed.len()
-            );
+            )?;
             Ok(if s.failed.is_empty() {
                 ExitCode::SUCCESS
             } else {

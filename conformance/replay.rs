@@ -78,10 +78,15 @@ pub struct Mismatch {
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Line 0: found after the last event (output or a close nobody expected).
+        let line = match self.line {
+            0 => "end".to_string(),
+            n => n.to_string(),
+        };
         writeln!(
             f,
-            "MISMATCH {}:{} (event {}, conn {}): {}",
-            self.name, self.line, self.event, self.conn, self.what
+            "MISMATCH {}:{line} (event {}, conn {}): {}",
+            self.name, self.event, self.conn, self.what
         )?;
         for e in &self.expected {
             writeln!(f, "  - expected: {e}")?;
@@ -242,6 +247,7 @@ pub fn needs_master(t: &Transcript) -> bool {
 pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Option<Mismatch>> {
     let mut fm = FakeMaster::with_mode(opts.binary.clone(), opts.standalone)?;
     let mut conns: HashMap<String, Live> = HashMap::new();
+    let mut closed_by_anvil: std::collections::HashSet<String> = Default::default();
     let start = Instant::now();
     let base = now_unix().floor() as i64;
     let t0 = t.events.first().map(|e| e.time).unwrap_or(0.0);
@@ -410,13 +416,25 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                             .ok_or_else(|| unknown_conn(name, line, id))?;
                         live.drain_now();
                         match live {
-                            Live::Socket { stream, buf, .. } => {
+                            Live::Socket {
+                                stream, buf, eof, ..
+                            } => {
                                 if !buf.is_empty() {
                                     return Ok(Some(mismatch(
                                         &label,
                                         "unexpected output before the client closed".into(),
                                         vec![],
                                         vec![show_bytes(&buf)],
+                                        &fm,
+                                    )));
+                                }
+                                if eof && !closed_by_anvil.contains(id) {
+                                    return Ok(Some(mismatch(
+                                        &label,
+                                        "the anvil closed a connection the recording kept open"
+                                            .into(),
+                                        vec!["(open until the client closes)".into()],
+                                        vec!["(closed by the anvil)".into()],
                                         &fm,
                                     )));
                                 }
@@ -470,6 +488,7 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
                                 }
                             }
                         }
+                        closed_by_anvil.insert(id.clone());
                         // Kept: later client writes to it are replayed (and go nowhere).
                         if let Some(Live::Socket { eof, .. }) = conns.get_mut(id) {
                             *eof = true;
@@ -480,27 +499,39 @@ pub fn replay(t: &Transcript, name: &str, opts: &ReplayOptions) -> io::Result<Op
         }
         i += 1;
     }
-    // Whatever arrived and was never expected is a mismatch too.
-    let mut ids: Vec<&String> = conns.keys().collect();
+    // Whatever arrived and was never expected is a mismatch too, and so is a close the
+    // recording does not have.
+    let mut ids: Vec<String> = conns.keys().cloned().collect();
     ids.sort();
-    for id in ids.into_iter().cloned().collect::<Vec<_>>() {
+    for id in ids {
         let live = conns.get_mut(&id).unwrap();
         live.drain_now();
-        if let Live::Socket { buf, .. } = live {
-            if !buf.is_empty() {
-                let got = vec![show_bytes(buf)];
-                return Ok(Some(Mismatch {
-                    name: name.to_string(),
-                    line: 0,
-                    event: t.events.len(),
-                    conn: id,
-                    what: "unexpected output at the end of the transcript".into(),
-                    expected: vec![],
-                    got,
-                    log: fm.log_text(),
-                }));
-            }
-        }
+        let expected_open = !closed_by_anvil.contains(&id);
+        let (what, got) = match live {
+            Live::Socket { buf, .. } if !buf.is_empty() => (
+                "unexpected output at the end of the transcript",
+                show_bytes(buf),
+            ),
+            Live::Socket { eof: true, .. } if expected_open => (
+                "the anvil closed a connection the recording kept open",
+                "(closed by the anvil)".to_string(),
+            ),
+            Live::Pipe(k) if expected_open && fm.pid().is_some() && !fm.anvil_holds_pipe(*k)? => (
+                "the anvil closed a pipe the recording kept open",
+                "(closed by the anvil)".to_string(),
+            ),
+            _ => continue,
+        };
+        return Ok(Some(Mismatch {
+            name: name.to_string(),
+            line: 0,
+            event: t.events.len(),
+            conn: id,
+            what: what.into(),
+            expected: vec![],
+            got: vec![got],
+            log: fm.log_text(),
+        }));
     }
     fm.stop();
     Ok(None)

@@ -148,6 +148,17 @@ fn a_missing_close_and_a_changed_dump_row_are_caught() {
         )
     });
     assert!(report.contains("CONNECT-DUMP rows differ"), "{report}");
+    // A close the recording does not have is a difference too.
+    let report = replay_edited("connect-malformed.transcript", |t| {
+        t.lines()
+            .filter(|l| !l.ends_with("close-by-anvil"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    });
+    assert!(
+        report.contains("closed a connection the recording kept open"),
+        "{report}"
+    );
 }
 
 #[test]
