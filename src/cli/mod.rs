@@ -40,6 +40,11 @@ pub enum Command {
         /// A user mask (`*`, `?`) and/or an IP network `ip/bits`.
         masks: Vec<String>,
     },
+    /// The anvil conformance suite: record transcripts from stock Dovecot, replay them.
+    Conformance {
+        #[command(subcommand)]
+        what: crate::conformance::cli::ConformanceCommand,
+    },
     /// Run the demo stack: stock Dovecot services with Foreman on 127.0.0.1 high ports.
     Demo,
     /// Benchmarks side by side with stock Dovecot.
@@ -128,6 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Conformance { what } => crate::conformance::cli::run(what),
         Command::Demo => {
             crate::demo::run(std::env::current_exe()?)?;
             Ok(ExitCode::SUCCESS)
