@@ -4,6 +4,8 @@
 //!
 //! - [`connect_limit`]: ident -> pid -> refcount (CONNECT, DISCONNECT, KILL, LOOKUP, dump).
 //! - [`penalty`]: ident -> penalty record, the 10-checksum memory, expiry with a single timer.
+//! - [`registry`]: Foreman's extension: worker processes per user, their state, atomic
+//!   claims and eviction (`docs/anvil-extensions.md`).
 //! - [`session`]: one connection's protocol: handshake (with the restart skip rule), framing,
 //!   dispatch of each request to [`Anvil`], replies and log lines. Pure: bytes in, bytes out.
 //! - [`server`]: the tokio shell: the fds a master gives anvil, or standalone sockets;
@@ -17,6 +19,7 @@
 
 pub mod connect_limit;
 pub mod penalty;
+pub mod registry;
 pub mod server;
 pub mod session;
 

@@ -1,0 +1,343 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn pid(n: u32) -> Pid {
+    Pid::new(n).unwrap()
+}
+
+const S: &[u8] = b"imap";
+
+/// One step of a table-driven scenario and what it must give.
+enum Step {
+    Birth(u32, u32),
+    Idle(u32, u64),
+    Busy(u32),
+    Death(u32),
+    /// (now, user, uid) -> expected (pid, kind) or None
+    Claim(u64, &'static str, u32, Option<(u32, ClaimKind)>),
+    /// (now, pid, outcome) of the last claim of that pid; expect ok
+    Release(u64, u32, Outcome, bool),
+    Evict(u64, Option<u32>),
+}
+
+fn run(policy: Policy, steps: &[Step]) {
+    let mut r = Registry::new(policy, 1_000);
+    let mut tokens: HashMap<u32, u64> = HashMap::new();
+    for (i, step) in steps.iter().enumerate() {
+        match *step {
+            Step::Birth(p, uid) => {
+                r.birth(0, S, pid(p), uid);
+            }
+            Step::Idle(p, since) => r.set_idle(pid(p), since).unwrap(),
+            Step::Busy(p) => r.set_busy(pid(p), 0).unwrap(),
+            Step::Death(p) => assert!(r.death(pid(p))),
+            Step::Claim(now, user, uid, want) => {
+                let got = r.claim(now, S, user.as_bytes(), uid).unwrap();
+                if let Some(c) = got {
+                    tokens.insert(c.pid.get(), c.token);
+                }
+                assert_eq!(
+                    got.map(|c| (c.pid.get(), c.kind)),
+                    want,
+                    "step {i}: claim for {user}"
+                );
+            }
+            Step::Release(now, p, outcome, ok) => {
+                let token = tokens[&p];
+                assert_eq!(
+                    r.release(now, pid(p), token, outcome).is_ok(),
+                    ok,
+                    "step {i}"
+                );
+            }
+            Step::Evict(now, want) => {
+                assert_eq!(r.evict(now, S).map(Pid::get), want, "step {i}: evict")
+            }
+        }
+    }
+}
+
+use ClaimKind::{Fresh, Reuse};
+use Step::*;
+
+#[test]
+fn fresh_then_reuse_by_the_same_user_only() {
+    run(
+        Policy::LongestIdle,
+        &[
+            Birth(10, 0),
+            Claim(1, "alice", 1000, Some((10, Fresh))),
+            // Claimed: nobody else gets it, not even alice.
+            Claim(2, "alice", 1000, None),
+            Claim(2, "bob", 1001, None),
+            Release(3, 10, Outcome::Served, true),
+            Idle(10, 5),
+            // Bound to alice: bob never gets it.
+            Claim(6, "bob", 1001, None),
+            Claim(7, "alice", 1000, Some((10, Reuse))),
+        ],
+    );
+}
+
+#[test]
+fn uid_must_match_the_binding_and_the_birth_uid() {
+    run(
+        Policy::LongestIdle,
+        &[
+            Birth(10, 0),
+            Birth(11, 1001),
+            Claim(1, "alice", 1000, Some((10, Fresh))),
+            Release(2, 10, Outcome::Served, true),
+            Idle(10, 3),
+            // Same user name, other uid (userdb changed): not the old process, and not 11.
+            Claim(4, "alice", 2000, None),
+            // 11 runs as 1001 already: only a 1001 user can have it.
+            Claim(5, "bob", 1001, Some((11, Fresh))),
+        ],
+    );
+}
+
+#[test]
+fn unused_release_unbinds_failed_keeps_binding() {
+    run(
+        Policy::LongestIdle,
+        &[
+            Birth(10, 0),
+            Claim(1, "alice", 1000, Some((10, Fresh))),
+            Release(2, 10, Outcome::Unused, true),
+            Claim(3, "bob", 1001, Some((10, Fresh))),
+            Release(4, 10, Outcome::Failed, true),
+            // Still bound to bob, and still fresh (never reported idle): nobody gets it.
+            Claim(5, "alice", 1000, None),
+            Claim(5, "bob", 1001, None),
+        ],
+    );
+}
+
+#[test]
+fn claims_expire_and_stale_tokens_are_refused() {
+    run(
+        Policy::LongestIdle,
+        &[
+            Birth(10, 0),
+            Claim(0, "alice", 1000, Some((10, Fresh))),
+            // TTL 1000 ms: still held at 999, free at 1000 (but bound to alice).
+            Claim(999, "alice", 1000, None),
+            Idle(10, 900),
+            Claim(1000, "alice", 1000, Some((10, Reuse))),
+            // The new claim's token is held; a release with it works once.
+            Release(1001, 10, Outcome::Served, true),
+            Release(1002, 10, Outcome::Served, false),
+        ],
+    );
+}
+
+#[test]
+fn evict_skips_claimed_busy_and_fresh_and_reserves() {
+    run(
+        Policy::LongestIdle,
+        &[
+            Birth(10, 0),
+            Birth(11, 0),
+            Birth(12, 0),
+            Birth(13, 0),
+            Claim(0, "a", 1, Some((10, Fresh))),
+            Claim(0, "b", 2, Some((11, Fresh))),
+            Claim(0, "c", 3, Some((12, Fresh))),
+            Release(0, 10, Outcome::Served, true),
+            Release(0, 11, Outcome::Served, true),
+            Release(0, 12, Outcome::Served, true),
+            Idle(10, 5),
+            Idle(11, 6),
+            Busy(12),
+            // 10 is idle longest, but a claims it again first.
+            Claim(10, "a", 1, Some((10, Reuse))),
+            Evict(10, Some(11)),
+            // 11 is reserved: b cannot have it, and it is not evicted twice.
+            Claim(11, "b", 2, Some((13, Fresh))),
+            Evict(11, None),
+            Death(11),
+            Evict(12, None),
+        ],
+    );
+}
+
+#[test]
+fn death_clears_claims() {
+    run(
+        Policy::LongestIdle,
+        &[
+            Birth(10, 0),
+            Claim(0, "a", 1, Some((10, Fresh))),
+            Death(10),
+            Claim(1, "a", 1, None),
+            // A reused pid is a new, fresh, unbound process.
+            Birth(10, 0),
+            Claim(2, "b", 2, Some((10, Fresh))),
+        ],
+    );
+}
+
+#[test]
+fn predictive_keeps_the_regular_user() {
+    // a returns every 100 ms; b came twice 1000 ms apart. Both idle; a idled earlier, so
+    // longest-idle would evict a's process; predictive evicts b's (due back much later).
+    let mut r = Registry::new(Policy::Predictive, 10);
+    r.birth(0, S, pid(1), 0);
+    r.birth(0, S, pid(2), 0);
+    for t in [0, 100, 200, 300] {
+        let c = r.claim(t, S, b"a", 1).unwrap().unwrap();
+        r.release(t, c.pid, c.token, Outcome::Served).unwrap();
+        r.set_idle(c.pid, t + 1).unwrap();
+    }
+    for t in [0, 305] {
+        let c = r.claim(t, S, b"b", 2).unwrap().unwrap();
+        r.release(t, c.pid, c.token, Outcome::Served).unwrap();
+        r.set_idle(c.pid, t + 1).unwrap();
+    }
+    assert_eq!(r.clone().evict(350, S), Some(pid(2)));
+    let mut lru = r.clone();
+    lru.policy = Policy::LongestIdle;
+    assert_eq!(lru.evict(350, S), Some(pid(1)));
+}
+
+#[test]
+fn invalid_claims() {
+    let mut r = Registry::default();
+    assert_eq!(r.claim(0, S, b"", 5), Err(RegistryError::InvalidClaim));
+    assert_eq!(r.claim(0, S, b"a", 0), Err(RegistryError::InvalidClaim));
+    assert_eq!(
+        r.set_idle(pid(3), 0),
+        Err(RegistryError::UnknownPid(pid(3)))
+    );
+}
+
+// ---- random operation sequences ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Birth(u32, u32),
+    Idle(u32),
+    Busy(u32),
+    Death(u32),
+    Claim(u8, u32),
+    Release(u32, u8, u8),
+    Evict,
+    EvictPid(u32),
+    Tick(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let p = 1u32..8;
+    prop_oneof![
+        (p.clone(), prop_oneof![Just(0u32), 1u32..4]).prop_map(|(p, u)| Op::Birth(p, u)),
+        p.clone().prop_map(Op::Idle),
+        p.clone().prop_map(Op::Busy),
+        p.clone().prop_map(Op::Death),
+        (0u8..4, 1u32..4).prop_map(|(u, uid)| Op::Claim(u, uid)),
+        (p.clone(), 0u8..3, 0u8..4).prop_map(|(p, o, k)| Op::Release(p, o, k)),
+        Just(Op::Evict),
+        p.prop_map(Op::EvictPid),
+        (0u64..700).prop_map(Op::Tick),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn invariants_hold(ops in proptest::collection::vec(op(), 1..200)) {
+        let policies = [Policy::LongestIdle, Policy::LruByUser, Policy::Predictive];
+        let mut r = Registry::new(policies[ops.len() % 3], 1_000);
+        let mut now = 0u64;
+        // pid -> tokens handed out for it (latest last), and which (user, uid) got them.
+        let mut handed: HashMap<u32, Vec<u64>> = HashMap::new();
+        // pid -> (user, uid) it was handed to with outcome Served/Failed/expired (first one).
+        let mut served: HashMap<u32, (u8, u32)> = HashMap::new();
+        // Claims we hold and have not released: pid -> (token, user, uid, expires).
+        let mut held: HashMap<u32, (u64, u8, u32, u64)> = HashMap::new();
+        let mut evicting: Vec<u32> = Vec::new();
+        for op in ops {
+            // Expired claims count as "may have served".
+            held.retain(|p, (_, u, uid, exp)| {
+                if *exp <= now { served.entry(*p).or_insert((*u, *uid)); false } else { true }
+            });
+            match op {
+                Op::Birth(p, uid) => {
+                    r.birth(now, S, pid(p), uid);
+                    held.remove(&p); served.remove(&p); evicting.retain(|&e| e != p);
+                }
+                Op::Idle(p) => { let _ = r.set_idle(pid(p), now); }
+                Op::Busy(p) => { let _ = r.set_busy(pid(p), now); }
+                Op::Death(p) => {
+                    r.death(pid(p));
+                    held.remove(&p); served.remove(&p); evicting.retain(|&e| e != p);
+                    prop_assert!(r.get(pid(p)).is_none());
+                }
+                Op::Claim(u, uid) => {
+                    let user = [b'u', b'0' + u];
+                    if let Some(c) = r.claim(now, S, &user, uid).unwrap() {
+                        let p = c.pid.get();
+                        // At most one claimer at a time; never an evicting process.
+                        prop_assert!(!held.contains_key(&p), "pid {} claimed twice", p);
+                        prop_assert!(!evicting.contains(&p));
+                        // Never a process that served another user or uid.
+                        if let Some(&(su, suid)) = served.get(&p) {
+                            prop_assert_eq!((su, suid), (u, uid));
+                        }
+                        if c.kind == ClaimKind::Fresh {
+                            prop_assert!(!served.contains_key(&p));
+                        }
+                        let b = r.get(c.pid).unwrap();
+                        prop_assert!(b.birth_uid == 0 || b.birth_uid == uid);
+                        prop_assert!(!handed.get(&p).is_some_and(|t| t.contains(&c.token)));
+                        handed.entry(p).or_default().push(c.token);
+                        held.insert(p, (c.token, u, uid, now + 1_000));
+                    }
+                }
+                Op::Release(p, o, k) => {
+                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed][o as usize];
+                    match held.get(&p).copied() {
+                        Some((token, u, uid, _)) if k != 0 => {
+                            prop_assert!(r.release(now, pid(p), token, outcome).is_ok());
+                            held.remove(&p);
+                            if outcome != Outcome::Unused {
+                                served.entry(p).or_insert((u, uid));
+                            }
+                        }
+                        _ => {
+                            // A token that does not hold the pid is refused.
+                            let stale = handed.get(&p).and_then(|t| t.first()).copied().unwrap_or(0);
+                            if held.get(&p).map(|h| h.0) != Some(stale) {
+                                prop_assert!(r.release(now, pid(p), stale, outcome).is_err());
+                            }
+                        }
+                    }
+                }
+                Op::Evict => {
+                    let listed = r.evictable(now, S);
+                    for q in &listed {
+                        prop_assert!(!held.contains_key(&q.get()), "claimed {} listed evictable", q);
+                        prop_assert!(!evicting.contains(&q.get()));
+                    }
+                    let got = r.evict(now, S);
+                    prop_assert_eq!(got, listed.first().copied());
+                    if let Some(q) = got {
+                        prop_assert!(!held.contains_key(&q.get()));
+                        let idle = matches!(r.get(q).unwrap().activity, Activity::Idle { .. });
+                        prop_assert!(idle);
+                        evicting.push(q.get());
+                    }
+                }
+                Op::EvictPid(p) => {
+                    if r.evict_pid(now, pid(p)).is_ok() {
+                        prop_assert!(!held.contains_key(&p));
+                        if !evicting.contains(&p) { evicting.push(p); }
+                    }
+                }
+                Op::Tick(dt) => now += dt,
+            }
+        }
+    }
+}
