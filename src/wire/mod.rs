@@ -4,12 +4,14 @@
 //! - [`escape`]: Dovecot's tab escaping (0x01 sequences) and field splitting.
 //! - [`line`]: LF framing with the stock 1024-byte limit.
 //! - [`anvil`]: anvil protocol v1 requests and replies.
+//! - [`anvil_ext`]: Foreman's anvil extensions (process registry, claims).
 //! - [`status`]: the 12-byte master status record.
 //! - [`log`]: Dovecot's internal log-pipe line format.
 //!
 //! Design note: `docs/wire.md`.
 
 pub mod anvil;
+pub mod anvil_ext;
 pub mod escape;
 pub mod line;
 pub mod log;
