@@ -118,10 +118,10 @@ pub enum Outcome {
 pub enum Policy {
     /// The process idle the longest.
     LongestIdle,
-    /// A process of the user whose latest use (claim or idle report) is oldest.
+    /// A process of the user whose latest arrival (claim) is oldest; ties by longest idle.
     LruByUser,
     /// The process whose user is least likely to return soon, from each user's learnt
-    /// reconnect interval (see [`Registry::expected_return`]).
+    /// reconnect interval (see [`Registry::expected_return_of`]).
     Predictive,
 }
 
@@ -155,7 +155,8 @@ const GONE_FACTOR: f64 = 4.0;
 #[derive(Debug, Clone)]
 pub struct Registry {
     procs: HashMap<Pid, Process>,
-    history: HashMap<(BString, BString), UserHistory>,
+    /// service -> user -> arrivals.
+    history: HashMap<BString, HashMap<BString, UserHistory>>,
     next_token: u64,
     claim_ttl: UnixMillis,
     policy: Policy,
@@ -347,83 +348,56 @@ impl Registry {
     /// them (first = next victim). Fresh processes are never listed: they are the spares a
     /// new user gets, evicting one gains no room.
     pub fn evictable(&self, now: UnixMillis, service: &[u8]) -> Vec<Pid> {
-        let mut candidates: Vec<(Score, Pid)> = self
-            .procs
-            .values()
-            .filter(|p| p.service == service && p.claim_at(now).is_none())
-            .filter(|p| matches!(p.activity, Activity::Idle { .. }))
-            .map(|p| (self.score(now, p), p.pid))
-            .collect();
-        candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-        candidates.into_iter().map(|(_, pid)| pid).collect()
+        let mut ranked = self.ranked(now, service);
+        ranked.sort_unstable();
+        ranked.into_iter().map(|(_, pid)| pid).collect()
     }
 
     fn pick_victim(&self, now: UnixMillis, service: &[u8]) -> Option<Pid> {
+        self.ranked(now, service)
+            .into_iter()
+            .min()
+            .map(|(_, pid)| pid)
+    }
+
+    /// Every eviction candidate with its order key (smaller is evicted first; ties by pid).
+    fn ranked(&self, now: UnixMillis, service: &[u8]) -> Vec<(Score, Pid)> {
+        let users = self.history.get(service);
+        let prior = self.mean_interval();
         self.procs
             .values()
             .filter(|p| p.service == service && p.claim_at(now).is_none())
             .filter(|p| matches!(p.activity, Activity::Idle { .. }))
-            .min_by(|a, b| {
-                self.score(now, a)
-                    .cmp(&self.score(now, b))
-                    .then(a.pid.cmp(&b.pid))
-            })
-            .map(|p| p.pid)
-    }
-
-    /// Eviction order key: smaller is evicted first.
-    fn score(&self, now: UnixMillis, p: &Process) -> Score {
-        let since = idle_since(p);
-        match self.policy {
-            Policy::LongestIdle => Score(0, since),
-            Policy::LruByUser => {
-                let user_last = p
+            .map(|p| {
+                let since = idle_since(p);
+                let history = p
                     .binding
                     .as_ref()
-                    .and_then(|b| self.history.get(&(p.service.clone(), b.user.clone())))
-                    .map_or(0, |h| h.last_arrival);
-                Score(user_last.max(self.latest_idle_of_user(p)), since)
-            }
-            Policy::Predictive => {
-                // Evict first the process whose user is expected back last; ties (e.g. users
-                // taken to have left, expected back "never") go to the longest idle.
-                let back = self.expected_return(now, p);
-                Score(u64::MAX - back, since)
-            }
-        }
+                    .and_then(|b| users?.get(b.user.as_slice()));
+                let key = match self.policy {
+                    Policy::LongestIdle => 0,
+                    Policy::LruByUser => history.map_or(0, |h| h.last_arrival),
+                    // Evict first the process whose user is expected back last; ties (users
+                    // taken to have left, expected back "never") go to the longest idle.
+                    Policy::Predictive => u64::MAX - expected_return(now, history, prior),
+                };
+                (Score(key, since), p.pid)
+            })
+            .collect()
     }
 
-    /// The latest idle-since among the processes bound to `p`'s user.
-    fn latest_idle_of_user(&self, p: &Process) -> UnixMillis {
-        let Some(b) = &p.binding else { return 0 };
-        self.procs
-            .values()
-            .filter(|q| q.service == p.service && q.binding.as_ref() == Some(b))
-            .map(idle_since)
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// When `p`'s user is expected to connect next (ms, absolute; `u64::MAX` for "never",
-    /// i.e. a user silent for more than [`GONE_FACTOR`] of its mean interval, or with no
-    /// history). A user with several idle processes needs at most one of them soon: every
-    /// one but the most recently idled is expected back "never" as well.
-    pub fn expected_return(&self, now: UnixMillis, p: &Process) -> UnixMillis {
-        let Some(b) = &p.binding else {
+    /// When the user of process `pid` is expected to connect next (absolute ms; `u64::MAX`
+    /// for "never": no history, or silent for more than [`GONE_FACTOR`] mean intervals).
+    pub fn expected_return_of(&self, now: UnixMillis, pid: Pid) -> UnixMillis {
+        let Some(p) = self.procs.get(&pid) else {
             return u64::MAX;
         };
-        if idle_since(p) < self.latest_idle_of_user(p) {
-            return u64::MAX;
-        }
-        let Some(h) = self.history.get(&(p.service.clone(), b.user.clone())) else {
-            return u64::MAX;
-        };
-        let interval = h.interval.unwrap_or_else(|| self.mean_interval());
-        let elapsed = now.saturating_sub(h.last_arrival) as f64;
-        if elapsed > GONE_FACTOR * interval {
-            return u64::MAX;
-        }
-        h.last_arrival.saturating_add(interval as u64).max(now)
+        let history = p.binding.as_ref().and_then(|b| {
+            self.history
+                .get(p.service.as_slice())?
+                .get(b.user.as_slice())
+        });
+        expected_return(now, history, self.mean_interval())
     }
 
     /// The mean of the users' learnt intervals (the prior for users seen once), 60 s if none.
@@ -431,6 +405,7 @@ impl Registry {
         let (sum, n) = self
             .history
             .values()
+            .flat_map(|users| users.values())
             .filter_map(|h| h.interval)
             .fold((0.0, 0u32), |(s, n), i| (s + i, n + 1));
         if n == 0 {
@@ -441,8 +416,11 @@ impl Registry {
     }
 
     fn record_arrival(&mut self, now: UnixMillis, service: &[u8], user: &[u8]) {
-        let key = (BString::from(service), BString::from(user));
-        match self.history.get_mut(&key) {
+        let users = match self.history.get_mut(service) {
+            Some(users) => users,
+            None => self.history.entry(service.into()).or_default(),
+        };
+        match users.get_mut(user) {
             Some(h) => {
                 let gap = now.saturating_sub(h.last_arrival) as f64;
                 h.interval = Some(match h.interval {
@@ -452,8 +430,8 @@ impl Registry {
                 h.last_arrival = now;
             }
             None => {
-                self.history.insert(
-                    key,
+                users.insert(
+                    user.into(),
                     UserHistory {
                         last_arrival: now,
                         interval: None,
@@ -466,7 +444,10 @@ impl Registry {
     /// Forgets the arrival history of users not seen since `cutoff` (memory bound; the shell
     /// calls it now and then).
     pub fn forget_history_before(&mut self, cutoff: UnixMillis) {
-        self.history.retain(|_, h| h.last_arrival >= cutoff);
+        for users in self.history.values_mut() {
+            users.retain(|_, h| h.last_arrival >= cutoff);
+        }
+        self.history.retain(|_, users| !users.is_empty());
     }
 
     /// One process.
@@ -524,6 +505,19 @@ fn idle_since(p: &Process) -> UnixMillis {
         Activity::Idle { since } => since,
         _ => u64::MAX,
     }
+}
+
+/// When a user with this history is expected back (see [`Registry::expected_return_of`]).
+fn expected_return(now: UnixMillis, history: Option<&UserHistory>, prior: f64) -> UnixMillis {
+    let Some(h) = history else {
+        return u64::MAX;
+    };
+    let interval = h.interval.unwrap_or(prior);
+    let elapsed = now.saturating_sub(h.last_arrival) as f64;
+    if elapsed > GONE_FACTOR * interval {
+        return u64::MAX;
+    }
+    h.last_arrival.saturating_add(interval as u64).max(now)
 }
 
 /// Eviction order key (policy value, idle since); smaller first.
