@@ -23,6 +23,7 @@
 //! - [`conformance`]: the anvil conformance suite (recorder, replayer, transcript format),
 //!   source in `conformance/`.
 //! - [`demo`]: `foreman demo`, the README's demo stack.
+//! - [`sim`]: `foreman sim eviction`, trace-driven eviction policy simulation.
 //! - [`cli`]: argument parsing for the `foreman` binary; `src/main.rs` only calls [`cli::main`].
 
 pub mod anvil_compat;
@@ -33,6 +34,7 @@ pub mod conformance;
 pub mod demo;
 pub mod logging;
 pub mod master_compat;
+pub mod sim;
 pub mod stock;
 pub mod sys;
 pub mod who;

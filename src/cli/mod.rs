@@ -47,10 +47,31 @@ pub enum Command {
     },
     /// Run the demo stack: stock Dovecot services with Foreman on 127.0.0.1 high ports.
     Demo,
+    /// Trace-driven simulations (`docs/eviction.md`).
+    Sim {
+        #[command(subcommand)]
+        what: SimCommand,
+    },
     /// Benchmarks side by side with stock Dovecot.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+/// What to simulate.
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Reuse hit rate of the eviction policies at several process_limit sizes.
+    Eviction {
+        /// Trace files (default: the committed fixtures/traces/*.trace, regenerated in memory).
+        traces: Vec<PathBuf>,
+        /// Comma-separated process_limit sizes.
+        #[arg(long, default_value = "8,16,32,64,128")]
+        limits: String,
+        /// Write the standard traces into this directory instead of simulating.
+        #[arg(long, value_name = "DIR")]
+        write_traces: Option<PathBuf>,
     },
 }
 
@@ -134,6 +155,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Conformance { what } => crate::conformance::cli::run(what),
+        Command::Sim {
+            what:
+                SimCommand::Eviction {
+                    traces,
+                    limits,
+                    write_traces,
+                },
+        } => {
+            let limits = limits
+                .split(',')
+                .map(|l| l.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()?;
+            crate::sim::run_eviction(
+                &traces,
+                &limits,
+                write_traces.as_deref(),
+                &mut std::io::stdout().lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo => {
             crate::demo::run(std::env::current_exe()?)?;
             Ok(ExitCode::SUCCESS)
