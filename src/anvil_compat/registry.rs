@@ -148,6 +148,9 @@ struct UserHistory {
 
 /// Weight of the newest interval in the running mean.
 const EWMA_ALPHA: f64 = 0.3;
+/// Arrivals of one user closer together than this (ms) are one visit: the gap is not a
+/// reconnect interval.
+const VISIT_GAP: UnixMillis = 1_000;
 /// A user silent for this many mean intervals is taken to have left.
 const GONE_FACTOR: f64 = 4.0;
 
@@ -421,6 +424,8 @@ impl Registry {
             None => self.history.entry(service.into()).or_default(),
         };
         match users.get_mut(user) {
+            // Arrivals closer than this are one visit (a client's parallel connections).
+            Some(h) if now.saturating_sub(h.last_arrival) < VISIT_GAP => h.last_arrival = now,
             Some(h) => {
                 let gap = now.saturating_sub(h.last_arrival) as f64;
                 h.interval = Some(match h.interval {

@@ -127,12 +127,16 @@ pub fn table(traces: &[Trace], limits: &[usize]) -> String {
             .map(|c| c.user)
             .collect::<std::collections::HashSet<_>>()
             .len();
+        let ceiling = simulate(trace, Policy::LongestIdle, usize::MAX);
         let _ = writeln!(
             s,
-            "\n{}: {} connections, {} users\n",
+            "\n{}: {} connections, {} users; hit rate with no process limit: {:.1} % \
+             (at most {} processes)\n",
             trace.name,
             trace.conns.len(),
-            users
+            users,
+            ceiling.hit_rate(),
+            ceiling.spawns
         );
         let _ = write!(s, "| process_limit |");
         for p in POLICIES {

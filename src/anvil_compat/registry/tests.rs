@@ -181,25 +181,42 @@ fn death_clears_claims() {
 
 #[test]
 fn predictive_keeps_the_regular_user() {
-    // a returns every 100 ms; b came twice 1000 ms apart. Both idle; a idled earlier, so
+    // a returns every 10 s; b came twice 30.5 s apart. Both idle; a idled earlier, so
     // longest-idle would evict a's process; predictive evicts b's (due back much later).
-    let mut r = Registry::new(Policy::Predictive, 10);
+    let mut r = Registry::new(Policy::Predictive, 1_000);
     r.birth(0, S, pid(1), 0);
     r.birth(0, S, pid(2), 0);
-    for t in [0, 100, 200, 300] {
+    for t in [0, 10_000, 20_000, 30_000] {
         let c = r.claim(t, S, b"a", 1).unwrap().unwrap();
         r.release(t, c.pid, c.token, Outcome::Served).unwrap();
-        r.set_idle(c.pid, t + 1).unwrap();
+        r.set_idle(c.pid, t + 100).unwrap();
     }
-    for t in [0, 305] {
+    for t in [0, 30_500] {
         let c = r.claim(t, S, b"b", 2).unwrap().unwrap();
         r.release(t, c.pid, c.token, Outcome::Served).unwrap();
-        r.set_idle(c.pid, t + 1).unwrap();
+        r.set_idle(c.pid, t + 100).unwrap();
     }
-    assert_eq!(r.clone().evict(350, S), Some(pid(2)));
+    assert_eq!(r.clone().evict(35_000, S), Some(pid(2)));
     let mut lru = r.clone();
     lru.policy = Policy::LongestIdle;
-    assert_eq!(lru.evict(350, S), Some(pid(1)));
+    assert_eq!(lru.evict(35_000, S), Some(pid(1)));
+}
+
+#[test]
+fn parallel_connections_are_one_visit() {
+    // Three connections within a second, then one 20 s later: the learnt interval is 20 s,
+    // not the mean of 10 ms gaps (which would make the user look gone a second later).
+    let mut r = Registry::new(Policy::Predictive, 1_000);
+    r.birth(0, S, pid(10), 0);
+    for t in [0u64, 10, 20, 20_000] {
+        let c = r.claim(t, S, b"a", 1).unwrap().unwrap();
+        assert_eq!(c.pid, pid(10));
+        r.release(t, c.pid, c.token, Outcome::Served).unwrap();
+        r.set_idle(c.pid, t + 5).unwrap();
+    }
+    // The gap runs from the visit's last arrival (20) to the next (20_000).
+    assert_eq!(r.expected_return_of(25_000, pid(10)), 39_980);
+    assert_eq!(r.expected_return_of(100_001, pid(10)), u64::MAX);
 }
 
 #[test]
