@@ -211,6 +211,23 @@ mod tests {
         }
     }
 
+    /// The figures docs/eviction.md quotes for process_limit 32 (the predictive policy's hit
+    /// rate is reported; these pin it, they do not assert which policy wins in general).
+    #[test]
+    fn committed_trace_figures_at_32() {
+        let want = [
+            ("webmail", ["29.1", "28.5", "36.7"]),
+            ("jmap", ["57.3", "57.3", "68.5"]),
+        ];
+        for (t, (name, rates)) in trace::standard_traces().iter().zip(want) {
+            assert_eq!(t.name, name);
+            for (p, rate) in POLICIES.into_iter().zip(rates) {
+                let got = format!("{:.1}", simulate(t, p, 32).hit_rate());
+                assert_eq!(got, rate, "{name} {}", policy_name(p));
+            }
+        }
+    }
+
     #[test]
     fn parse_rejects_bad_lines() {
         assert!(trace::parse("x", "1\tu1\t5\n0\tu1\t5\n").is_err());
