@@ -6,6 +6,7 @@
 //! - [`penalty`]: ident -> penalty record, the 10-checksum memory, expiry with a single timer.
 //! - [`registry`]: Foreman's extension: worker processes per user, their state, atomic
 //!   claims and eviction (`docs/anvil-extensions.md`).
+//! - [`ext_session`]: the extension handshake and commands on one connection.
 //! - [`session`]: one connection's protocol: handshake (with the restart skip rule), framing,
 //!   dispatch of each request to [`Anvil`], replies and log lines. Pure: bytes in, bytes out.
 //! - [`server`]: the tokio shell: the fds a master gives anvil, or standalone sockets;
@@ -18,6 +19,7 @@
 //! deliberately differs from stock (pipes are never closed on bad input, no crashes).
 
 pub mod connect_limit;
+pub mod ext_session;
 pub mod penalty;
 pub mod registry;
 pub mod server;
@@ -35,6 +37,8 @@ pub type UnixMillis = u64;
 pub struct Anvil {
     pub connect_limit: ConnectLimit,
     pub penalty: PenaltyTable,
+    /// Foreman's extension: worker processes and claims (`docs/anvil-extensions.md`).
+    pub registry: registry::Registry,
 }
 
 pub use session::{ConnKind, Fed, Session};

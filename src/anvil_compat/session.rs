@@ -103,6 +103,8 @@ pub struct Session {
     skip_until_version: bool,
     /// A pipe sent an oversized line: drop bytes up to the next LF.
     discarding: bool,
+    /// Opened with the foreman-anvil handshake: extension commands allowed.
+    ext: bool,
 }
 
 /// A handled line went wrong; already logged.
@@ -117,6 +119,7 @@ impl Session {
             handshaken: false,
             skip_until_version: anvil_restarted && (kind.fifo || kind.master),
             discarding: false,
+            ext: false,
         }
     }
 
@@ -205,11 +208,20 @@ impl Session {
                 self.skip_until_version = false;
                 return Ok(());
             }
+            if super::ext_session::accept_handshake(self.kind, line, out) {
+                (self.handshaken, self.ext) = (true, true);
+                return Ok(());
+            }
             if self.skip_until_version {
                 return Ok(());
             }
             log.push((Level::Error, concat(NOT_COMPATIBLE, line)));
             return Err(LineFailed);
+        }
+        if self.ext {
+            if let Some(done) = super::ext_session::handle_line(anvil, now, line, out, log) {
+                return done.map_err(|_| LineFailed);
+            }
         }
         let request = match parse_request(line) {
             Ok(Some(request)) => request,
