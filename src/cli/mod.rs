@@ -40,6 +40,8 @@ pub enum Command {
         /// A user mask (`*`, `?`) and/or an IP network `ip/bits`.
         masks: Vec<String>,
     },
+    /// Read a dovecot.conf (2.3 syntax) and print it like `doveconf` (see docs/config.md).
+    Config(crate::master_compat::config::cli::ConfigArgs),
     /// Benchmarks side by side with stock Dovecot.
     Bench {
         #[command(subcommand)]
@@ -87,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = (socket, one_per_session, json, masks);
             anyhow::bail!("foreman who: not implemented yet")
         }
+        Command::Config(args) => Ok(ExitCode::from(crate::master_compat::config::cli::run(&args))),
         Command::Bench { what: BenchCommand::Anvil { quick } } => {
             let _ = quick;
             anyhow::bail!("foreman bench anvil: not implemented yet")

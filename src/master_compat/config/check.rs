@@ -1,0 +1,118 @@
+//! Settings checks after the whole file is applied (config-syntax.md §9, master-interface.md
+//! §3.2): the master's checks on the typed model, plus the few section checks that change what
+//! `doveconf -n` prints (namespaces get `location`/`prefix`, passdb/userdb need a driver).
+//! Messages are doveconf's; doveconf stops at the first, we return all.
+
+use std::collections::BTreeSet;
+
+use super::apply::{Assigned, Store};
+use super::model::{MasterSettings, ServiceType};
+
+/// Services built with "process_limit must be 1" (measured with doveconf).
+const PROCESS_LIMIT_1: &[&str] = &["anvil", "auth", "director", "indexer", "ipc", "log", "old-stats"];
+
+/// Section checks that also fill in values (they then show in `-n` like doveconf's).
+pub fn sections(store: &mut Store) -> Vec<String> {
+    let mut errors = Vec::new();
+    let global = &mut store.filters[0];
+    if let Some(ns) = global.lists.get("namespace").cloned() {
+        for id in &ns.ids {
+            for field in ["location", "prefix"] {
+                global
+                    .values
+                    .entry(format!("namespace/{id}/{field}"))
+                    .or_insert(Assigned { value: String::new(), pos: None });
+            }
+        }
+    }
+    for db in ["passdb", "userdb"] {
+        if let Some(list) = global.lists.get(db) {
+            for id in &list.ids {
+                if global.values.get(&format!("{db}/{id}/driver")).is_none_or(|a| a.value.is_empty()) {
+                    errors.push(format!("{db} is missing driver"));
+                }
+            }
+        }
+    }
+    errors
+}
+
+fn user_exists(name: &str) -> bool {
+    nix::unistd::User::from_name(name).ok().flatten().is_some()
+}
+
+/// The master's checks; `foreman` adds the checks of Foreman's own settings.
+pub fn master(m: &MasterSettings, foreman: bool) -> Vec<String> {
+    let mut errors = Vec::new();
+    if m.last_valid_uid != 0 && m.first_valid_uid > m.last_valid_uid {
+        errors.push("first_valid_uid can't be larger than last_valid_uid".to_owned());
+    }
+    if m.last_valid_gid != 0 && m.first_valid_gid > m.last_valid_gid {
+        errors.push("first_valid_gid can't be larger than last_valid_gid".to_owned());
+    }
+    if m.listen.is_empty() {
+        errors.push("listen can't be set empty".to_owned());
+    }
+    if !user_exists(&m.default_login_user) {
+        errors.push(format!("default_login_user doesn't exist: {}", m.default_login_user));
+    }
+    if !user_exists(&m.default_internal_user) {
+        errors.push(format!("default_internal_user doesn't exist: {}", m.default_internal_user));
+    }
+    for p in &m.protocols {
+        if !m.services.iter().any(|s| s.protocol == *p) {
+            errors.push(format!("protocols: Unknown protocol: {p}"));
+        }
+    }
+    if m.services.is_empty() {
+        errors.push("No services defined".to_owned());
+    }
+    let mut seen = BTreeSet::new();
+    for s in &m.services {
+        if s.name.is_empty() {
+            continue;
+        }
+        if let ServiceType::Unknown(word) = &s.service_type {
+            errors.push(format!("Unknown service type: {word}"));
+        }
+        if !s.in_use(m) {
+            continue;
+        }
+        let name = &s.name;
+        if PROCESS_LIMIT_1.contains(&name.as_str()) && s.process_limit != 1 {
+            errors.push(format!("service({name}): process_limit must be 1"));
+        }
+        if s.drop_priv_before_exec && !s.chroot.is_empty() {
+            errors.push(format!("service({name}): drop_priv_before_exec=yes can't be used with chroot"));
+        }
+        let limit = s.effective_process_limit(m);
+        if s.process_min_avail > limit {
+            errors.push(format!("service({name}): process_min_avail is higher than process_limit"));
+        }
+        if let Some(vsz) = s.effective_vsz_limit(m) {
+            if vsz < 1 << 20 {
+                errors.push(format!("service({name}): vsz_limit is too low"));
+            }
+        }
+        if foreman && s.process_limit_margin > 0 && s.process_limit_margin >= limit {
+            errors.push(format!(
+                "service({name}): process_limit_margin ({}) must be lower than process_limit ({limit})",
+                s.process_limit_margin
+            ));
+        }
+        for l in s.unix_listeners.iter().chain(&s.fifo_listeners) {
+            let path = l.path.to_string();
+            if path.is_empty() {
+                errors.push(format!("service({name}): unix_listener: path must not be empty"));
+            } else if l.mode != 0 && !seen.insert(path.clone()) {
+                errors.push(format!("duplicate listener: {path}"));
+            }
+        }
+        for l in &s.inet_listeners {
+            if l.port != 0 && !seen.insert(format!("{}:{}", l.port, l.address)) {
+                errors.push(format!("duplicate listener: {}:{}", l.port, l.address));
+            }
+        }
+    }
+    errors
+}
