@@ -79,7 +79,12 @@ impl Net {
     pub fn contains(&self, other: &Net) -> bool {
         self.addr.is_ipv4() == other.addr.is_ipv4()
             && other.bits >= self.bits
-            && Net { addr: other.addr, bits: self.bits }.prefix() == self.prefix()
+            && Net {
+                addr: other.addr,
+                bits: self.bits,
+            }
+            .prefix()
+                == self.prefix()
     }
 }
 
@@ -167,7 +172,11 @@ pub fn apply(tree: &RawTree, opts: ApplyOptions, defaults: Option<&Defaults>) ->
         table: Table::get(),
         opts,
         defaults,
-        store: Store { filters: vec![FilterBlock::default()], errors: Vec::new(), warnings: Vec::new() },
+        store: Store {
+            filters: vec![FilterBlock::default()],
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        },
     };
     a.walk(&tree.root, 0, None);
     a.store
@@ -185,9 +194,13 @@ impl Applier<'_> {
             match node {
                 Node::Setting { pos, key, value } => self.setting(pos, key, value, filter, frame),
                 Node::Error { pos, message } => self.error(pos, message.clone()),
-                Node::Section { pos, kind, name, children, .. } => {
-                    self.section(pos, kind, name.as_deref(), children, filter, frame)
-                }
+                Node::Section {
+                    pos,
+                    kind,
+                    name,
+                    children,
+                    ..
+                } => self.section(pos, kind, name.as_deref(), children, filter, frame),
             }
         }
     }
@@ -202,7 +215,9 @@ impl Applier<'_> {
         frame: Option<&Frame>,
     ) {
         let (ctx, prefix, label) = match frame {
-            Some(f) if f.kind == ListKind::StrMap => return self.error(pos, "Section not allowed here"),
+            Some(f) if f.kind == ListKind::StrMap => {
+                return self.error(pos, "Section not allowed here")
+            }
             Some(f) => (f.ctx.as_str(), f.prefix.as_str(), f.label.as_str()),
             None => ("", "", ""),
         };
@@ -219,7 +234,13 @@ impl Applier<'_> {
             let list_key = format!("{prefix}{kind}");
             let child_ctx = child_context(ctx, kind);
             let block = &mut self.store.filters[filter];
-            let info = block.lists.entry(list_key.clone()).or_insert_with(|| ListInfo { ctx: child_ctx.clone(), ..Default::default() });
+            let info = block
+                .lists
+                .entry(list_key.clone())
+                .or_insert_with(|| ListInfo {
+                    ctx: child_ctx.clone(),
+                    ..Default::default()
+                });
             let element_prefix = match list_kind {
                 ListKind::StrMap => format!("{list_key}/"),
                 ListKind::Named if name.is_some() => {
@@ -241,7 +262,12 @@ impl Applier<'_> {
                     self.assign(filter, format!("{element_prefix}name"), n.to_owned(), pos);
                 }
             }
-            let child = Frame { prefix: element_prefix, ctx: child_ctx, kind: list_kind, label: format!("{label}{kind} {{ ") };
+            let child = Frame {
+                prefix: element_prefix,
+                ctx: child_ctx,
+                kind: list_kind,
+                label: format!("{label}{kind} {{ "),
+            };
             self.walk(children, filter, Some(&child));
             return;
         }
@@ -262,11 +288,24 @@ impl Applier<'_> {
             return;
         }
         if ctx != "service" || kind != "unix_listener" {
-            self.error(pos, format!("%{{pid}} is only allowed in unix_listener paths, not in {kind} {name}"));
+            self.error(
+                pos,
+                format!("%{{pid}} is only allowed in unix_listener paths, not in {kind} {name}"),
+            );
         } else if count > 1 {
-            self.error(pos, format!("unix_listener {name}: %{{pid}} may appear only once"));
-        } else if name.rsplit('/').next().is_some_and(|base| base == super::listener::PID_TOKEN) {
-            self.error(pos, format!("unix_listener {name}: the file name must not be only %{{pid}}"));
+            self.error(
+                pos,
+                format!("unix_listener {name}: %{{pid}} may appear only once"),
+            );
+        } else if name
+            .rsplit('/')
+            .next()
+            .is_some_and(|base| base == super::listener::PID_TOKEN)
+        {
+            self.error(
+                pos,
+                format!("unix_listener {name}: the file name must not be only %{{pid}}"),
+            );
         }
     }
 
@@ -301,7 +340,11 @@ impl Applier<'_> {
                         return None;
                     }
                 };
-                let outer = if kind == "local" { &cur.local } else { &cur.remote };
+                let outer = if kind == "local" {
+                    &cur.local
+                } else {
+                    &cur.remote
+                };
                 if let Some(outer) = outer {
                     if !outer.contains(&net) {
                         self.error(pos, format!("{kind} net1 {{ {kind} net2 {{ .. }} }} requires net2 to be inside net1"));
@@ -318,7 +361,12 @@ impl Applier<'_> {
         if let Some(i) = self.store.filters.iter().position(|b| b.filter == f) {
             return Some(i);
         }
-        self.store.filters.push(FilterBlock { filter: f, parent: Some(parent), pos: Some(pos.clone()), ..Default::default() });
+        self.store.filters.push(FilterBlock {
+            filter: f,
+            parent: Some(parent),
+            pos: Some(pos.clone()),
+            ..Default::default()
+        });
         Some(self.store.filters.len() - 1)
     }
 
@@ -341,7 +389,16 @@ impl Applier<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn set_value(&mut self, pos: &Pos, filter: usize, prefix: &str, ctx: &str, label: &str, key: &str, raw: &str) {
+    fn set_value(
+        &mut self,
+        pos: &Pos,
+        filter: usize,
+        prefix: &str,
+        ctx: &str,
+        label: &str,
+        key: &str,
+        raw: &str,
+    ) {
         let Some(setting) = self.table.setting(ctx, key) else {
             return self.error(pos, format!("Unknown setting: {label}{key}"));
         };
@@ -350,10 +407,15 @@ impl Applier<'_> {
         }
         let f = &self.store.filters[filter].filter;
         if ctx.is_empty() && (f.local.is_some() || f.remote.is_some()) && key.starts_with("auth_") {
-            return self.error(pos, format!("Auth settings not supported inside local/remote blocks: {key}"));
+            return self.error(
+                pos,
+                format!("Auth settings not supported inside local/remote blocks: {key}"),
+            );
         }
         let full = format!("{prefix}{key}");
-        let Some(text) = self.expand(pos, &full, key, raw, filter, false) else { return };
+        let Some(text) = self.expand(pos, &full, key, raw, filter, false) else {
+            return;
+        };
         match normalize(&setting.kind, &text) {
             Ok(v) => self.assign(filter, full, v, pos),
             Err(e) => self.error(pos, e),
@@ -371,9 +433,14 @@ impl Applier<'_> {
             match self.table.list(&ctx, seg) {
                 Some(ListKind::StrMap) if i + 1 < segs.len() => {
                     let full = format!("{prefix}{seg}/{}", segs[i + 1..].join("/"));
-                    let info = self.store.filters[filter].lists.entry(format!("{prefix}{seg}")).or_default();
+                    let info = self.store.filters[filter]
+                        .lists
+                        .entry(format!("{prefix}{seg}"))
+                        .or_default();
                     info.ctx = child_context(&ctx, seg);
-                    if let Some(v) = self.expand(pos, &full, segs[segs.len() - 1], raw, filter, true) {
+                    if let Some(v) =
+                        self.expand(pos, &full, segs[segs.len() - 1], raw, filter, true)
+                    {
                         self.assign(filter, full, v, pos);
                     }
                     return;
@@ -382,7 +449,10 @@ impl Applier<'_> {
                     let id = segs[i + 1].to_owned();
                     let list_key = format!("{prefix}{seg}");
                     let child_ctx = child_context(&ctx, seg);
-                    let info = self.store.filters[filter].lists.entry(list_key.clone()).or_default();
+                    let info = self.store.filters[filter]
+                        .lists
+                        .entry(list_key.clone())
+                        .or_default();
                     info.ctx = child_ctx.clone();
                     if !info.ids.contains(&id) {
                         info.ids.push(id.clone());
@@ -406,15 +476,35 @@ impl Applier<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn set_value_flat(&mut self, pos: &Pos, filter: usize, prefix: &str, ctx: &str, label: &str, key: &str, raw: &str, full_key: &str) {
-        if self.table.setting(ctx, key).is_some_and(|s| s.foreman_only && !self.opts.foreman) {
+    fn set_value_flat(
+        &mut self,
+        pos: &Pos,
+        filter: usize,
+        prefix: &str,
+        ctx: &str,
+        label: &str,
+        key: &str,
+        raw: &str,
+        full_key: &str,
+    ) {
+        if self
+            .table
+            .setting(ctx, key)
+            .is_some_and(|s| s.foreman_only && !self.opts.foreman)
+        {
             return self.error(pos, format!("Unknown setting: {full_key}"));
         }
         self.set_value(pos, filter, prefix, ctx, label, key, raw)
     }
 
     fn assign(&mut self, filter: usize, key: String, value: String, pos: &Pos) {
-        self.store.filters[filter].values.insert(key, Assigned { value, pos: Some(pos.clone()) });
+        self.store.filters[filter].values.insert(
+            key,
+            Assigned {
+                value,
+                pos: Some(pos.clone()),
+            },
+        );
     }
 
     /// The current value of a flat key as seen from `filter` (its own value, then its parents',
@@ -435,7 +525,15 @@ impl Applier<'_> {
     }
 
     /// Unquotes and resolves `$variables` / `<file` (config-syntax.md §4.2–§4.3).
-    fn expand(&mut self, pos: &Pos, full: &str, key: &str, raw: &str, filter: usize, strmap: bool) -> Option<String> {
+    fn expand(
+        &mut self,
+        pos: &Pos,
+        full: &str,
+        key: &str,
+        raw: &str,
+        filter: usize,
+        strmap: bool,
+    ) -> Option<String> {
         let v = unquote(raw);
         if v.quoted {
             return Some(v.text);
@@ -448,7 +546,13 @@ impl Applier<'_> {
                 return match std::fs::read_to_string(&path) {
                     Ok(content) => Some(content),
                     Err(e) => {
-                        self.error(pos, format!("{key}: Can't open file {path}: {}", super::raw::io_reason(&e)));
+                        self.error(
+                            pos,
+                            format!(
+                                "{key}: Can't open file {path}: {}",
+                                super::raw::io_reason(&e)
+                            ),
+                        );
                         None
                     }
                 };
@@ -467,7 +571,10 @@ impl Applier<'_> {
             };
             if name == key && !strmap {
                 let ctx = self.ctx_of(ctx_of_full);
-                out.push(self.current(filter, full, Some((&ctx, key))).unwrap_or_default());
+                out.push(
+                    self.current(filter, full, Some((&ctx, key)))
+                        .unwrap_or_default(),
+                );
                 changed = true;
             } else if !expand_all {
                 out.push(token.to_owned());
@@ -488,7 +595,11 @@ impl Applier<'_> {
     /// The table context of an element key prefix such as `service/imap/unix_listener/x`.
     fn ctx_of(&self, prefix: &str) -> String {
         let mut ctx = String::new();
-        let segs: Vec<&str> = if prefix.is_empty() { Vec::new() } else { prefix.split('/').collect() };
+        let segs: Vec<&str> = if prefix.is_empty() {
+            Vec::new()
+        } else {
+            prefix.split('/').collect()
+        };
         let mut i = 0;
         while i < segs.len() {
             if self.table.list(&ctx, segs[i]).is_some() {
@@ -506,7 +617,11 @@ mod tests {
     use super::*;
 
     fn store(text: &str) -> Store {
-        apply(&parse_str("t.conf", text, Limits::default()), ApplyOptions::default(), None)
+        apply(
+            &parse_str("t.conf", text, Limits::default()),
+            ApplyOptions::default(),
+            None,
+        )
     }
 
     #[test]
@@ -514,17 +629,25 @@ mod tests {
         let s = store("service imap {\n unix_listener login/imap {\n mode = 666\n }\n}\nplugin {\n quota = x\n}\n");
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         let v = &s.filters[0].values;
-        assert_eq!(v["service/imap/unix_listener/login\\simap/mode"].value, "01232");
+        assert_eq!(
+            v["service/imap/unix_listener/login\\simap/mode"].value,
+            "01232"
+        );
         assert_eq!(v["plugin/quota"].value, "x");
     }
 
     #[test]
     fn unknown_settings_name_their_section() {
-        let s = store("service imap {\n unix_listener x {\n foo = 1\n }\n bar y {\n }\n}\nbaz = 1\n");
+        let s =
+            store("service imap {\n unix_listener x {\n foo = 1\n }\n bar y {\n }\n}\nbaz = 1\n");
         let msgs: Vec<String> = s.errors.iter().map(|e| e.message.clone()).collect();
         assert_eq!(
             msgs,
-            vec!["Unknown setting: service { unix_listener { foo", "Unknown setting: service { bar { bar", "Unknown setting: baz"]
+            vec![
+                "Unknown setting: service { unix_listener { foo",
+                "Unknown setting: service { bar { bar",
+                "Unknown setting: baz"
+            ]
         );
     }
 
@@ -532,7 +655,10 @@ mod tests {
     fn self_reference_extends_lists() {
         let s = store("mail_plugins = $mail_plugins quota\nprotocol imap {\n mail_plugins = $mail_plugins imap_quota\n}\n");
         assert_eq!(s.filters[0].values["mail_plugins"].value, " quota");
-        assert_eq!(s.filters[1].values["mail_plugins"].value, " quota imap_quota");
+        assert_eq!(
+            s.filters[1].values["mail_plugins"].value,
+            " quota imap_quota"
+        );
     }
 
     #[test]
@@ -543,7 +669,17 @@ mod tests {
             "protocol { local { .. } } not allowed (use local { protocol { .. } } instead)"
         );
         assert_eq!(s.errors.len(), 1);
-        assert_eq!(s.filters.last().unwrap().filter.local.as_ref().unwrap().to_string(), "10.1.0.0/16");
+        assert_eq!(
+            s.filters
+                .last()
+                .unwrap()
+                .filter
+                .local
+                .as_ref()
+                .unwrap()
+                .to_string(),
+            "10.1.0.0/16"
+        );
     }
 
     #[test]
@@ -553,11 +689,24 @@ mod tests {
             "service imap {\n unix_listener imap-master-%{pid} {\n }\n fifo_listener f-%{pid} {\n }\n unix_listener a-%{pid}-%{pid} {\n }\n process_limit_margin = 2\n}\n",
             Limits::default(),
         );
-        let s = apply(&tree, ApplyOptions { foreman: true, ..Default::default() }, None);
+        let s = apply(
+            &tree,
+            ApplyOptions {
+                foreman: true,
+                ..Default::default()
+            },
+            None,
+        );
         assert_eq!(s.errors.len(), 2, "{:?}", s.errors);
-        assert_eq!(s.filters[0].values["service/imap/process_limit_margin"].value, "2");
+        assert_eq!(
+            s.filters[0].values["service/imap/process_limit_margin"].value,
+            "2"
+        );
         let stock = apply(&tree, ApplyOptions::default(), None);
         assert_eq!(stock.errors.len(), 1);
-        assert_eq!(stock.errors[0].message, "Unknown setting: service { process_limit_margin");
+        assert_eq!(
+            stock.errors[0].message,
+            "Unknown setting: service { process_limit_margin"
+        );
     }
 }

@@ -9,7 +9,15 @@ use super::apply::{Assigned, Store};
 use super::model::{MasterSettings, ServiceType};
 
 /// Services built with "process_limit must be 1" (measured with doveconf).
-const PROCESS_LIMIT_1: &[&str] = &["anvil", "auth", "director", "indexer", "ipc", "log", "old-stats"];
+const PROCESS_LIMIT_1: &[&str] = &[
+    "anvil",
+    "auth",
+    "director",
+    "indexer",
+    "ipc",
+    "log",
+    "old-stats",
+];
 
 /// Section checks that also fill in values (they then show in `-n` like doveconf's).
 pub fn sections(store: &mut Store) -> Vec<String> {
@@ -21,14 +29,21 @@ pub fn sections(store: &mut Store) -> Vec<String> {
                 global
                     .values
                     .entry(format!("namespace/{id}/{field}"))
-                    .or_insert(Assigned { value: String::new(), pos: None });
+                    .or_insert(Assigned {
+                        value: String::new(),
+                        pos: None,
+                    });
             }
         }
     }
     for db in ["passdb", "userdb"] {
         if let Some(list) = global.lists.get(db) {
             for id in &list.ids {
-                if global.values.get(&format!("{db}/{id}/driver")).is_none_or(|a| a.value.is_empty()) {
+                if global
+                    .values
+                    .get(&format!("{db}/{id}/driver"))
+                    .is_none_or(|a| a.value.is_empty())
+                {
                     errors.push(format!("{db} is missing driver"));
                 }
             }
@@ -39,6 +54,94 @@ pub fn sections(store: &mut Store) -> Vec<String> {
 
 fn user_exists(name: &str) -> bool {
     nix::unistd::User::from_name(name).ok().flatten().is_some()
+}
+
+/// The order in which stock 2.3.19.1 lists its built-in services (the `SERVICE=` export order,
+/// master-interface.md §3.2); messages that list several services use it.
+const STOCK_SERVICE_ORDER: &[&str] = &[
+    "tcpwrap",
+    "health-check",
+    "submission",
+    "submission-login",
+    "stats",
+    "replicator",
+    "aggregator",
+    "pop3",
+    "pop3-login",
+    "old-stats",
+    "log",
+    "lmtp",
+    "ipc",
+    "indexer-worker",
+    "indexer",
+    "imap",
+    "imap-urlauth-worker",
+    "imap-urlauth",
+    "imap-urlauth-login",
+    "imap-login",
+    "imap-hibernate",
+    "doveadm",
+    "dns-client",
+    "director",
+    "dict",
+    "dict-async",
+    "config",
+    "auth",
+    "auth-worker",
+    "anvil",
+];
+
+/// Services in stock listing order (unknown names after the built-in ones, by name).
+pub fn stock_order(m: &MasterSettings) -> Vec<&super::model::Service> {
+    let mut v: Vec<_> = m.services.iter().collect();
+    v.sort_by_key(|s| {
+        STOCK_SERVICE_ORDER
+            .iter()
+            .position(|n| *n == s.name)
+            .unwrap_or(usize::MAX)
+    });
+    v
+}
+
+/// Warnings doveconf prints after a successful check.
+pub fn master_warnings(m: &MasterSettings) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let counted: Vec<_> = stock_order(m)
+        .into_iter()
+        .filter(|s| s.in_use(m))
+        .filter(|s| {
+            s.service_type == ServiceType::Login || (s.protocol == s.name && s.service_count != 1)
+        })
+        .collect();
+    let needed: u64 = counted
+        .iter()
+        .map(|s| u64::from(s.effective_process_limit(m)))
+        .sum();
+    if let Some(auth) = m.service("auth").filter(|a| a.in_use(m)) {
+        let limit = if auth.client_limit == 0 {
+            m.default_client_limit
+        } else {
+            auth.client_limit
+        };
+        if u64::from(limit) < needed {
+            let list: Vec<String> = counted
+                .iter()
+                .map(|s| {
+                    format!(
+                        "service {} {{ process_limit={} }}",
+                        s.name,
+                        s.effective_process_limit(m)
+                    )
+                })
+                .collect();
+            warnings.push(format!(
+                "service auth {{ client_limit={limit} }} is lower than required under max. load ({needed}). \
+                 Counted for protocol services with service_count != 1: {}",
+                list.join(" + ")
+            ));
+        }
+    }
+    warnings
 }
 
 /// The master's checks; `foreman` adds the checks of Foreman's own settings.
@@ -54,10 +157,16 @@ pub fn master(m: &MasterSettings, foreman: bool) -> Vec<String> {
         errors.push("listen can't be set empty".to_owned());
     }
     if !user_exists(&m.default_login_user) {
-        errors.push(format!("default_login_user doesn't exist: {}", m.default_login_user));
+        errors.push(format!(
+            "default_login_user doesn't exist: {}",
+            m.default_login_user
+        ));
     }
     if !user_exists(&m.default_internal_user) {
-        errors.push(format!("default_internal_user doesn't exist: {}", m.default_internal_user));
+        errors.push(format!(
+            "default_internal_user doesn't exist: {}",
+            m.default_internal_user
+        ));
     }
     for p in &m.protocols {
         if !m.services.iter().any(|s| s.protocol == *p) {
@@ -83,11 +192,15 @@ pub fn master(m: &MasterSettings, foreman: bool) -> Vec<String> {
             errors.push(format!("service({name}): process_limit must be 1"));
         }
         if s.drop_priv_before_exec && !s.chroot.is_empty() {
-            errors.push(format!("service({name}): drop_priv_before_exec=yes can't be used with chroot"));
+            errors.push(format!(
+                "service({name}): drop_priv_before_exec=yes can't be used with chroot"
+            ));
         }
         let limit = s.effective_process_limit(m);
         if s.process_min_avail > limit {
-            errors.push(format!("service({name}): process_min_avail is higher than process_limit"));
+            errors.push(format!(
+                "service({name}): process_min_avail is higher than process_limit"
+            ));
         }
         if let Some(vsz) = s.effective_vsz_limit(m) {
             if vsz < 1 << 20 {
@@ -103,7 +216,9 @@ pub fn master(m: &MasterSettings, foreman: bool) -> Vec<String> {
         for l in s.unix_listeners.iter().chain(&s.fifo_listeners) {
             let path = l.path.to_string();
             if path.is_empty() {
-                errors.push(format!("service({name}): unix_listener: path must not be empty"));
+                errors.push(format!(
+                    "service({name}): unix_listener: path must not be empty"
+                ));
             } else if l.mode != 0 && !seen.insert(path.clone()) {
                 errors.push(format!("duplicate listener: {path}"));
             }

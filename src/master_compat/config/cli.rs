@@ -41,18 +41,32 @@ pub struct ConfigArgs {
 /// Runs `foreman config`; returns the exit status.
 pub fn run(args: &ConfigArgs) -> u8 {
     let opts = LoadOptions {
-        mode: if args.expand { Mode::Expand } else { Mode::Literal },
+        mode: if args.expand {
+            Mode::Expand
+        } else {
+            Mode::Literal
+        },
         foreman: !args.stock,
         ..Default::default()
     };
     let loaded = load(&args.config, opts);
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stdout, "# Foreman {} (Dovecot 2.3.19.1 syntax): {}", env!("CARGO_PKG_VERSION"), args.config);
+    let _ = writeln!(
+        stdout,
+        "# Foreman {} (Dovecot 2.3.19.1 syntax): {}",
+        env!("CARGO_PKG_VERSION"),
+        args.config
+    );
     for w in &loaded.warnings {
         let _ = writeln!(stderr, "foreman: Warning: {w}");
     }
-    let (check, fatal): (Vec<_>, Vec<_>) = loaded.errors.iter().partition(|e| e.check);
+    // Line errors stop doveconf before it prints anything; whole-file errors (a missing `}`,
+    // settings checks) come after the configuration is printed.
+    let (check, fatal): (Vec<_>, Vec<_>) = loaded
+        .errors
+        .iter()
+        .partition(|e| matches!(e.place, super::error::Place::File(_)));
     if !fatal.is_empty() {
         let shown = if args.all_errors { fatal.len() } else { 1 };
         for e in fatal.iter().take(shown) {
@@ -60,7 +74,11 @@ pub fn run(args: &ConfigArgs) -> u8 {
         }
         return EXIT_CONFIG;
     }
-    let scope = if args.changed { Scope::Changed } else { Scope::All };
+    let scope = if args.changed {
+        Scope::Changed
+    } else {
+        Scope::All
+    };
     let _ = stdout.write_all(dump(&loaded, scope, args.show_secrets).as_bytes());
     if let Some(path) = &args.render_stock {
         if let Err(e) = std::fs::write(path, super::render::stock_copy(&loaded.tree.root)) {
@@ -71,7 +89,9 @@ pub fn run(args: &ConfigArgs) -> u8 {
     if !check.is_empty() {
         let shown = if args.all_errors { check.len() } else { 1 };
         for e in check.iter().take(shown) {
-            let _ = writeln!(stderr, "foreman: Error: {}", e.message);
+            if e.check {
+                let _ = writeln!(stderr, "foreman: Error: {}", e.message);
+            }
             let _ = writeln!(stderr, "foreman: Fatal: {e}");
         }
         return EXIT_CONFIG;

@@ -49,7 +49,10 @@ pub fn split_key(key: &str) -> (Vec<Header>, String) {
 
 /// Whether a value is a secret doveconf hides without `-P`.
 fn is_secret(key: &str) -> bool {
-    key.ends_with("_password") || key.ends_with("_key") || key.ends_with("_nonce") || key.starts_with("ssl_dh")
+    key.ends_with("_password")
+        || key.ends_with("_key")
+        || key.ends_with("_nonce")
+        || key.starts_with("ssl_dh")
 }
 
 /// A value as printed: quoted when it holds `#` or has outer whitespace.
@@ -74,24 +77,41 @@ pub fn format_value(key: &str, value: &str, show_secrets: bool) -> String {
     out
 }
 
-fn header_line(word: &str, id: Option<&str>, list_key: &str, lists: &BTreeMap<String, ListInfo>) -> String {
-    let Some(id) = id else { return format!("{word} {{") };
+fn header_line(
+    word: &str,
+    id: Option<&str>,
+    list_key: &str,
+    lists: &BTreeMap<String, ListInfo>,
+) -> String {
+    let Some(id) = id else {
+        return format!("{word} {{");
+    };
     let unnamed = lists.get(list_key).is_some_and(|l| l.unnamed.contains(id));
-    let anonymous = Table::get().list(&lists.get(list_key).map(|l| parent_ctx(&l.ctx)).unwrap_or_default(), word)
-        == Some(ListKind::Anonymous);
+    let anonymous = Table::get().list(
+        &lists
+            .get(list_key)
+            .map(|l| parent_ctx(&l.ctx))
+            .unwrap_or_default(),
+        word,
+    ) == Some(ListKind::Anonymous);
     if unnamed || anonymous {
         return format!("{word} {{");
     }
     let name = unescape_name(id);
     if name.contains(' ') {
-        format!("{word} \"{}\" {{", name.replace('\\', "\\\\").replace('"', "\\\""))
+        format!(
+            "{word} \"{}\" {{",
+            name.replace('\\', "\\\\").replace('"', "\\\"")
+        )
     } else {
         format!("{word} {name} {{")
     }
 }
 
 fn parent_ctx(ctx: &str) -> String {
-    ctx.rsplit_once('/').map(|(p, _)| p.to_owned()).unwrap_or_default()
+    ctx.rsplit_once('/')
+        .map(|(p, _)| p.to_owned())
+        .unwrap_or_default()
 }
 
 /// Prints sorted flat entries as nested blocks at `indent` levels.
@@ -106,7 +126,11 @@ fn print_entries<'a>(
     let pad = |n: usize| "  ".repeat(n);
     for (key, value) in entries {
         let (headers, leaf) = split_key(key);
-        let common = open.iter().zip(&headers).take_while(|(a, b)| a == b).count();
+        let common = open
+            .iter()
+            .zip(&headers)
+            .take_while(|(a, b)| a == b)
+            .count();
         while open.len() > common {
             open.pop();
             let _ = writeln!(out, "{}}}", pad(indent + open.len()));
@@ -121,7 +145,12 @@ fn print_entries<'a>(
             let _ = writeln!(out, "{}{line}", pad(indent + open.len()));
             open.push(h.clone());
         }
-        let _ = writeln!(out, "{}{leaf} = {}", pad(indent + open.len()), format_value(&leaf, value, show_secrets));
+        let _ = writeln!(
+            out,
+            "{}{leaf} = {}",
+            pad(indent + open.len()),
+            format_value(&leaf, value, show_secrets)
+        );
     }
     while !open.is_empty() {
         open.pop();
@@ -166,11 +195,18 @@ pub fn dump(loaded: &Loaded, scope: Scope, show_secrets: bool) -> String {
                 // Foreman-only settings appear only when set.
                 !is_foreman_default(k, v, global)
             });
-            print_entries(&mut out, entries.map(|(k, v)| (k.as_str(), v.as_str())), 0, &loaded.merged_lists, show_secrets);
+            print_entries(
+                &mut out,
+                entries.map(|(k, v)| (k.as_str(), v.as_str())),
+                0,
+                &loaded.merged_lists,
+                show_secrets,
+            );
         }
         Scope::Changed => {
             let entries = global.values.iter().filter(|(k, a)| {
-                k.contains('/') || loaded.defaults.get(k.as_str()).map(String::as_str) != Some(a.value.as_str())
+                k.contains('/')
+                    || loaded.defaults.get(k.as_str()).map(String::as_str) != Some(a.value.as_str())
             });
             print_entries(
                 &mut out,
@@ -194,7 +230,10 @@ pub fn dump(loaded: &Loaded, scope: Scope, show_secrets: bool) -> String {
         }
         print_entries(
             &mut out,
-            block.values.iter().map(|(k, a)| (k.as_str(), a.value.as_str())),
+            block
+                .values
+                .iter()
+                .map(|(k, a)| (k.as_str(), a.value.as_str())),
             headers.len(),
             &block.lists,
             show_secrets,
@@ -212,7 +251,10 @@ fn is_foreman_default(key: &str, _value: &str, global: &super::apply::FilterBloc
     for (w, _) in &headers {
         ctx = child_context(&ctx, w);
     }
-    Table::get().setting(&ctx, &leaf).is_some_and(|s| s.foreman_only) && !global.values.contains_key(key)
+    Table::get()
+        .setting(&ctx, &leaf)
+        .is_some_and(|s| s.foreman_only)
+        && !global.values.contains_key(key)
 }
 
 #[cfg(test)]
@@ -223,7 +265,10 @@ mod tests {
     fn split_keys() {
         let (h, leaf) = split_key("service/imap/unix_listener/login\\simap/mode");
         assert_eq!(h.len(), 2);
-        assert_eq!(h[1], ("unix_listener".to_owned(), Some("login\\simap".to_owned())));
+        assert_eq!(
+            h[1],
+            ("unix_listener".to_owned(), Some("login\\simap".to_owned()))
+        );
         assert_eq!(leaf, "mode");
         let (h, leaf) = split_key("plugin/quota_rule");
         assert_eq!((h.len(), leaf.as_str()), (1, "quota_rule"));
@@ -235,7 +280,10 @@ mod tests {
         assert_eq!(format_value("x", " quota", false), "\" quota\"");
         assert_eq!(format_value("x", "x#y", false), "\"x#y\"");
         assert_eq!(format_value("x", "a\"b", false), "a\"b");
-        assert_eq!(format_value("ssl_key", "</k", false), "# hidden, use -P to show it");
+        assert_eq!(
+            format_value("ssl_key", "</k", false),
+            "# hidden, use -P to show it"
+        );
         assert_eq!(format_value("ssl_key", "", false), "");
         assert_eq!(format_value("ssl_key", "</k", true), "</k");
     }

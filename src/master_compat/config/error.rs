@@ -28,16 +28,32 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn at(pos: &Pos, message: impl Into<String>) -> Self {
-        ConfigError { place: Place::Line(pos.clone()), message: message.into(), check: false }
+        ConfigError {
+            place: Place::Line(pos.clone()),
+            message: message.into(),
+            check: false,
+        }
     }
     pub fn in_file(file: &str, message: impl Into<String>) -> Self {
-        ConfigError { place: Place::File(file.to_owned()), message: message.into(), check: false }
+        ConfigError {
+            place: Place::File(file.to_owned()),
+            message: message.into(),
+            check: false,
+        }
     }
     pub fn check(file: &str, message: impl Into<String>) -> Self {
-        ConfigError { place: Place::File(file.to_owned()), message: message.into(), check: true }
+        ConfigError {
+            place: Place::File(file.to_owned()),
+            message: message.into(),
+            check: true,
+        }
     }
     pub fn fatal(message: impl Into<String>) -> Self {
-        ConfigError { place: Place::None, message: message.into(), check: false }
+        ConfigError {
+            place: Place::None,
+            message: message.into(),
+            check: false,
+        }
     }
 }
 
@@ -45,7 +61,11 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.place {
             Place::Line(pos) => {
-                write!(f, "Error in configuration file {} line {}: {}", pos.file, pos.line, self.message)
+                write!(
+                    f,
+                    "Error in configuration file {} line {}: {}",
+                    pos.file, pos.line, self.message
+                )
             }
             Place::File(file) => write!(f, "Error in configuration file {file}: {}", self.message),
             Place::None => f.write_str(&self.message),
@@ -61,7 +81,14 @@ pub struct Warning {
 
 impl Warning {
     pub fn at(pos: &Pos, message: impl Into<String>) -> Self {
-        Warning { text: format!("Configuration file {} line {}: {}", pos.file, pos.line, message.into()) }
+        Warning {
+            text: format!(
+                "Configuration file {} line {}: {}",
+                pos.file,
+                pos.line,
+                message.into()
+            ),
+        }
     }
     pub fn plain(text: impl Into<String>) -> Self {
         Warning { text: text.into() }

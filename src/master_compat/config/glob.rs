@@ -6,7 +6,9 @@ use std::path::Path;
 /// Expands `{a,b}` alternatives (nested allowed), left to right.
 pub fn expand_braces(pattern: &str) -> Vec<String> {
     let bytes = pattern.as_bytes();
-    let Some(open) = bytes.iter().position(|&b| b == b'{') else { return vec![pattern.to_owned()] };
+    let Some(open) = bytes.iter().position(|&b| b == b'{') else {
+        return vec![pattern.to_owned()];
+    };
     let mut depth = 0;
     let mut commas = Vec::new();
     let mut close = None;
@@ -24,7 +26,9 @@ pub fn expand_braces(pattern: &str) -> Vec<String> {
             _ => {}
         }
     }
-    let Some(close) = close else { return vec![pattern.to_owned()] };
+    let Some(close) = close else {
+        return vec![pattern.to_owned()];
+    };
     let (head, tail) = (&pattern[..open], &pattern[close + 1..]);
     let mut bounds = vec![open];
     bounds.extend(commas);
@@ -57,7 +61,9 @@ fn matches(pat: &[u8], name: &[u8]) -> bool {
                 None => name.first() == Some(&b'[') && matches(&pat[1..], &name[1..]),
             }
         }
-        Some(b'\\') if pat.len() > 1 => name.first() == Some(&pat[1]) && matches(&pat[2..], &name[1..]),
+        Some(b'\\') if pat.len() > 1 => {
+            name.first() == Some(&pat[1]) && matches(&pat[2..], &name[1..])
+        }
         Some(p) => name.first() == Some(p) && matches(&pat[1..], &name[1..]),
     }
 }
@@ -94,24 +100,40 @@ fn has_wildcard(s: &str) -> bool {
 /// All existing paths matching `pattern` (no braces), sorted.
 fn glob_one(pattern: &str) -> Vec<String> {
     let absolute = pattern.starts_with('/');
-    let mut current: Vec<String> = vec![if absolute { "/".to_owned() } else { String::new() }];
+    let mut current: Vec<String> = vec![if absolute {
+        "/".to_owned()
+    } else {
+        String::new()
+    }];
     let parts: Vec<&str> = pattern.split('/').filter(|p| !p.is_empty()).collect();
     for (idx, part) in parts.iter().enumerate() {
         let last = idx + 1 == parts.len();
         let mut next = Vec::new();
         for base in &current {
-            let join = |name: &str| if base.is_empty() || base.ends_with('/') { format!("{base}{name}") } else { format!("{base}/{name}") };
+            let join = |name: &str| {
+                if base.is_empty() || base.ends_with('/') {
+                    format!("{base}{name}")
+                } else {
+                    format!("{base}/{name}")
+                }
+            };
             if !has_wildcard(part) {
                 let unescaped = part.replace('\\', "");
                 let p = join(&unescaped);
-                let exists = if last { Path::new(&p).symlink_metadata().is_ok() } else { Path::new(&p).is_dir() };
+                let exists = if last {
+                    Path::new(&p).symlink_metadata().is_ok()
+                } else {
+                    Path::new(&p).is_dir()
+                };
                 if exists {
                     next.push(p);
                 }
                 continue;
             }
             let dir = if base.is_empty() { "." } else { base.as_str() };
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
             let mut names: Vec<String> = entries
                 .filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().into_string().ok())
@@ -136,7 +158,10 @@ fn glob_one(pattern: &str) -> Vec<String> {
 
 /// Expands an include pattern into the existing paths, in include order.
 pub fn glob(pattern: &str) -> Vec<String> {
-    expand_braces(pattern).iter().flat_map(|p| glob_one(p)).collect()
+    expand_braces(pattern)
+        .iter()
+        .flat_map(|p| glob_one(p))
+        .collect()
 }
 
 #[cfg(test)]

@@ -86,7 +86,11 @@ pub fn logical_lines(text: &str) -> Vec<Line> {
         if acc.is_empty() {
             continue;
         }
-        out.push(Line { number, text: acc, warnings });
+        out.push(Line {
+            number,
+            text: acc,
+            warnings,
+        });
     }
     out
 }
@@ -97,7 +101,11 @@ pub enum Statement {
     /// `key = value`; `value` is the text after `=`, trimmed, quotes still on.
     Setting { key: String, value: String },
     /// `type [name] {`.
-    Open { kind: String, name: Option<String>, quoted: bool },
+    Open {
+        kind: String,
+        name: Option<String>,
+        quoted: bool,
+    },
     /// `}`.
     Close,
     /// `!include PATTERN` / `!include_try PATTERN`.
@@ -128,7 +136,7 @@ fn quoted_name(i: &str) -> IResult<&str, String> {
 }
 
 fn bare_name(i: &str) -> IResult<&str, String> {
-    map(take_till1(|c| is_blank(c) || c == '{'), str::to_owned)(i)
+    map(take_till1(is_blank), str::to_owned)(i)
 }
 
 /// `{` followed by nothing.
@@ -154,23 +162,40 @@ pub fn statement(line: &str) -> Result<Statement, SyntaxError> {
         if key.is_empty() {
             return Err("Missing key name ('=' at the beginning of line)");
         }
-        return Ok(Statement::Setting { key: key.to_owned(), value: value.to_owned() });
+        return Ok(Statement::Setting {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        });
     }
     if after_key.starts_with('{') {
         open_brace(after_key)?;
-        return Ok(Statement::Open { kind: key.to_owned(), name: None, quoted: false });
+        return Ok(Statement::Open {
+            kind: key.to_owned(),
+            name: None,
+            quoted: false,
+        });
     }
     let quoted = after_key.starts_with('"');
     let parsed: IResult<&str, String> = alt((quoted_name, bare_name))(after_key);
     let (after_name, name) = parsed.map_err(|_| "Expecting '{'")?;
     open_brace(after_name.trim_start_matches(is_blank))?;
-    Ok(Statement::Open { kind: key.to_owned(), name: Some(name), quoted })
+    Ok(Statement::Open {
+        kind: key.to_owned(),
+        name: Some(name),
+        quoted,
+    })
 }
 
 fn include(i: &str) -> IResult<&str, Statement> {
-    let (i, optional) = alt((value(true, tag("!include_try")), value(false, tag("!include"))))(i)?;
+    let (i, optional) = alt((
+        value(true, tag("!include_try")),
+        value(false, tag("!include")),
+    ))(i)?;
     let (i, _) = alt((nom::character::complete::space1, nom::combinator::eof))(i)?;
-    all_consuming(map(rest, move |p: &str| Statement::Include { pattern: p.trim().to_owned(), optional }))(i)
+    all_consuming(map(rest, move |p: &str| Statement::Include {
+        pattern: p.trim().to_owned(),
+        optional,
+    }))(i)
 }
 
 /// A setting value after unquoting.
@@ -184,7 +209,10 @@ pub struct Value {
 /// Removes matching outer quotes and resolves backslash escapes (config-syntax.md §4.1).
 pub fn unquote(raw: &str) -> Value {
     let bytes = raw.as_bytes();
-    if bytes.len() >= 2 && (bytes[0] == b'"' || bytes[0] == b'\'') && bytes[bytes.len() - 1] == bytes[0] {
+    if bytes.len() >= 2
+        && (bytes[0] == b'"' || bytes[0] == b'\'')
+        && bytes[bytes.len() - 1] == bytes[0]
+    {
         let inner = &raw[1..raw.len() - 1];
         let mut text = String::with_capacity(inner.len());
         let mut chars = inner.chars();
@@ -199,7 +227,10 @@ pub fn unquote(raw: &str) -> Value {
         }
         Value { text, quoted: true }
     } else {
-        Value { text: raw.to_owned(), quoted: false }
+        Value {
+            text: raw.to_owned(),
+            quoted: false,
+        }
     }
 }
 
@@ -208,47 +239,87 @@ mod tests {
     use super::*;
 
     fn texts(src: &str) -> Vec<(u32, String)> {
-        logical_lines(src).into_iter().map(|l| (l.number, l.text)).collect()
+        logical_lines(src)
+            .into_iter()
+            .map(|l| (l.number, l.text))
+            .collect()
     }
 
     #[test]
     fn comments_and_quotes() {
         assert_eq!(texts("# c\n  a = b # c\n"), vec![(2, "a = b".to_owned())]);
-        assert_eq!(texts("a = \"x # y\"\n"), vec![(1, "a = \"x # y\"".to_owned())]);
+        assert_eq!(
+            texts("a = \"x # y\"\n"),
+            vec![(1, "a = \"x # y\"".to_owned())]
+        );
         let l = logical_lines("a = x@y#z\n");
         assert_eq!(l[0].text, "a = x@y");
         assert_eq!(l[0].warnings.len(), 1);
-        assert_eq!(texts("a = \"abc # def\n"), vec![(1, "a = \"abc # def".to_owned())]);
+        assert_eq!(
+            texts("a = \"abc # def\n"),
+            vec![(1, "a = \"abc # def".to_owned())]
+        );
     }
 
     #[test]
     fn continuation() {
         assert_eq!(texts("a = b \\\n   c\n"), vec![(2, "a = b c".to_owned())]);
         assert_eq!(texts("a = b \\\n\nc = d\n"), vec![(3, "c = d".to_owned())]);
-        assert_eq!(texts("a = b \\\n# x\nc = d\n"), vec![(3, "c = d".to_owned())]);
+        assert_eq!(
+            texts("a = b \\\n# x\nc = d\n"),
+            vec![(3, "c = d".to_owned())]
+        );
     }
 
     #[test]
     fn statements() {
-        let set = |k: &str, v: &str| Ok(Statement::Setting { key: k.into(), value: v.into() });
+        let set = |k: &str, v: &str| {
+            Ok(Statement::Setting {
+                key: k.into(),
+                value: v.into(),
+            })
+        };
         assert_eq!(statement("a=b"), set("a", "b"));
         assert_eq!(statement("a =  b c"), set("a", "b c"));
         assert_eq!(statement("a ="), set("a", ""));
-        assert_eq!(statement("= x"), Err("Missing key name ('=' at the beginning of line)"));
+        assert_eq!(
+            statement("= x"),
+            Err("Missing key name ('=' at the beginning of line)")
+        );
         assert_eq!(statement("}"), Ok(Statement::Close));
         assert_eq!(statement("} x"), Err("Expecting '{'"));
         assert_eq!(statement("a b c"), Err("Expecting '{'"));
         assert_eq!(statement("service imap {x"), Err("Garbage after '{'"));
         assert_eq!(
             statement("mailbox \"Sent \\\"M\" {"),
-            Ok(Statement::Open { kind: "mailbox".into(), name: Some("Sent \"M".into()), quoted: true })
+            Ok(Statement::Open {
+                kind: "mailbox".into(),
+                name: Some("Sent \"M".into()),
+                quoted: true
+            })
         );
-        assert_eq!(statement("passdb {"), Ok(Statement::Open { kind: "passdb".into(), name: None, quoted: false }));
+        assert_eq!(
+            statement("passdb {"),
+            Ok(Statement::Open {
+                kind: "passdb".into(),
+                name: None,
+                quoted: false
+            })
+        );
         assert_eq!(
             statement("!include_try a/*.conf"),
-            Ok(Statement::Include { pattern: "a/*.conf".into(), optional: true })
+            Ok(Statement::Include {
+                pattern: "a/*.conf".into(),
+                optional: true
+            })
         );
-        assert_eq!(statement("!include"), Ok(Statement::Include { pattern: String::new(), optional: false }));
+        assert_eq!(
+            statement("!include"),
+            Ok(Statement::Include {
+                pattern: String::new(),
+                optional: false
+            })
+        );
     }
 
     #[test]

@@ -29,7 +29,10 @@ impl ListenerPath {
     /// Splits at the (single, already validated) `%{pid}` token.
     pub fn new(path: &str) -> ListenerPath {
         match path.split_once(PID_TOKEN) {
-            Some((prefix, suffix)) => ListenerPath::PerProcess { prefix: prefix.to_owned(), suffix: suffix.to_owned() },
+            Some((prefix, suffix)) => ListenerPath::PerProcess {
+                prefix: prefix.to_owned(),
+                suffix: suffix.to_owned(),
+            },
             None => ListenerPath::Shared(path.to_owned()),
         }
     }
@@ -100,8 +103,17 @@ mod tests {
         assert_eq!(ListenerPath::new("%{pid}.ctl").child_name(), "ctl");
         assert_eq!(ListenerPath::new("sub/x_%{pid}").child_name(), "x");
         assert_eq!(ListenerPath::new("a%{pid}b").child_name(), "ab");
-        assert_eq!(ListenerPath::new("d-%{pid}/imap-master").child_name(), "imap-master");
-        assert_eq!(ListenerPath::new("d-%{pid}/imap-master").for_pid(7), "d-7/imap-master");
-        assert_eq!(ListenerPath::new("imap-master-%{pid}").to_string(), "imap-master-%{pid}");
+        assert_eq!(
+            ListenerPath::new("d-%{pid}/imap-master").child_name(),
+            "imap-master"
+        );
+        assert_eq!(
+            ListenerPath::new("d-%{pid}/imap-master").for_pid(7),
+            "d-7/imap-master"
+        );
+        assert_eq!(
+            ListenerPath::new("imap-master-%{pid}").to_string(),
+            "imap-master-%{pid}"
+        );
     }
 }

@@ -78,12 +78,20 @@ struct StockDefaults {
 fn stock_defaults() -> &'static StockDefaults {
     static DEFAULTS: OnceLock<StockDefaults> = OnceLock::new();
     DEFAULTS.get_or_init(|| {
-        let tree = raw::parse_str("stock-defaults.conf", table::STOCK_DEFAULTS_CONF, Limits::default());
+        let tree = raw::parse_str(
+            "stock-defaults.conf",
+            table::STOCK_DEFAULTS_CONF,
+            Limits::default(),
+        );
         let store = apply::apply(&tree, ApplyOptions::default(), None);
         debug_assert!(store.errors.is_empty(), "{:?}", store.errors);
         let global = store.filters.into_iter().next().unwrap_or_default();
         StockDefaults {
-            values: global.values.into_iter().map(|(k, a)| (k, a.value)).collect(),
+            values: global
+                .values
+                .into_iter()
+                .map(|(k, a)| (k, a.value))
+                .collect(),
             lists: global.lists,
         }
     })
@@ -103,7 +111,14 @@ pub fn load_str(name: &str, text: &str, opts: LoadOptions) -> Loaded {
 
 fn finish(path: &str, tree: RawTree, opts: LoadOptions) -> Loaded {
     let defaults = stock_defaults();
-    let mut store = apply::apply(&tree, ApplyOptions { mode: opts.mode, foreman: opts.foreman }, Some(&defaults.values));
+    let mut store = apply::apply(
+        &tree,
+        ApplyOptions {
+            mode: opts.mode,
+            foreman: opts.foreman,
+        },
+        Some(&defaults.values),
+    );
     let mut errors: Vec<ConfigError> = std::mem::take(&mut store.errors);
     errors.extend(tree.errors.iter().cloned());
     let mut warnings = tree.warnings.clone();
@@ -122,8 +137,19 @@ fn finish(path: &str, tree: RawTree, opts: LoadOptions) -> Loaded {
     };
     if loaded.errors.is_empty() {
         let master = loaded.master_settings();
-        let checks = check::master(&master, opts.foreman).into_iter().chain(section_errors);
-        loaded.errors.extend(checks.map(|m| ConfigError::check(path, m)));
+        let checks = check::master(&master, opts.foreman)
+            .into_iter()
+            .chain(section_errors);
+        loaded
+            .errors
+            .extend(checks.map(|m| ConfigError::check(path, m)));
+        if loaded.errors.is_empty() {
+            loaded.warnings.extend(
+                check::master_warnings(&master)
+                    .into_iter()
+                    .map(Warning::plain),
+            );
+        }
     }
     loaded
 }
@@ -138,7 +164,10 @@ fn merge(
     let mut lists = default_lists.clone();
     let global = &store.filters[0];
     for (list_key, info) in &global.lists {
-        let merged = lists.entry(list_key.clone()).or_insert_with(|| ListInfo { ctx: info.ctx.clone(), ..Default::default() });
+        let merged = lists.entry(list_key.clone()).or_insert_with(|| ListInfo {
+            ctx: info.ctx.clone(),
+            ..Default::default()
+        });
         for id in &info.ids {
             if merged.ids.contains(id) {
                 continue;
@@ -152,7 +181,9 @@ fn merge(
             }
             for (key, setting) in table.settings(&info.ctx) {
                 if !setting.foreman_only {
-                    values.entry(format!("{list_key}/{id}/{key}")).or_insert_with(|| setting.default.clone());
+                    values
+                        .entry(format!("{list_key}/{id}/{key}"))
+                        .or_insert_with(|| setting.default.clone());
                 }
             }
         }
@@ -164,7 +195,9 @@ fn merge(
 }
 
 fn parent(ctx: &str) -> String {
-    ctx.rsplit_once('/').map(|(p, _)| p.to_owned()).unwrap_or_default()
+    ctx.rsplit_once('/')
+        .map(|(p, _)| p.to_owned())
+        .unwrap_or_default()
 }
 
 fn last(ctx: &str) -> &str {
@@ -174,7 +207,11 @@ fn last(ctx: &str) -> &str {
 impl Loaded {
     /// The typed settings of the master (meaningful when [`Loaded::errors`] is empty).
     pub fn master_settings(&self) -> MasterSettings {
-        model::View { values: &self.merged, lists: &self.merged_lists }.master_settings()
+        model::View {
+            values: &self.merged,
+            lists: &self.merged_lists,
+        }
+        .master_settings()
     }
 
     /// The settings, or every error.

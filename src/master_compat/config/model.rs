@@ -147,7 +147,11 @@ impl Service {
 
     /// `client_limit` with 0 resolved, clamped to a non-zero `service_count`.
     pub fn effective_client_limit(&self, m: &MasterSettings) -> u32 {
-        let limit = if self.client_limit == 0 { m.default_client_limit } else { self.client_limit };
+        let limit = if self.client_limit == 0 {
+            m.default_client_limit
+        } else {
+            self.client_limit
+        };
         if self.service_count != 0 && self.service_count < limit {
             self.service_count
         } else {
@@ -166,7 +170,11 @@ impl Service {
 
     /// vsz limit in bytes (`None` = unlimited).
     pub fn effective_vsz_limit(&self, m: &MasterSettings) -> Option<u64> {
-        match if self.vsz_limit == VSZ_UNSET { m.default_vsz_limit } else { self.vsz_limit } {
+        match if self.vsz_limit == VSZ_UNSET {
+            m.default_vsz_limit
+        } else {
+            self.vsz_limit
+        } {
             0 => None,
             n => Some(n),
         }
@@ -174,12 +182,14 @@ impl Service {
 
     /// The service runs: it has an executable and its protocol (if any) is enabled.
     pub fn in_use(&self, m: &MasterSettings) -> bool {
-        !self.executable.is_empty() && (self.protocol.is_empty() || m.protocols.iter().any(|p| *p == self.protocol))
+        !self.executable.is_empty()
+            && (self.protocol.is_empty() || m.protocols.iter().any(|p| *p == self.protocol))
     }
 
     /// The process count at which the master starts evicting idle processes.
     pub fn eviction_threshold(&self, m: &MasterSettings) -> u32 {
-        self.effective_process_limit(m).saturating_sub(self.process_limit_margin)
+        self.effective_process_limit(m)
+            .saturating_sub(self.process_limit_margin)
     }
 }
 
@@ -194,19 +204,31 @@ impl View<'_> {
         self.values.get(key).cloned().unwrap_or_default()
     }
     fn u(&self, key: &str) -> u32 {
-        self.values.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+        self.values
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
     fn b(&self, key: &str) -> bool {
         self.values.get(key).is_some_and(|v| v == "yes")
     }
     fn secs(&self, key: &str) -> u64 {
-        self.values.get(key).and_then(|v| parse_time(v, true).ok()).map_or(0, |ms| ms / 1000)
+        self.values
+            .get(key)
+            .and_then(|v| parse_time(v, true).ok())
+            .map_or(0, |ms| ms / 1000)
     }
     fn size(&self, key: &str) -> u64 {
-        self.values.get(key).and_then(|v| parse_size(v).ok()).unwrap_or(0)
+        self.values
+            .get(key)
+            .and_then(|v| parse_size(v).ok())
+            .unwrap_or(0)
     }
     fn ids(&self, list: &str) -> Vec<String> {
-        self.lists.get(list).map(|l| l.ids.clone()).unwrap_or_default()
+        self.lists
+            .get(list)
+            .map(|l| l.ids.clone())
+            .unwrap_or_default()
     }
 
     fn unix_listeners(&self, service: &str, kind: &str) -> Vec<UnixListener> {
@@ -217,7 +239,11 @@ impl View<'_> {
                 let p = format!("{list}/{id}/");
                 UnixListener {
                     path: ListenerPath::new(&unescape_name(&id)),
-                    mode: self.values.get(&format!("{p}mode")).and_then(|m| parse_octal(m).ok()).unwrap_or(0o600),
+                    mode: self
+                        .values
+                        .get(&format!("{p}mode"))
+                        .and_then(|m| parse_octal(m).ok())
+                        .unwrap_or(0o600),
                     user: self.s(&format!("{p}user")),
                     group: self.s(&format!("{p}group")),
                 }
@@ -244,7 +270,11 @@ impl View<'_> {
             client_limit: self.u(&format!("{p}client_limit")),
             service_count: self.u(&format!("{p}service_count")),
             idle_kill: self.secs(&format!("{p}idle_kill")),
-            vsz_limit: self.values.get(&format!("{p}vsz_limit")).and_then(|v| parse_size(v).ok()).unwrap_or(VSZ_UNSET),
+            vsz_limit: self
+                .values
+                .get(&format!("{p}vsz_limit"))
+                .and_then(|v| parse_size(v).ok())
+                .unwrap_or(VSZ_UNSET),
             process_limit_margin: self.u(&format!("{p}process_limit_margin")),
             unix_listeners: self.unix_listeners(id, "unix_listener"),
             fifo_listeners: self.unix_listeners(id, "fifo_listener"),
@@ -256,7 +286,11 @@ impl View<'_> {
                     InetListener {
                         name: unescape_name(&lid),
                         address: self.s(&format!("{lp}address")),
-                        port: self.values.get(&format!("{lp}port")).and_then(|v| v.parse().ok()).unwrap_or(0),
+                        port: self
+                            .values
+                            .get(&format!("{lp}port"))
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0),
                         ssl: self.b(&format!("{lp}ssl")),
                         reuse_port: self.b(&format!("{lp}reuse_port")),
                         haproxy: self.b(&format!("{lp}haproxy")),
@@ -269,13 +303,20 @@ impl View<'_> {
     /// Builds the typed model.
     pub fn master_settings(&self) -> MasterSettings {
         let words = |v: String| -> Vec<String> {
-            v.split([' ', ',', '\t']).filter(|w| !w.is_empty()).map(str::to_owned).collect()
+            v.split([' ', ',', '\t'])
+                .filter(|w| !w.is_empty())
+                .map(str::to_owned)
+                .collect()
         };
         let mut protocols = words(self.s("protocols"));
         if protocols == ["none"] {
             protocols.clear();
         }
-        let mut services: Vec<Service> = self.ids("service").iter().map(|id| self.service(id)).collect();
+        let mut services: Vec<Service> = self
+            .ids("service")
+            .iter()
+            .map(|id| self.service(id))
+            .collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
         MasterSettings {
             base_dir: self.s("base_dir"),

@@ -62,7 +62,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_include_depth: 20, max_file_bytes: 16 << 20, max_total_bytes: 64 << 20, max_section_depth: 64 }
+        Limits {
+            max_include_depth: 20,
+            max_file_bytes: 16 << 20,
+            max_total_bytes: 64 << 20,
+            max_section_depth: 64,
+        }
     }
 }
 
@@ -70,9 +75,19 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     /// `key = value` (value as written after `=`, quotes still on).
-    Setting { pos: Pos, key: String, value: String },
+    Setting {
+        pos: Pos,
+        key: String,
+        value: String,
+    },
     /// `kind [name] { children }`.
-    Section { pos: Pos, kind: String, name: Option<String>, quoted: bool, children: Vec<Node> },
+    Section {
+        pos: Pos,
+        kind: String,
+        name: Option<String>,
+        quoted: bool,
+        children: Vec<Node>,
+    },
     /// A line that could not be parsed, kept in place so errors come out in reading order.
     Error { pos: Pos, message: String },
 }
@@ -124,12 +139,16 @@ pub fn parse_file(path: &str, limits: Limits) -> RawTree {
     match read_limited(path, limits.max_file_bytes) {
         Ok(text) => {
             b.total_bytes = text.len() as u64;
-            b.chain.push(std::fs::canonicalize(path).unwrap_or_else(|_| path.into()));
+            b.chain
+                .push(std::fs::canonicalize(path).unwrap_or_else(|_| path.into()));
             b.out.files.push(path.to_owned());
             b.parse_text(Arc::from(path), &text, 0);
         }
         Err(e) => {
-            b.out.errors.push(ConfigError::fatal(format!("open({path}) failed: {}", io_reason(&e))));
+            b.out.errors.push(ConfigError::fatal(format!(
+                "open({path}) failed: {}",
+                io_reason(&e)
+            )));
             return b.out;
         }
     }
@@ -170,14 +189,19 @@ fn read_limited(path: &str, max: u64) -> std::io::Result<String> {
     let mut bytes = Vec::new();
     file.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
-        return Err(std::io::Error::other(format!("file is larger than {max} bytes")));
+        return Err(std::io::Error::other(format!(
+            "file is larger than {max} bytes"
+        )));
     }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 impl Builder {
     fn error(&mut self, pos: &Pos, message: impl Into<String>) {
-        self.push(Node::Error { pos: pos.clone(), message: message.into() });
+        self.push(Node::Error {
+            pos: pos.clone(),
+            message: message.into(),
+        });
     }
 
     fn push(&mut self, node: Node) {
@@ -188,17 +212,28 @@ impl Builder {
 
     fn parse_text(&mut self, file: Arc<str>, text: &str, depth: usize) {
         for line in logical_lines(text) {
-            let pos = Pos { file: file.clone(), line: line.number };
+            let pos = Pos {
+                file: file.clone(),
+                line: line.number,
+            };
             for w in line.warnings {
                 self.out.warnings.push(Warning::at(&pos, w));
             }
             match statement(&line.text) {
                 Err(msg) => self.error(&pos, msg),
-                Ok(Statement::Setting { key, value }) => self.push(Node::Setting { pos, key, value }),
+                Ok(Statement::Setting { key, value }) => {
+                    self.push(Node::Setting { pos, key, value })
+                }
                 Ok(Statement::Open { kind, name, quoted }) => {
                     if self.stack.len() > self.limits.max_section_depth {
                         if self.overflow == 0 {
-                            self.error(&pos, format!("Sections nested deeper than {}", self.limits.max_section_depth));
+                            self.error(
+                                &pos,
+                                format!(
+                                    "Sections nested deeper than {}",
+                                    self.limits.max_section_depth
+                                ),
+                            );
                         }
                         self.overflow += 1;
                     } else {
@@ -214,20 +249,32 @@ impl Builder {
                         self.error(&pos, "Unexpected '}'");
                     }
                 }
-                Ok(Statement::Include { pattern, optional }) => self.include(&pos, &pattern, optional, depth),
+                Ok(Statement::Include { pattern, optional }) => {
+                    self.include(&pos, &pattern, optional, depth)
+                }
             }
         }
     }
 
     fn close_top(&mut self) {
         if let Some((Some(pos), kind, name, quoted, children)) = self.stack.pop() {
-            self.push(Node::Section { pos, kind, name, quoted, children });
+            self.push(Node::Section {
+                pos,
+                kind,
+                name,
+                quoted,
+                children,
+            });
         }
     }
 
     fn include(&mut self, pos: &Pos, pattern: &str, optional: bool, depth: usize) {
         let full = relative_to(pos.dir(), pattern);
-        let matches = if pattern.is_empty() { Vec::new() } else { glob(&full) };
+        let matches = if pattern.is_empty() {
+            Vec::new()
+        } else {
+            glob(&full)
+        };
         if matches.is_empty() {
             if !optional {
                 self.error(pos, "No matches");
@@ -235,7 +282,13 @@ impl Builder {
             return;
         }
         if depth + 1 > self.limits.max_include_depth {
-            self.error(pos, format!("Include depth limit exceeded ({})", self.limits.max_include_depth));
+            self.error(
+                pos,
+                format!(
+                    "Include depth limit exceeded ({})",
+                    self.limits.max_include_depth
+                ),
+            );
             return;
         }
         for path in matches {
@@ -248,14 +301,23 @@ impl Builder {
                 Ok(text) => text,
                 Err(e) => {
                     if !optional {
-                        self.error(pos, format!("Couldn't open include file {path}: {}", io_reason(&e)));
+                        self.error(
+                            pos,
+                            format!("Couldn't open include file {path}: {}", io_reason(&e)),
+                        );
                     }
                     continue;
                 }
             };
             self.total_bytes += text.len() as u64;
             if self.total_bytes > self.limits.max_total_bytes {
-                self.error(pos, format!("Configuration is larger than {} bytes", self.limits.max_total_bytes));
+                self.error(
+                    pos,
+                    format!(
+                        "Configuration is larger than {} bytes",
+                        self.limits.max_total_bytes
+                    ),
+                );
                 return;
             }
             self.out.files.push(path.clone());
@@ -289,11 +351,21 @@ mod tests {
 
     #[test]
     fn tree_with_positions() {
-        let t = parse_str("t.conf", "a = 1\nservice imap {\n  b = 2\n}\n", Limits::default());
+        let t = parse_str(
+            "t.conf",
+            "a = 1\nservice imap {\n  b = 2\n}\n",
+            Limits::default(),
+        );
         assert!(t.errors.is_empty());
         assert_eq!(t.root.len(), 2);
         match &t.root[1] {
-            Node::Section { pos, kind, name, children, .. } => {
+            Node::Section {
+                pos,
+                kind,
+                name,
+                children,
+                ..
+            } => {
                 assert_eq!(pos.line, 2);
                 assert_eq!(kind, "service");
                 assert_eq!(name.as_deref(), Some("imap"));
@@ -305,12 +377,18 @@ mod tests {
 
     #[test]
     fn every_error_reported() {
-        let t = parse_str("t.conf", "}\na b c\nservice x {y\nservice imap {\n", Limits::default());
+        let t = parse_str(
+            "t.conf",
+            "}\na b c\nservice x {y\nservice imap {\n",
+            Limits::default(),
+        );
         let msgs: Vec<String> = t
             .root
             .iter()
             .filter_map(|n| match n {
-                Node::Error { pos, message } => Some(ConfigError::at(pos, message.clone()).to_string()),
+                Node::Error { pos, message } => {
+                    Some(ConfigError::at(pos, message.clone()).to_string())
+                }
                 _ => None,
             })
             .chain(t.errors.iter().map(|e| e.to_string()))
@@ -333,7 +411,10 @@ mod tests {
         let mut errors = 0;
         let mut nodes = &t.root;
         while let Some(Node::Section { children, .. }) = nodes.first() {
-            errors += children.iter().filter(|n| matches!(n, Node::Error { .. })).count();
+            errors += children
+                .iter()
+                .filter(|n| matches!(n, Node::Error { .. }))
+                .count();
             nodes = children;
         }
         assert_eq!(errors, 1);

@@ -38,7 +38,8 @@ pub enum ListKind {
 }
 
 /// The Foreman-only settings: (context, key, kind, default).
-pub const FOREMAN_SETTINGS: &[(&str, &str, &str, &str)] = &[("service", "process_limit_margin", "uint", "0")];
+pub const FOREMAN_SETTINGS: &[(&str, &str, &str, &str)] =
+    &[("service", "process_limit_margin", "uint", "0")];
 
 /// The list sections: (parent context, type word, kind). The element context is
 /// `parent/type` (or `type` at top level).
@@ -72,17 +73,35 @@ impl Table {
 
     fn load() -> Table {
         let mut contexts: BTreeMap<String, BTreeMap<String, Setting>> = BTreeMap::new();
-        let rows = SETTINGS_TSV.lines().filter(|l| !l.starts_with('#') && !l.is_empty());
+        let rows = SETTINGS_TSV
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty());
         let generated = rows.filter_map(|line| {
             let mut cols = line.splitn(4, '\t');
-            let (ctx, key, kind, default) = (cols.next()?, cols.next()?, cols.next()?, cols.next().unwrap_or(""));
+            let (ctx, key, kind, default) = (
+                cols.next()?,
+                cols.next()?,
+                cols.next()?,
+                cols.next().unwrap_or(""),
+            );
             Some((if ctx == "." { "" } else { ctx }, key, kind, default, false))
         });
-        let foreman = FOREMAN_SETTINGS.iter().map(|&(c, k, t, d)| (c, k, t, d, true));
+        let foreman = FOREMAN_SETTINGS
+            .iter()
+            .map(|&(c, k, t, d)| (c, k, t, d, true));
         for (ctx, key, kind, default, foreman_only) in generated.chain(foreman) {
-            let Some(kind) = Kind::from_table(kind) else { continue };
-            let setting = Setting { kind, default: default.to_owned(), foreman_only };
-            contexts.entry(ctx.to_owned()).or_default().insert(key.to_owned(), setting);
+            let Some(kind) = Kind::from_table(kind) else {
+                continue;
+            };
+            let setting = Setting {
+                kind,
+                default: default.to_owned(),
+                foreman_only,
+            };
+            contexts
+                .entry(ctx.to_owned())
+                .or_default()
+                .insert(key.to_owned(), setting);
         }
         Table { contexts }
     }
@@ -94,12 +113,18 @@ impl Table {
 
     /// All settings of a context, sorted by key.
     pub fn settings(&self, ctx: &str) -> impl Iterator<Item = (&str, &Setting)> {
-        self.contexts.get(ctx).into_iter().flat_map(|m| m.iter().map(|(k, s)| (k.as_str(), s)))
+        self.contexts
+            .get(ctx)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, s)| (k.as_str(), s)))
     }
 
     /// The kind of list section `word` opened in context `ctx`, if it is one.
     pub fn list(&self, ctx: &str, word: &str) -> Option<ListKind> {
-        LISTS.iter().find(|(c, w, _)| *c == ctx && *w == word).map(|(_, _, k)| *k)
+        LISTS
+            .iter()
+            .find(|(c, w, _)| *c == ctx && *w == word)
+            .map(|(_, _, k)| *k)
     }
 }
 
@@ -159,8 +184,15 @@ mod tests {
         let t = Table::get();
         assert_eq!(t.setting("", "base_dir").unwrap().default, "/run/dovecot");
         assert_eq!(t.setting("service", "vsz_limit").unwrap().kind, Kind::Size);
-        assert_eq!(t.setting("service/unix_listener", "mode").unwrap().kind, Kind::Octal);
-        assert!(t.setting("service", "process_limit_margin").unwrap().foreman_only);
+        assert_eq!(
+            t.setting("service/unix_listener", "mode").unwrap().kind,
+            Kind::Octal
+        );
+        assert!(
+            t.setting("service", "process_limit_margin")
+                .unwrap()
+                .foreman_only
+        );
         assert!(t.setting("", "nonexistent").is_none());
         assert_eq!(t.list("service", "unix_listener"), Some(ListKind::Named));
     }

@@ -40,7 +40,12 @@ impl Kind {
             "time_msecs" => Kind::TimeMsecs,
             "size" => Kind::Size,
             "port" => Kind::Port,
-            _ => Kind::Enum(s.strip_prefix("enum:")?.split(':').map(str::to_owned).collect()),
+            _ => Kind::Enum(
+                s.strip_prefix("enum:")?
+                    .split(':')
+                    .map(str::to_owned)
+                    .collect(),
+            ),
         })
     }
 }
@@ -89,7 +94,9 @@ pub fn parse_uint(raw: &str) -> Result<u32, String> {
     if raw.starts_with('-') {
         return Err(format!("Invalid number {raw}: Number too small"));
     }
-    digits.parse::<u32>().map_err(|_| format!("Invalid number {raw}: Number too large"))
+    digits
+        .parse::<u32>()
+        .map_err(|_| format!("Invalid number {raw}: Number too large"))
 }
 
 /// A mode: octal with a leading `0`, decimal otherwise.
@@ -105,13 +112,9 @@ pub fn parse_octal(raw: &str) -> Result<u32, String> {
     u32::from_str_radix(raw, radix).map_err(|_| err())
 }
 
-/// `0600`-style output (a lone `0` for zero).
+/// `0600`-style output (`00` for zero, as doveconf prints it).
 pub fn format_octal(mode: u32) -> String {
-    if mode == 0 {
-        "0".to_owned()
-    } else {
-        format!("0{mode:o}")
-    }
+    format!("0{mode:o}")
 }
 
 const UNITS_TIME: &[(&[&str], u64)] = &[
@@ -125,7 +128,10 @@ const UNITS_TIME: &[(&[&str], u64)] = &[
 
 /// Splits `123 unit` / `123unit` into the number and the unit text.
 fn split_number(raw: &str) -> Option<(u64, &str)> {
-    let end = raw.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(raw.len());
+    let end = raw
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(raw.len());
     if end == 0 {
         return None;
     }
@@ -139,7 +145,9 @@ pub fn parse_time(raw: &str, msecs: bool) -> Result<u64, String> {
     let (n, unit) = split_number(raw).ok_or_else(invalid)?;
     let mult = if unit.is_empty() {
         if n != 0 {
-            return Err(format!("Time interval '{raw}' is missing units (add e.g. 's' for seconds)"));
+            return Err(format!(
+                "Time interval '{raw}' is missing units (add e.g. 's' for seconds)"
+            ));
         }
         1000
     } else {
@@ -150,14 +158,18 @@ pub fn parse_time(raw: &str, msecs: bool) -> Result<u64, String> {
         });
         found.map(|(_, m)| *m).ok_or_else(invalid)?
     };
-    let ms = n.checked_mul(mult).ok_or_else(|| format!("Time interval is too large: {raw}"))?;
+    let ms = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("Time interval is too large: {raw}"))?;
     if msecs {
         if ms > u64::from(u32::MAX) {
             return Err(format!("Time interval is too large: {raw}"));
         }
     } else {
         if ms % 1000 != 0 {
-            return Err(format!("Milliseconds not supported for this setting: {raw}"));
+            return Err(format!(
+                "Milliseconds not supported for this setting: {raw}"
+            ));
         }
         if ms / 1000 > u64::from(u32::MAX) {
             return Err(format!("Time interval is too large: {raw}"));
@@ -176,7 +188,12 @@ pub fn format_time(ms: u64, msecs: bool) -> String {
         return format!("{ms} ms");
     }
     let secs = ms / 1000;
-    for (div, name) in [(604_800, "weeks"), (86_400, "days"), (3_600, "hours"), (60, "mins")] {
+    for (div, name) in [
+        (604_800, "weeks"),
+        (86_400, "days"),
+        (3_600, "hours"),
+        (60, "mins"),
+    ] {
         if secs % div == 0 {
             return format!("{} {name}", secs / div);
         }
@@ -218,7 +235,8 @@ pub fn parse_size(raw: &str) -> Result<u64, String> {
     if !rest.is_empty() {
         return Err(invalid());
     }
-    n.checked_mul(mult).ok_or_else(|| format!("Size is too large: {raw}"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("Size is too large: {raw}"))
 }
 
 /// `1 G`, `64 k`, `1025 B`, `0`.
@@ -248,10 +266,19 @@ mod tests {
         assert_eq!(t("5 m").unwrap(), "5 mins");
         assert_eq!(t("1209600s").unwrap(), "2 weeks");
         assert_eq!(t("0s").unwrap(), "0");
-        assert_eq!(t("5").unwrap_err(), "Time interval '5' is missing units (add e.g. 's' for seconds)");
+        assert_eq!(
+            t("5").unwrap_err(),
+            "Time interval '5' is missing units (add e.g. 's' for seconds)"
+        );
         assert_eq!(t("5 hr").unwrap_err(), "Invalid time interval: 5 hr");
-        assert_eq!(t("1500 ms").unwrap_err(), "Milliseconds not supported for this setting: 1500 ms");
-        assert_eq!(t("99999999999 s").unwrap_err(), "Time interval is too large: 99999999999 s");
+        assert_eq!(
+            t("1500 ms").unwrap_err(),
+            "Milliseconds not supported for this setting: 1500 ms"
+        );
+        assert_eq!(
+            t("99999999999 s").unwrap_err(),
+            "Time interval is too large: 99999999999 s"
+        );
         assert_eq!(normalize(&Kind::TimeMsecs, "1500 ms").unwrap(), "1500 ms");
     }
 
@@ -264,20 +291,41 @@ mod tests {
         assert_eq!(s("5kb").unwrap(), "5 k");
         assert_eq!(s("3 g").unwrap(), "3 G");
         assert_eq!(s("1 MiBx").unwrap_err(), "Invalid size: 1 MiBx");
-        assert_eq!(s("99999999999 T").unwrap_err(), "Size is too large: 99999999999 T");
-        assert_eq!(s("18446744073709551615 B").unwrap(), "18446744073709551615 B");
+        assert_eq!(
+            s("99999999999 T").unwrap_err(),
+            "Size is too large: 99999999999 T"
+        );
+        assert_eq!(
+            s("18446744073709551615 B").unwrap(),
+            "18446744073709551615 B"
+        );
     }
 
     #[test]
     fn numbers_bools_modes() {
         assert_eq!(normalize(&Kind::Uint, "010").unwrap(), "10");
-        assert_eq!(normalize(&Kind::Uint, "-1").unwrap_err(), "Invalid number -1: Number too small");
-        assert_eq!(normalize(&Kind::Uint, "4294967296").unwrap_err(), "Invalid number 4294967296: Number too large");
+        assert_eq!(
+            normalize(&Kind::Uint, "-1").unwrap_err(),
+            "Invalid number -1: Number too small"
+        );
+        assert_eq!(
+            normalize(&Kind::Uint, "4294967296").unwrap_err(),
+            "Invalid number 4294967296: Number too large"
+        );
         assert_eq!(normalize(&Kind::Bool, "Y").unwrap(), "yes");
-        assert_eq!(normalize(&Kind::Bool, "0").unwrap_err(), "Invalid boolean value: 0 (use yes or no)");
+        assert_eq!(
+            normalize(&Kind::Bool, "0").unwrap_err(),
+            "Invalid boolean value: 0 (use yes or no)"
+        );
         assert_eq!(normalize(&Kind::Octal, "666").unwrap(), "01232");
         assert_eq!(normalize(&Kind::Octal, "0600").unwrap(), "0600");
-        assert_eq!(normalize(&Kind::Octal, "09").unwrap_err(), "Invalid number: 09");
-        assert_eq!(normalize(&Kind::Port, "99999").unwrap_err(), "Invalid port number 99999");
+        assert_eq!(
+            normalize(&Kind::Octal, "09").unwrap_err(),
+            "Invalid number: 09"
+        );
+        assert_eq!(
+            normalize(&Kind::Port, "99999").unwrap_err(),
+            "Invalid port number 99999"
+        );
     }
 }
