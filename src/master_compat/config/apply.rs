@@ -194,6 +194,13 @@ impl Applier<'_> {
             match node {
                 Node::Setting { pos, key, value } => self.setting(pos, key, value, filter, frame),
                 Node::Error { pos, message } => self.error(pos, message.clone()),
+                Node::Warning { pos, message } => {
+                    let errors_before = self.store.errors.len();
+                    self.store.warnings.push(Warning {
+                        errors_before,
+                        ..Warning::at(pos, message.clone())
+                    });
+                }
                 Node::Section {
                     pos,
                     kind,
@@ -228,6 +235,15 @@ impl Applier<'_> {
             return;
         }
         if let Some(list_kind) = self.table.list(ctx, kind) {
+            if ctx.is_empty()
+                && matches!(kind, "passdb" | "userdb")
+                && self.in_network_filter(filter)
+            {
+                return self.error(
+                    pos,
+                    format!("Auth settings not supported inside local/remote blocks: {kind}"),
+                );
+            }
             if self.opts.foreman {
                 self.check_pid_token(pos, ctx, kind, name);
             }
@@ -278,6 +294,11 @@ impl Applier<'_> {
             return;
         }
         self.error(pos, format!("Unknown setting: {label}{kind} {{ {kind}"));
+    }
+
+    fn in_network_filter(&self, filter: usize) -> bool {
+        let f = &self.store.filters[filter].filter;
+        f.local.is_some() || f.remote.is_some() || f.local_name.is_some()
     }
 
     /// `%{pid}` only in unix_listener names, at most once (Foreman extension).
@@ -405,21 +426,21 @@ impl Applier<'_> {
         if setting.foreman_only && !self.opts.foreman {
             return self.error(pos, format!("Unknown setting: {label}{key}"));
         }
-        let f = &self.store.filters[filter].filter;
-        if ctx.is_empty() && (f.local.is_some() || f.remote.is_some()) && key.starts_with("auth_") {
+        let full = format!("{prefix}{key}");
+        let Some(text) = self.expand(pos, &full, key, raw, filter, false) else {
+            return;
+        };
+        let value = match normalize(&setting.kind, &text) {
+            Ok(v) => v,
+            Err(e) => return self.error(pos, e),
+        };
+        if ctx.is_empty() && self.in_network_filter(filter) && self.table.is_auth_setting(key) {
             return self.error(
                 pos,
                 format!("Auth settings not supported inside local/remote blocks: {key}"),
             );
         }
-        let full = format!("{prefix}{key}");
-        let Some(text) = self.expand(pos, &full, key, raw, filter, false) else {
-            return;
-        };
-        match normalize(&setting.kind, &text) {
-            Ok(v) => self.assign(filter, full, v, pos),
-            Err(e) => self.error(pos, e),
-        }
+        self.assign(filter, full, value, pos);
     }
 
     /// `service/imap/process_limit = 5` at top level.

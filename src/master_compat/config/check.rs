@@ -19,9 +19,11 @@ const PROCESS_LIMIT_1: &[&str] = &[
     "old-stats",
 ];
 
-/// Section checks that also fill in values (they then show in `-n` like doveconf's).
-pub fn sections(store: &mut Store) -> Vec<String> {
+/// Section checks that also fill in values (they then show in `-n` like doveconf's). Returns
+/// the errors and the key prefixes of elements that failed (doveconf does not print those).
+pub fn sections(store: &mut Store) -> (Vec<String>, Vec<String>) {
     let mut errors = Vec::new();
+    let mut hidden = Vec::new();
     let global = &mut store.filters[0];
     if let Some(ns) = global.lists.get("namespace").cloned() {
         for id in &ns.ids {
@@ -45,11 +47,12 @@ pub fn sections(store: &mut Store) -> Vec<String> {
                     .is_none_or(|a| a.value.is_empty())
                 {
                     errors.push(format!("{db} is missing driver"));
+                    hidden.push(format!("{db}/{id}/"));
                 }
             }
         }
     }
-    errors
+    (errors, hidden)
 }
 
 fn user_exists(name: &str) -> bool {
@@ -144,6 +147,16 @@ pub fn master_warnings(m: &MasterSettings) -> Vec<String> {
     warnings
 }
 
+/// Checks of other components that show up with filters (measured with doveconf).
+pub fn filter_only(values: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let get = |k: &str| values.get(k).map(String::as_str).unwrap_or("");
+    let mut errors = Vec::new();
+    if !get("auth_policy_server_url").is_empty() && get("auth_policy_hash_nonce").is_empty() {
+        errors.push("auth_policy_hash_nonce must be set when policy server is used".to_owned());
+    }
+    errors
+}
+
 /// The master's checks; `foreman` adds the checks of Foreman's own settings.
 pub fn master(m: &MasterSettings, foreman: bool) -> Vec<String> {
     let mut errors = Vec::new();
@@ -184,7 +197,7 @@ pub fn master(m: &MasterSettings, foreman: bool) -> Vec<String> {
         if let ServiceType::Unknown(word) = &s.service_type {
             errors.push(format!("Unknown service type: {word}"));
         }
-        if !s.in_use(m) {
+        if !s.protocol_enabled(m) {
             continue;
         }
         let name = &s.name;
@@ -219,8 +232,15 @@ pub fn master(m: &MasterSettings, foreman: bool) -> Vec<String> {
                 errors.push(format!(
                     "service({name}): unix_listener: path must not be empty"
                 ));
-            } else if l.mode != 0 && !seen.insert(path.clone()) {
-                errors.push(format!("duplicate listener: {path}"));
+            } else {
+                let full = if path.starts_with('/') {
+                    path
+                } else {
+                    format!("{}/{path}", m.base_dir)
+                };
+                if l.mode != 0 && !seen.insert(full.clone()) {
+                    errors.push(format!("duplicate listener: {full}"));
+                }
             }
         }
         for l in &s.inet_listeners {

@@ -59,7 +59,10 @@ pub fn run(args: &ConfigArgs) -> u8 {
         args.config
     );
     for w in &loaded.warnings {
-        let _ = writeln!(stderr, "foreman: Warning: {w}");
+        // doveconf stops at its first error: later warnings never show (unless asked for all).
+        if w.errors_before == 0 || args.all_errors {
+            let _ = writeln!(stderr, "foreman: Warning: {w}");
+        }
     }
     // Line errors stop doveconf before it prints anything; whole-file errors (a missing `}`,
     // settings checks) come after the configuration is printed.

@@ -189,6 +189,9 @@ fn filter_headers(f: &Filter) -> Vec<String> {
 pub fn dump(loaded: &Loaded, scope: Scope, show_secrets: bool) -> String {
     let mut out = String::new();
     let global = &loaded.store.filters[0];
+    // Elements that failed their check lose their "was set" marks in doveconf: only values that
+    // differ from the defaults show.
+    let failed = |k: &str| loaded.hidden.iter().any(|h| k.starts_with(h.as_str()));
     match scope {
         Scope::All => {
             let entries = loaded.merged.iter().filter(|(k, v)| {
@@ -205,8 +208,12 @@ pub fn dump(loaded: &Loaded, scope: Scope, show_secrets: bool) -> String {
         }
         Scope::Changed => {
             let entries = global.values.iter().filter(|(k, a)| {
-                k.contains('/')
-                    || loaded.defaults.get(k.as_str()).map(String::as_str) != Some(a.value.as_str())
+                let default = if failed(k) {
+                    element_default(k)
+                } else {
+                    loaded.defaults.get(k.as_str()).cloned()
+                };
+                (k.contains('/') && !failed(k)) || default.as_deref() != Some(a.value.as_str())
             });
             print_entries(
                 &mut out,
@@ -243,6 +250,16 @@ pub fn dump(loaded: &Loaded, scope: Scope, show_secrets: bool) -> String {
         }
     }
     out
+}
+
+/// The table default of a list element's field.
+fn element_default(key: &str) -> Option<String> {
+    let (headers, leaf) = split_key(key);
+    let mut ctx = String::new();
+    for (w, _) in &headers {
+        ctx = child_context(&ctx, w);
+    }
+    Table::get().setting(&ctx, &leaf).map(|s| s.default.clone())
 }
 
 fn is_foreman_default(key: &str, _value: &str, global: &super::apply::FilterBlock) -> bool {

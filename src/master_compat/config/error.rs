@@ -77,6 +77,9 @@ impl fmt::Display for ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
     pub text: String,
+    /// How many errors came before it in reading order (doveconf stops at the first error, so
+    /// it prints only the warnings with 0 here).
+    pub errors_before: usize,
 }
 
 impl Warning {
@@ -88,10 +91,14 @@ impl Warning {
                 pos.line,
                 message.into()
             ),
+            errors_before: 0,
         }
     }
     pub fn plain(text: impl Into<String>) -> Self {
-        Warning { text: text.into() }
+        Warning {
+            text: text.into(),
+            errors_before: 0,
+        }
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Loaded {
     /// Syntax and apply errors (line errors), in file order, then settings-check errors.
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<Warning>,
+    /// Key prefixes of list elements that failed their check (doveconf leaves them out).
+    pub hidden: Vec<String>,
 }
 
 struct StockDefaults {
@@ -121,10 +123,9 @@ fn finish(path: &str, tree: RawTree, opts: LoadOptions) -> Loaded {
     );
     let mut errors: Vec<ConfigError> = std::mem::take(&mut store.errors);
     errors.extend(tree.errors.iter().cloned());
-    let mut warnings = tree.warnings.clone();
-    warnings.append(&mut store.warnings);
-    let section_errors = check::sections(&mut store);
-    let (merged, merged_lists) = merge(&defaults.values, &defaults.lists, &store);
+    let warnings = std::mem::take(&mut store.warnings);
+    let (section_errors, hidden) = check::sections(&mut store);
+    let (merged, merged_lists) = merge(&defaults.values, &defaults.lists, &[&store.filters[0]]);
     let mut loaded = Loaded {
         file: path.to_owned(),
         tree,
@@ -134,35 +135,82 @@ fn finish(path: &str, tree: RawTree, opts: LoadOptions) -> Loaded {
         defaults: &defaults.values,
         errors,
         warnings,
+        hidden,
     };
     if loaded.errors.is_empty() {
         let master = loaded.master_settings();
-        let checks = check::master(&master, opts.foreman)
+        let checks = section_errors
             .into_iter()
-            .chain(section_errors);
+            .chain(check::master(&master, opts.foreman));
         loaded
             .errors
             .extend(checks.map(|m| ConfigError::check(path, m)));
         if loaded.errors.is_empty() {
-            loaded.warnings.extend(
-                check::master_warnings(&master)
-                    .into_iter()
-                    .map(Warning::plain),
-            );
+            loaded.errors.extend(filter_checks(&loaded, opts.foreman));
+        }
+        if loaded.errors.is_empty() {
+            let n = loaded.errors.len();
+            let late = check::master_warnings(&master).into_iter();
+            loaded.warnings.extend(late.map(|w| Warning {
+                errors_before: n,
+                ..Warning::plain(w)
+            }));
         }
     }
     loaded
 }
 
+/// doveconf also checks the settings as each filter sees them; those errors print only as the
+/// final fatal line.
+fn filter_checks(loaded: &Loaded, foreman: bool) -> Vec<ConfigError> {
+    let defaults = stock_defaults();
+    let filters = &loaded.store.filters;
+    for i in 1..filters.len() {
+        if filters[i].values.is_empty() {
+            continue;
+        }
+        let mut chain = vec![&filters[i]];
+        let mut parent = filters[i].parent;
+        while let Some(p) = parent {
+            chain.push(&filters[p]);
+            parent = filters[p].parent;
+        }
+        chain.reverse();
+        let (values, lists) = merge(&defaults.values, &defaults.lists, &chain);
+        let master = model::View {
+            values: &values,
+            lists: &lists,
+        }
+        .master_settings();
+        let mut errors = check::master(&master, foreman);
+        errors.extend(check::filter_only(&values));
+        if let Some(first) = errors.into_iter().next() {
+            return vec![ConfigError::in_file(&loaded.file, first)];
+        }
+    }
+    Vec::new()
+}
+
+/// Overlays `blocks` (outermost first) on the defaults; new list elements get their defaults.
 fn merge(
     defaults: &BTreeMap<String, String>,
     default_lists: &BTreeMap<String, ListInfo>,
-    store: &Store,
+    blocks: &[&apply::FilterBlock],
 ) -> (BTreeMap<String, String>, BTreeMap<String, ListInfo>) {
-    let table = table::Table::get();
     let mut values = defaults.clone();
     let mut lists = default_lists.clone();
-    let global = &store.filters[0];
+    for block in blocks {
+        overlay(&mut values, &mut lists, block);
+    }
+    (values, lists)
+}
+
+fn overlay(
+    values: &mut BTreeMap<String, String>,
+    lists: &mut BTreeMap<String, ListInfo>,
+    global: &apply::FilterBlock,
+) {
+    let table = table::Table::get();
     for (list_key, info) in &global.lists {
         let merged = lists.entry(list_key.clone()).or_insert_with(|| ListInfo {
             ctx: info.ctx.clone(),
@@ -191,7 +239,6 @@ fn merge(
     for (k, a) in &global.values {
         values.insert(k.clone(), a.value.clone());
     }
-    (values, lists)
 }
 
 fn parent(ctx: &str) -> String {

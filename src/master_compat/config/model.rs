@@ -186,6 +186,11 @@ impl Service {
             && (self.protocol.is_empty() || m.protocols.iter().any(|p| *p == self.protocol))
     }
 
+    /// Its protocol (if any) is listed in `protocols` (doveconf checks only these services).
+    pub fn protocol_enabled(&self, m: &MasterSettings) -> bool {
+        self.protocol.is_empty() || m.protocols.iter().any(|p| *p == self.protocol)
+    }
+
     /// The process count at which the master starts evicting idle processes.
     pub fn eviction_threshold(&self, m: &MasterSettings) -> u32 {
         self.effective_process_limit(m)

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::error::{ConfigError, Warning};
+use super::error::ConfigError;
 use super::glob::glob;
 use super::grammar::{logical_lines, statement, Statement};
 
@@ -90,12 +90,17 @@ pub enum Node {
     },
     /// A line that could not be parsed, kept in place so errors come out in reading order.
     Error { pos: Pos, message: String },
+    /// A warning about a line (ambiguous `#`), in place for the same reason.
+    Warning { pos: Pos, message: String },
 }
 
 impl Node {
     pub fn pos(&self) -> &Pos {
         match self {
-            Node::Setting { pos, .. } | Node::Section { pos, .. } | Node::Error { pos, .. } => pos,
+            Node::Setting { pos, .. }
+            | Node::Section { pos, .. }
+            | Node::Error { pos, .. }
+            | Node::Warning { pos, .. } => pos,
         }
     }
 }
@@ -107,7 +112,6 @@ pub struct RawTree {
     /// Errors outside any line: the main file cannot be read, a `}` is missing at the end.
     /// Line errors are [`Node::Error`]s in the tree.
     pub errors: Vec<ConfigError>,
-    pub warnings: Vec<Warning>,
     /// Every file that was read, in order (main file first).
     pub files: Vec<String>,
 }
@@ -216,8 +220,11 @@ impl Builder {
                 file: file.clone(),
                 line: line.number,
             };
-            for w in line.warnings {
-                self.out.warnings.push(Warning::at(&pos, w));
+            for message in line.warnings {
+                self.push(Node::Warning {
+                    pos: pos.clone(),
+                    message,
+                });
             }
             match statement(&line.text) {
                 Err(msg) => self.error(&pos, msg),

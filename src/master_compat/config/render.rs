@@ -87,7 +87,7 @@ fn render(out: &mut String, nodes: &[Node], depth: usize) {
                 render(out, children, depth + 1);
                 let _ = writeln!(out, "{pad}}}");
             }
-            Node::Error { .. } => {}
+            Node::Error { .. } | Node::Warning { .. } => {}
         }
     }
 }

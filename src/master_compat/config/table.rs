@@ -13,6 +13,8 @@ use super::value::Kind;
 
 /// The raw generated table.
 const SETTINGS_TSV: &str = include_str!("data/settings.tsv");
+/// Global settings of the auth root: doveconf rejects them inside local/remote/local_name.
+const AUTH_SETTINGS_TXT: &str = include_str!("data/auth-settings.txt");
 /// `doveconf -d` without its banner: global defaults and the built-in services.
 pub const STOCK_DEFAULTS_CONF: &str = include_str!("data/stock-defaults.conf");
 
@@ -109,6 +111,11 @@ impl Table {
     /// A plain setting `key` in context `ctx` ("" = global, "service/unix_listener", ...).
     pub fn setting(&self, ctx: &str, key: &str) -> Option<&Setting> {
         self.contexts.get(ctx)?.get(key)
+    }
+
+    /// A global setting doveconf refuses inside `local`/`remote`/`local_name` filters.
+    pub fn is_auth_setting(&self, key: &str) -> bool {
+        AUTH_SETTINGS_TXT.lines().any(|k| k == key)
     }
 
     /// All settings of a context, sorted by key.

@@ -101,15 +101,13 @@ pub fn parse_uint(raw: &str) -> Result<u32, String> {
 
 /// A mode: octal with a leading `0`, decimal otherwise.
 pub fn parse_octal(raw: &str) -> Result<u32, String> {
-    let err = || format!("Invalid number: {raw}");
-    if raw.is_empty() {
-        return Err(err());
+    if !raw.starts_with('0') {
+        return parse_uint(raw);
     }
-    let radix = if raw.starts_with('0') { 8 } else { 10 };
-    if !raw.bytes().all(|b| (b as char).is_digit(radix)) {
-        return Err(err());
+    if !raw.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(format!("Invalid number: {raw}"));
     }
-    u32::from_str_radix(raw, radix).map_err(|_| err())
+    u32::from_str_radix(raw, 8).map_err(|_| format!("Invalid number: {raw}"))
 }
 
 /// `0600`-style output (`00` for zero, as doveconf prints it).
@@ -322,6 +320,10 @@ mod tests {
         assert_eq!(
             normalize(&Kind::Octal, "09").unwrap_err(),
             "Invalid number: 09"
+        );
+        assert_eq!(
+            normalize(&Kind::Octal, "q").unwrap_err(),
+            "Invalid number q: Not a valid number"
         );
         assert_eq!(
             normalize(&Kind::Port, "99999").unwrap_err(),
