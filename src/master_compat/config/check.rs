@@ -24,6 +24,23 @@ const PROCESS_LIMIT_1: &[&str] = &[
 pub fn sections(store: &mut Store) -> (Vec<String>, Vec<String>) {
     let mut errors = Vec::new();
     let mut hidden = Vec::new();
+    // passdb/userdb inside a filter get their `name` filled in (it then shows in -n).
+    for block in store.filters.iter_mut().skip(1) {
+        for db in ["passdb", "userdb"] {
+            let ids = block
+                .lists
+                .get(db)
+                .map(|l| l.ids.clone())
+                .unwrap_or_default();
+            for id in ids {
+                let key = format!("{db}/{id}/name");
+                block.values.entry(key).or_insert(Assigned {
+                    value: String::new(),
+                    pos: None,
+                });
+            }
+        }
+    }
     let global = &mut store.filters[0];
     if let Some(ns) = global.lists.get("namespace").cloned() {
         for id in &ns.ids {
@@ -215,10 +232,9 @@ pub fn master(m: &MasterSettings, foreman: bool) -> Vec<String> {
                 "service({name}): process_min_avail is higher than process_limit"
             ));
         }
-        if let Some(vsz) = s.effective_vsz_limit(m) {
-            if vsz < 1 << 20 {
-                errors.push(format!("service({name}): vsz_limit is too low"));
-            }
+        // Only an explicit service vsz_limit is checked (not default_vsz_limit).
+        if s.vsz_limit != super::model::VSZ_UNSET && s.vsz_limit != 0 && s.vsz_limit < 1 << 20 {
+            errors.push(format!("service({name}): vsz_limit is too low"));
         }
         if foreman && s.process_limit_margin > 0 && s.process_limit_margin >= limit {
             errors.push(format!(
