@@ -183,12 +183,12 @@ impl Service {
     /// The service runs: it has an executable and its protocol (if any) is enabled.
     pub fn in_use(&self, m: &MasterSettings) -> bool {
         !self.executable.is_empty()
-            && (self.protocol.is_empty() || m.protocols.iter().any(|p| *p == self.protocol))
+            && (self.protocol.is_empty() || m.protocols.contains(&self.protocol))
     }
 
     /// Its protocol (if any) is listed in `protocols` (doveconf checks only these services).
     pub fn protocol_enabled(&self, m: &MasterSettings) -> bool {
-        self.protocol.is_empty() || m.protocols.iter().any(|p| *p == self.protocol)
+        self.protocol.is_empty() || m.protocols.contains(&self.protocol)
     }
 
     /// The process count at which the master starts evicting idle processes.
@@ -220,7 +220,7 @@ impl View<'_> {
     fn secs(&self, key: &str) -> u64 {
         self.values
             .get(key)
-            .and_then(|v| parse_time(v, true).ok())
+            .and_then(|v| parse_time(v, false).ok())
             .map_or(0, |ms| ms / 1000)
     }
     fn size(&self, key: &str) -> u64 {

@@ -116,11 +116,33 @@ pub struct RawTree {
     pub files: Vec<String>,
 }
 
+/// A section whose `}` has not been read yet.
+struct OpenSection {
+    /// None for the root.
+    pos: Option<Pos>,
+    kind: String,
+    name: Option<String>,
+    quoted: bool,
+    children: Vec<Node>,
+}
+
+impl OpenSection {
+    fn root() -> Self {
+        OpenSection {
+            pos: None,
+            kind: String::new(),
+            name: None,
+            quoted: false,
+            children: Vec::new(),
+        }
+    }
+}
+
 struct Builder {
     limits: Limits,
     total_bytes: u64,
-    /// Open sections: (pos, kind, name, quoted, children so far). Index 0 is the root.
-    stack: Vec<(Option<Pos>, String, Option<String>, bool, Vec<Node>)>,
+    /// Open sections; index 0 is the root.
+    stack: Vec<OpenSection>,
     /// Include chain for recursion detection (canonical paths).
     chain: Vec<std::path::PathBuf>,
     /// How many sections were opened beyond the depth limit (their braces still count).
@@ -134,7 +156,7 @@ pub fn parse_file(path: &str, limits: Limits) -> RawTree {
     let mut b = Builder {
         limits,
         total_bytes: 0,
-        stack: vec![(None, String::new(), None, false, Vec::new())],
+        stack: vec![OpenSection::root()],
         chain: Vec::new(),
         overflow: 0,
         out: RawTree::default(),
@@ -165,7 +187,7 @@ pub fn parse_str(name: &str, text: &str, limits: Limits) -> RawTree {
     let mut b = Builder {
         limits,
         total_bytes: text.len() as u64,
-        stack: vec![(None, String::new(), None, false, Vec::new())],
+        stack: vec![OpenSection::root()],
         chain: Vec::new(),
         overflow: 0,
         out: RawTree::default(),
@@ -210,7 +232,7 @@ impl Builder {
 
     fn push(&mut self, node: Node) {
         if let Some(top) = self.stack.last_mut() {
-            top.4.push(node);
+            top.children.push(node);
         }
     }
 
@@ -244,7 +266,13 @@ impl Builder {
                         }
                         self.overflow += 1;
                     } else {
-                        self.stack.push((Some(pos), kind, name, quoted, Vec::new()));
+                        self.stack.push(OpenSection {
+                            pos: Some(pos),
+                            kind,
+                            name,
+                            quoted,
+                            children: Vec::new(),
+                        });
                     }
                 }
                 Ok(Statement::Close) => {
@@ -264,7 +292,14 @@ impl Builder {
     }
 
     fn close_top(&mut self) {
-        if let Some((Some(pos), kind, name, quoted, children)) = self.stack.pop() {
+        if let Some(OpenSection {
+            pos: Some(pos),
+            kind,
+            name,
+            quoted,
+            children,
+        }) = self.stack.pop()
+        {
             self.push(Node::Section {
                 pos,
                 kind,
@@ -336,7 +371,7 @@ impl Builder {
 
     fn finish(mut self) -> RawTree {
         if self.stack.len() > 1 {
-            let started = self.stack[1].0.clone();
+            let started = self.stack[1].pos.clone();
             if let Some(start) = started {
                 self.out.errors.push(ConfigError::in_file(
                     &self.main,
@@ -347,7 +382,7 @@ impl Builder {
                 self.close_top();
             }
         }
-        self.out.root = self.stack.pop().map(|t| t.4).unwrap_or_default();
+        self.out.root = self.stack.pop().map(|t| t.children).unwrap_or_default();
         self.out
     }
 }

@@ -181,7 +181,7 @@ pub fn format_time(ms: u64, msecs: bool) -> String {
     if ms == 0 {
         return "0".to_owned();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         debug_assert!(msecs);
         return format!("{ms} ms");
     }
@@ -192,7 +192,7 @@ pub fn format_time(ms: u64, msecs: bool) -> String {
         (3_600, "hours"),
         (60, "mins"),
     ] {
-        if secs % div == 0 {
+        if secs.is_multiple_of(div) {
             return format!("{} {name}", secs / div);
         }
     }
@@ -243,7 +243,7 @@ pub fn format_size(bytes: u64) -> String {
         return "0".to_owned();
     }
     for (shift, name) in [(40, "T"), (30, "G"), (20, "M"), (10, "k")] {
-        if bytes % (1u64 << shift) == 0 {
+        if bytes.is_multiple_of(1u64 << shift) {
             return format!("{} {name}", bytes >> shift);
         }
     }
