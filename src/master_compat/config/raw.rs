@@ -311,6 +311,17 @@ impl Builder {
     }
 
     fn include(&mut self, pos: &Pos, pattern: &str, optional: bool, depth: usize) {
+        // Checked before touching the file system (a zero limit disables includes: fuzzing).
+        if depth + 1 > self.limits.max_include_depth {
+            self.error(
+                pos,
+                format!(
+                    "Include depth limit exceeded ({})",
+                    self.limits.max_include_depth
+                ),
+            );
+            return;
+        }
         let full = relative_to(pos.dir(), pattern);
         let matches = if pattern.is_empty() {
             Vec::new()
@@ -321,16 +332,6 @@ impl Builder {
             if !optional {
                 self.error(pos, "No matches");
             }
-            return;
-        }
-        if depth + 1 > self.limits.max_include_depth {
-            self.error(
-                pos,
-                format!(
-                    "Include depth limit exceeded ({})",
-                    self.limits.max_include_depth
-                ),
-            );
             return;
         }
         for path in matches {
