@@ -291,6 +291,14 @@ impl Applier<'_> {
             // Quirk: a plain setting opened as a section is set to the section's name.
             let value = name.unwrap_or("0").to_owned();
             self.set_value(pos, filter, prefix, ctx, label, kind, &value);
+            // Its body is a context where nothing is known.
+            let body = Frame {
+                prefix: format!("{prefix}{kind}/"),
+                ctx: "\u{0}".to_owned(),
+                kind: ListKind::Named,
+                label: format!("{label}{kind} {{ "),
+            };
+            self.walk(children, filter, Some(&body));
             return;
         }
         self.error(pos, format!("Unknown setting: {label}{kind} {{ {kind}"));
@@ -393,6 +401,9 @@ impl Applier<'_> {
 
     fn setting(&mut self, pos: &Pos, key: &str, raw: &str, filter: usize, frame: Option<&Frame>) {
         let (ctx, prefix, label) = match frame {
+            Some(f) if f.kind == ListKind::StrMap && key.contains('/') => {
+                return self.error(pos, format!("Unknown setting: {}{key}", f.label));
+            }
             Some(f) if f.kind == ListKind::StrMap => {
                 let value = self.expand(pos, &format!("{}{key}", f.prefix), key, raw, filter, true);
                 if let Some(v) = value {
@@ -403,6 +414,9 @@ impl Applier<'_> {
             Some(f) => (f.ctx.clone(), f.prefix.clone(), f.label.clone()),
             None => (String::new(), String::new(), String::new()),
         };
+        if frame.is_none() && key.is_empty() {
+            return self.error(pos, "Missing key name ('=' at the beginning of line)");
+        }
         if frame.is_none() && key.contains('/') {
             return self.flat_setting(pos, key, raw, filter);
         }

@@ -90,12 +90,18 @@ pub fn run(args: &ConfigArgs) -> u8 {
         }
     }
     if !check.is_empty() {
+        // doveconf: the first check error as `Error:` (unless it only shows as fatal), then the
+        // fatal line: a missing `}` if there is one, else that check error.
+        let first_check = check.iter().find(|e| e.check);
+        let missing_brace = check.iter().find(|e| !e.check);
         let shown = if args.all_errors { check.len() } else { 1 };
-        for e in check.iter().take(shown) {
-            if e.check {
+        for e in check.iter().filter(|e| e.check).take(shown) {
+            if !e.quiet {
                 let _ = writeln!(stderr, "foreman: Error: {}", e.message);
             }
-            let _ = writeln!(stderr, "foreman: Fatal: {e}");
+        }
+        if let Some(fatal) = missing_brace.or(first_check) {
+            let _ = writeln!(stderr, "foreman: Fatal: {fatal}");
         }
         return EXIT_CONFIG;
     }

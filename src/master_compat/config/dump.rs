@@ -55,14 +55,34 @@ fn is_secret(key: &str) -> bool {
         || key.starts_with("ssl_dh")
 }
 
+/// `key=value` words whose key contains `pass` get their value hidden (measured).
+fn hide_passwords(value: &str) -> String {
+    let words: Vec<String> = value
+        .split(' ')
+        .map(|w| match w.split_once('=') {
+            Some((k, _)) if k.contains("pass") => format!("{k}=#hidden_use-P_to_show#"),
+            _ => w.to_owned(),
+        })
+        .collect();
+    words.join(" ")
+}
+
 /// A value as printed: quoted when it holds `#` or has outer whitespace.
 pub fn format_value(key: &str, value: &str, show_secrets: bool) -> String {
     if !show_secrets && !value.is_empty() && is_secret(key) {
         return "# hidden, use -P to show it".to_owned();
     }
+    // Quoting is decided on the real value, then passwords are hidden.
     let needs_quotes = value.contains('#')
         || value.starts_with([' ', '\t', '\n'])
         || value.ends_with([' ', '\t', '\n']);
+    let hidden;
+    let value = if !show_secrets && value.contains("pass") {
+        hidden = hide_passwords(value);
+        hidden.as_str()
+    } else {
+        value
+    };
     if !needs_quotes {
         return value.to_owned();
     }
@@ -303,5 +323,9 @@ mod tests {
         );
         assert_eq!(format_value("ssl_key", "", false), "");
         assert_eq!(format_value("ssl_key", "</k", true), "</k");
+        assert_eq!(
+            format_value("args", "a password=x apikey=y pass= \"q=pass\"", false),
+            "a password=#hidden_use-P_to_show# apikey=y pass=#hidden_use-P_to_show# \"q=pass\""
+        );
     }
 }

@@ -24,6 +24,8 @@ pub struct ConfigError {
     /// A settings-check error (doveconf prints it as `Error: MSG` and then as the fatal line,
     /// and still prints the configuration).
     pub check: bool,
+    /// A check error doveconf prints only as the final fatal line (checks of a filter's view).
+    pub quiet: bool,
 }
 
 impl ConfigError {
@@ -32,6 +34,7 @@ impl ConfigError {
             place: Place::Line(pos.clone()),
             message: message.into(),
             check: false,
+            quiet: false,
         }
     }
     pub fn in_file(file: &str, message: impl Into<String>) -> Self {
@@ -39,6 +42,7 @@ impl ConfigError {
             place: Place::File(file.to_owned()),
             message: message.into(),
             check: false,
+            quiet: false,
         }
     }
     pub fn check(file: &str, message: impl Into<String>) -> Self {
@@ -46,6 +50,7 @@ impl ConfigError {
             place: Place::File(file.to_owned()),
             message: message.into(),
             check: true,
+            quiet: false,
         }
     }
     pub fn fatal(message: impl Into<String>) -> Self {
@@ -53,6 +58,7 @@ impl ConfigError {
             place: Place::None,
             message: message.into(),
             check: false,
+            quiet: false,
         }
     }
 }

@@ -18,7 +18,8 @@ pub struct Line {
     /// 1-based number of the last physical line it spans.
     pub number: u32,
     pub text: String,
-    /// Warnings to print (without the `Configuration file FILE line N: ` prefix).
+    /// Warnings to print (without the `Configuration file FILE line N: ` prefix). A line with
+    /// warnings has an empty `text`: it carries only them.
     pub warnings: Vec<String>,
 }
 
@@ -59,7 +60,7 @@ fn strip_comment(line: &str) -> (&str, bool) {
 /// Splits a file into logical lines.
 pub fn logical_lines(text: &str) -> Vec<Line> {
     let mut out = Vec::new();
-    let mut pending: Option<(String, Vec<String>)> = None;
+    let mut pending: Option<String> = None;
     for (idx, physical) in text.split('\n').enumerate() {
         let number = u32::try_from(idx + 1).unwrap_or(u32::MAX);
         let trimmed = physical.trim_matches(|c| is_blank(c) || c == '\r');
@@ -70,16 +71,21 @@ pub fn logical_lines(text: &str) -> Vec<Line> {
         }
         let (kept, glued) = strip_comment(trimmed);
         let kept = kept.trim_end_matches(is_blank);
-        let (mut acc, mut warnings) = pending.take().unwrap_or_default();
+        let mut acc = pending.take().unwrap_or_default();
         if glued {
-            warnings.push(AMBIGUOUS_HASH.to_owned());
+            // Reported at once, on its own physical line (even if the statement is dropped).
+            out.push(Line {
+                number,
+                text: String::new(),
+                warnings: vec![AMBIGUOUS_HASH.to_owned()],
+            });
         }
         if !acc.is_empty() {
             acc.push(' ');
         }
         if let Some(body) = kept.strip_suffix('\\') {
             acc.push_str(body.trim_end_matches(is_blank));
-            pending = Some((acc, warnings));
+            pending = Some(acc);
             continue;
         }
         acc.push_str(kept);
@@ -89,7 +95,7 @@ pub fn logical_lines(text: &str) -> Vec<Line> {
         out.push(Line {
             number,
             text: acc,
-            warnings,
+            warnings: Vec::new(),
         });
     }
     out
@@ -159,9 +165,6 @@ pub fn statement(line: &str) -> Result<Statement, SyntaxError> {
     let (after_key, key) = key_token(line).map_err(|_| "Expecting '{'")?;
     let after_key = after_key.trim_start_matches(is_blank);
     if let Ok((_, value)) = setting_rest(after_key) {
-        if key.is_empty() {
-            return Err("Missing key name ('=' at the beginning of line)");
-        }
         return Ok(Statement::Setting {
             key: key.to_owned(),
             value: value.to_owned(),
@@ -253,8 +256,8 @@ mod tests {
             vec![(1, "a = \"x # y\"".to_owned())]
         );
         let l = logical_lines("a = x@y#z\n");
-        assert_eq!(l[0].text, "a = x@y");
         assert_eq!(l[0].warnings.len(), 1);
+        assert_eq!(l[1].text, "a = x@y");
         assert_eq!(
             texts("a = \"abc # def\n"),
             vec![(1, "a = \"abc # def".to_owned())]
@@ -284,7 +287,10 @@ mod tests {
         assert_eq!(statement("a ="), set("a", ""));
         assert_eq!(
             statement("= x"),
-            Err("Missing key name ('=' at the beginning of line)")
+            Ok(Statement::Setting {
+                key: String::new(),
+                value: "x".into()
+            })
         );
         assert_eq!(statement("}"), Ok(Statement::Close));
         assert_eq!(statement("} x"), Err("Expecting '{'"));

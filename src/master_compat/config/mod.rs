@@ -137,7 +137,13 @@ fn finish(path: &str, tree: RawTree, opts: LoadOptions) -> Loaded {
         warnings,
         hidden,
     };
-    if loaded.errors.is_empty() {
+    // Checks run after a missing `}` too (doveconf prints their first error before it).
+    let only_missing_brace = loaded
+        .errors
+        .iter()
+        .all(|e| matches!(e.place, error::Place::File(_)));
+    if only_missing_brace {
+        let missing = std::mem::take(&mut loaded.errors);
         let master = loaded.master_settings();
         let checks = section_errors
             .into_iter()
@@ -145,7 +151,9 @@ fn finish(path: &str, tree: RawTree, opts: LoadOptions) -> Loaded {
         loaded
             .errors
             .extend(checks.map(|m| ConfigError::check(path, m)));
-        if loaded.errors.is_empty() {
+        let checks_passed = loaded.errors.is_empty();
+        loaded.errors.extend(missing);
+        if checks_passed && loaded.errors.is_empty() {
             loaded.errors.extend(filter_checks(&loaded, opts.foreman));
         }
         if loaded.errors.is_empty() {
@@ -185,7 +193,10 @@ fn filter_checks(loaded: &Loaded, foreman: bool) -> Vec<ConfigError> {
         let mut errors = check::master(&master, foreman);
         errors.extend(check::filter_only(&values));
         if let Some(first) = errors.into_iter().next() {
-            return vec![ConfigError::in_file(&loaded.file, first)];
+            return vec![ConfigError {
+                quiet: true,
+                ..ConfigError::check(&loaded.file, first)
+            }];
         }
     }
     Vec::new()

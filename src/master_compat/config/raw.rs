@@ -242,11 +242,14 @@ impl Builder {
                 file: file.clone(),
                 line: line.number,
             };
-            for message in line.warnings {
-                self.push(Node::Warning {
-                    pos: pos.clone(),
-                    message,
-                });
+            if !line.warnings.is_empty() {
+                for message in line.warnings {
+                    self.push(Node::Warning {
+                        pos: pos.clone(),
+                        message,
+                    });
+                }
+                continue;
             }
             match statement(&line.text) {
                 Err(msg) => self.error(&pos, msg),
@@ -372,7 +375,7 @@ impl Builder {
 
     fn finish(mut self) -> RawTree {
         if self.stack.len() > 1 {
-            let started = self.stack[1].pos.clone();
+            let started = self.stack.last().and_then(|s| s.pos.clone());
             if let Some(start) = started {
                 self.out.errors.push(ConfigError::in_file(
                     &self.main,
