@@ -19,11 +19,9 @@ const PROCESS_LIMIT_1: &[&str] = &[
     "old-stats",
 ];
 
-/// Section checks that also fill in values (they then show in `-n` like doveconf's). Returns
-/// the errors and the key prefixes of elements that failed (doveconf does not print those).
-pub fn sections(store: &mut Store) -> (Vec<String>, Vec<String>) {
+/// Section checks that also fill in values (they then show in `-n` like doveconf's).
+pub fn sections(store: &mut Store) -> Vec<String> {
     let mut errors = Vec::new();
-    let mut hidden = Vec::new();
     // passdb/userdb inside a filter get their `name` filled in (it then shows in -n).
     for block in store.filters.iter_mut().skip(1) {
         for db in ["passdb", "userdb"] {
@@ -41,11 +39,13 @@ pub fn sections(store: &mut Store) -> (Vec<String>, Vec<String>) {
             }
         }
     }
-    let global = &mut store.filters[0];
-    if let Some(ns) = global.lists.get("namespace").cloned() {
+    for block in store.filters.iter_mut() {
+        let Some(ns) = block.lists.get("namespace").cloned() else {
+            continue;
+        };
         for id in &ns.ids {
             for field in ["location", "prefix"] {
-                global
+                block
                     .values
                     .entry(format!("namespace/{id}/{field}"))
                     .or_insert(Assigned {
@@ -55,6 +55,7 @@ pub fn sections(store: &mut Store) -> (Vec<String>, Vec<String>) {
             }
         }
     }
+    let global = &store.filters[0];
     for db in ["passdb", "userdb"] {
         if let Some(list) = global.lists.get(db) {
             for id in &list.ids {
@@ -64,12 +65,11 @@ pub fn sections(store: &mut Store) -> (Vec<String>, Vec<String>) {
                     .is_none_or(|a| a.value.is_empty())
                 {
                     errors.push(format!("{db} is missing driver"));
-                    hidden.push(format!("{db}/{id}/"));
                 }
             }
         }
     }
-    (errors, hidden)
+    errors
 }
 
 fn user_exists(name: &str) -> bool {

@@ -55,12 +55,19 @@ fn is_secret(key: &str) -> bool {
         || key.starts_with("ssl_dh")
 }
 
+/// `pass` at the start of the key or after a non-alphanumeric byte (`db_password`, `x.pass`, not
+/// `mypass`, case-sensitive; measured).
+fn has_pass_word(key: &str) -> bool {
+    key.match_indices("pass")
+        .any(|(i, _)| i == 0 || !key.as_bytes()[i - 1].is_ascii_alphanumeric())
+}
+
 /// `key=value` words whose key contains `pass` get their value hidden (measured).
 fn hide_passwords(value: &str) -> String {
     let words: Vec<String> = value
         .split(' ')
         .map(|w| match w.split_once('=') {
-            Some((k, _)) if k.contains("pass") => format!("{k}=#hidden_use-P_to_show#"),
+            Some((k, _)) if has_pass_word(k) => format!("{k}=#hidden_use-P_to_show#"),
             _ => w.to_owned(),
         })
         .collect();
@@ -209,9 +216,8 @@ fn filter_headers(f: &Filter) -> Vec<String> {
 pub fn dump(loaded: &Loaded, scope: Scope, show_secrets: bool) -> String {
     let mut out = String::new();
     let global = &loaded.store.filters[0];
-    // Elements that failed their check lose their "was set" marks in doveconf: only values that
-    // differ from the defaults show.
-    let failed = |k: &str| loaded.hidden.iter().any(|h| k.starts_with(h.as_str()));
+    // passdb/userdb fields print only when they differ from the defaults (measured).
+    let failed = |k: &str| k.starts_with("passdb/") || k.starts_with("userdb/");
     match scope {
         Scope::All => {
             let entries = loaded.merged.iter().filter(|(k, v)| {
@@ -324,8 +330,8 @@ mod tests {
         assert_eq!(format_value("ssl_key", "", false), "");
         assert_eq!(format_value("ssl_key", "</k", true), "</k");
         assert_eq!(
-            format_value("args", "a password=x apikey=y pass= \"q=pass\"", false),
-            "a password=#hidden_use-P_to_show# apikey=y pass=#hidden_use-P_to_show# \"q=pass\""
+            format_value("args", "a password=x apikey=y pass= \"q=pass\" nopassword=y", false),
+            "a password=#hidden_use-P_to_show# apikey=y pass=#hidden_use-P_to_show# \"q=pass\" nopassword=y"
         );
     }
 }

@@ -68,8 +68,6 @@ pub struct Loaded {
     /// Syntax and apply errors (line errors), in file order, then settings-check errors.
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<Warning>,
-    /// Key prefixes of list elements that failed their check (doveconf leaves them out).
-    pub hidden: Vec<String>,
 }
 
 struct StockDefaults {
@@ -124,7 +122,7 @@ fn finish(path: &str, tree: RawTree, opts: LoadOptions) -> Loaded {
     let mut errors: Vec<ConfigError> = std::mem::take(&mut store.errors);
     errors.extend(tree.errors.iter().cloned());
     let warnings = std::mem::take(&mut store.warnings);
-    let (section_errors, hidden) = check::sections(&mut store);
+    let section_errors = check::sections(&mut store);
     let (merged, merged_lists) = merge(&defaults.values, &defaults.lists, &[&store.filters[0]]);
     let mut loaded = Loaded {
         file: path.to_owned(),
@@ -135,7 +133,6 @@ fn finish(path: &str, tree: RawTree, opts: LoadOptions) -> Loaded {
         defaults: &defaults.values,
         errors,
         warnings,
-        hidden,
     };
     // Checks run after a missing `}` too (doveconf prints their first error before it).
     let only_missing_brace = loaded
