@@ -171,7 +171,16 @@ fn filter_checks(loaded: &Loaded, foreman: bool) -> Vec<ConfigError> {
     let defaults = stock_defaults();
     let filters = &loaded.store.filters;
     for i in 1..filters.len() {
-        if filters[i].values.is_empty() {
+        // Only keys the checks read can make a filter's view fail.
+        let relevant = |k: &String| {
+            k.starts_with("service/")
+                || k.starts_with("auth_policy_")
+                || k.starts_with("default_")
+                || k.ends_with("_valid_uid")
+                || k.ends_with("_valid_gid")
+                || matches!(k.as_str(), "protocols" | "listen" | "base_dir")
+        };
+        if !filters[i].values.keys().any(relevant) {
             continue;
         }
         let mut chain = vec![&filters[i]];
