@@ -220,10 +220,8 @@ pub fn dump(loaded: &Loaded, scope: Scope, show_secrets: bool) -> String {
     let failed = |k: &str| k.starts_with("passdb/") || k.starts_with("userdb/");
     match scope {
         Scope::All => {
-            let entries = loaded.merged.iter().filter(|(k, v)| {
-                // Foreman-only settings appear only when set.
-                !is_foreman_default(k, v, global)
-            });
+            // Foreman-only settings are in `merged` only when set (merge skips their defaults).
+            let entries = loaded.merged.iter();
             print_entries(
                 &mut out,
                 entries.map(|(k, v)| (k.as_str(), v.as_str())),
@@ -286,18 +284,6 @@ fn element_default(key: &str) -> Option<String> {
         ctx = child_context(&ctx, w);
     }
     Table::get().setting(&ctx, &leaf).map(|s| s.default.clone())
-}
-
-fn is_foreman_default(key: &str, _value: &str, global: &super::apply::FilterBlock) -> bool {
-    let (headers, leaf) = split_key(key);
-    let mut ctx = String::new();
-    for (w, _) in &headers {
-        ctx = child_context(&ctx, w);
-    }
-    Table::get()
-        .setting(&ctx, &leaf)
-        .is_some_and(|s| s.foreman_only)
-        && !global.values.contains_key(key)
 }
 
 #[cfg(test)]
