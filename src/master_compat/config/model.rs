@@ -359,6 +359,16 @@ impl View<'_> {
 }
 
 impl MasterSettings {
+    /// Substitutes `$default_internal_user`, `$default_login_user` and `$default_internal_group`
+    /// in a service's `user`/`group`/`extra_groups` value (the stock defaults keep them literal
+    /// and the master resolves them, master-interface.md §2.1).
+    pub fn resolve_default_names(&self, value: &str) -> String {
+        value
+            .replace("$default_internal_user", &self.default_internal_user)
+            .replace("$default_login_user", &self.default_login_user)
+            .replace("$default_internal_group", &self.default_internal_group)
+    }
+
     /// The service called `name`.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
