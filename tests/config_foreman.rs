@@ -241,6 +241,7 @@ fn stock_copy_is_accepted_by_doveconf() {
         .filter(|n| n.contains("/ok-"))
         .collect();
     configs.push("trees/includes/dovecot.conf".to_owned());
+    configs.push("trees/debian-custom/dovecot.conf".to_owned());
     configs.sort();
     for (i, config) in configs.iter().enumerate() {
         let out = tmp.path().join(format!("{i}.conf"));
