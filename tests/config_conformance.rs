@@ -56,9 +56,11 @@ fn run(program: &str, prefix: &str, args: &[&str], cwd: &Path) -> Outcome {
 }
 
 /// Compares one config; returns a description of the differences.
-fn compare(cwd: &Path, file: &str, flag: &str) -> Option<String> {
-    let stock = run("doveconf", "doveconf: ", &[flag, "-c", file], cwd);
-    let ours = run("foreman", "foreman: ", &[flag, "-c", file], cwd);
+fn compare(cwd: &Path, file: &str, flags: &[&str]) -> Option<String> {
+    let args: Vec<&str> = flags.iter().copied().chain(["-c", file]).collect();
+    let stock = run("doveconf", "doveconf: ", &args, cwd);
+    let ours = run("foreman", "foreman: ", &args, cwd);
+    let flag = flags.join(" ");
     let mut diff = String::new();
     if stock.status != ours.status {
         diff += &format!(
@@ -128,7 +130,7 @@ fn changed_settings_match_doveconf() {
     }
     let failures: Vec<String> = corpus()
         .iter()
-        .filter_map(|f| compare(&fixtures(), f, "-n"))
+        .filter_map(|f| compare(&fixtures(), f, &["-n"]))
         .collect();
     assert!(
         failures.is_empty(),
@@ -151,7 +153,7 @@ fn all_settings_match_doveconf() {
         .collect();
     let failures: Vec<String> = ok
         .iter()
-        .filter_map(|f| compare(&fixtures(), f, "-a"))
+        .filter_map(|f| compare(&fixtures(), f, &["-a"]))
         .collect();
     assert!(
         failures.is_empty(),
@@ -169,8 +171,32 @@ fn stock_debian_tree_matches_doveconf() {
         return;
     }
     for flag in ["-n", "-a"] {
-        if let Some(diff) = compare(Path::new("/"), "/etc/dovecot/dovecot.conf", flag) {
+        if let Some(diff) = compare(Path::new("/"), "/etc/dovecot/dovecot.conf", &[flag]) {
             panic!("{diff}");
         }
     }
+}
+
+/// Expanding mode (`-x`: `$variables`, `$ENV:`, `<file` contents) on the valid configs.
+#[test]
+fn expanding_mode_matches_doveconf() {
+    if !doveconf_available() {
+        eprintln!("doveconf not installed: skipped");
+        return;
+    }
+    let ok: Vec<String> = corpus()
+        .into_iter()
+        .filter(|f| !f.contains("bad"))
+        .collect();
+    let failures: Vec<String> = ok
+        .iter()
+        .filter_map(|f| compare(&fixtures(), f, &["-x", "-n"]))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} differ:\n{}",
+        failures.len(),
+        ok.len(),
+        failures.join("")
+    );
 }

@@ -78,7 +78,10 @@ fn stock_defaults_fill_every_builtin_service() {
     assert_eq!((anvil.process_min_avail, anvil.process_limit), (1, 1));
     assert_eq!(anvil.effective_idle_kill(&m), None);
     assert_eq!(anvil.effective_vsz_limit(&m), Some(256 << 20));
-    assert_eq!(m.resolve_default_names(&m.service("auth").unwrap().user), "dovecot");
+    assert_eq!(
+        m.resolve_default_names(&m.service("auth").unwrap().user),
+        "dovecot"
+    );
     assert_eq!(m.resolve_default_names(&login.user), "dovenull");
     let old_stats = m.service("old-stats").unwrap();
     assert_eq!(old_stats.fifo_listeners.len(), 2);

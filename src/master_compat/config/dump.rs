@@ -80,9 +80,8 @@ pub fn format_value(key: &str, value: &str, show_secrets: bool) -> String {
         return "# hidden, use -P to show it".to_owned();
     }
     // Quoting is decided on the real value, then passwords are hidden.
-    let needs_quotes = value.contains('#')
-        || value.starts_with([' ', '\t'])
-        || value.ends_with([' ', '\t']);
+    let needs_quotes =
+        value.contains('#') || value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']);
     let hidden;
     let value = if !show_secrets && value.contains("pass") {
         hidden = hide_passwords(value);
