@@ -123,6 +123,8 @@ pub struct ListInfo {
     pub ids: Vec<String>,
     /// Ids that are positions, not names (printed as `type {`).
     pub unnamed: BTreeSet<String>,
+    /// String maps: how many blocks were opened.
+    pub blocks: usize,
 }
 
 /// The settings of one filter block.
@@ -154,6 +156,8 @@ struct Frame {
     kind: ListKind,
     /// `service { unix_listener { ` for "Unknown setting" messages.
     label: String,
+    /// For string maps: which block of this map it is (doveconf names `plugin/0/key` in errors).
+    block: usize,
 }
 
 /// Flat defaults to resolve `$key` against (the stock defaults store's global values).
@@ -257,6 +261,8 @@ impl Applier<'_> {
                     ctx: child_ctx.clone(),
                     ..Default::default()
                 });
+            let block_index = info.blocks;
+            info.blocks += 1;
             let element_prefix = match list_kind {
                 ListKind::StrMap => format!("{list_key}/"),
                 ListKind::Named if name.is_some() => {
@@ -283,6 +289,7 @@ impl Applier<'_> {
                 ctx: child_ctx,
                 kind: list_kind,
                 label: format!("{label}{kind} {{ "),
+                block: block_index,
             };
             self.walk(children, filter, Some(&child));
             return;
@@ -297,6 +304,7 @@ impl Applier<'_> {
                 ctx: "\u{0}".to_owned(),
                 kind: ListKind::Named,
                 label: format!("{label}{kind} {{ "),
+                block: 0,
             };
             self.walk(children, filter, Some(&body));
             return;
@@ -405,7 +413,16 @@ impl Applier<'_> {
                 return self.error(pos, format!("Unknown setting: {}{key}", f.label));
             }
             Some(f) if f.kind == ListKind::StrMap => {
-                let value = self.expand(pos, &format!("{}{key}", f.prefix), key, raw, filter, true);
+                let err_key = format!("{}{}/{key}", f.prefix, f.block);
+                let value = self.expand(
+                    pos,
+                    &format!("{}{key}", f.prefix),
+                    key,
+                    &err_key,
+                    raw,
+                    filter,
+                    true,
+                );
                 if let Some(v) = value {
                     self.assign(filter, format!("{}{key}", f.prefix), v, pos);
                 }
@@ -434,16 +451,17 @@ impl Applier<'_> {
         key: &str,
         raw: &str,
     ) {
+        // doveconf expands the value before it looks the key up.
+        let full = format!("{prefix}{key}");
+        let Some(text) = self.expand(pos, &full, key, &full, raw, filter, false) else {
+            return;
+        };
         let Some(setting) = self.table.setting(ctx, key) else {
             return self.error(pos, format!("Unknown setting: {label}{key}"));
         };
         if setting.foreman_only && !self.opts.foreman {
             return self.error(pos, format!("Unknown setting: {label}{key}"));
         }
-        let full = format!("{prefix}{key}");
-        let Some(text) = self.expand(pos, &full, key, raw, filter, false) else {
-            return;
-        };
         let value = match normalize(&setting.kind, &text) {
             Ok(v) => v,
             Err(e) => return self.error(pos, e),
@@ -474,7 +492,7 @@ impl Applier<'_> {
                         .or_default();
                     info.ctx = child_context(&ctx, seg);
                     if let Some(v) =
-                        self.expand(pos, &full, segs[segs.len() - 1], raw, filter, true)
+                        self.expand(pos, &full, segs[segs.len() - 1], &full, raw, filter, true)
                     {
                         self.assign(filter, full, v, pos);
                     }
@@ -560,11 +578,13 @@ impl Applier<'_> {
     }
 
     /// Unquotes and resolves `$variables` / `<file` (config-syntax.md §4.2–§4.3).
+    #[allow(clippy::too_many_arguments)]
     fn expand(
         &mut self,
         pos: &Pos,
         full: &str,
         key: &str,
+        err_key: &str,
         raw: &str,
         filter: usize,
         strmap: bool,
@@ -584,7 +604,7 @@ impl Applier<'_> {
                         self.error(
                             pos,
                             format!(
-                                "{key}: Can't open file {path}: {}",
+                                "{err_key}: Can't open file {path}: {}",
                                 super::raw::io_reason(&e)
                             ),
                         );
