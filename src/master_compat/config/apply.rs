@@ -168,6 +168,8 @@ struct Applier<'a> {
     opts: ApplyOptions,
     defaults: Option<&'a Defaults>,
     store: Store,
+    /// The "NOTE: You can get a new clean config file" hint was printed.
+    noted_obsolete: bool,
 }
 
 /// Applies a raw tree. `defaults` = flattened stock defaults (None while building them).
@@ -181,6 +183,7 @@ pub fn apply(tree: &RawTree, opts: ApplyOptions, defaults: Option<&Defaults>) ->
             errors: Vec::new(),
             warnings: Vec::new(),
         },
+        noted_obsolete: false,
     };
     a.walk(&tree.root, 0, None);
     a.store
@@ -312,6 +315,126 @@ impl Applier<'_> {
         self.error(pos, format!("Unknown setting: {label}{kind} {{ {kind}"));
     }
 
+    fn warn(&mut self, text: String) {
+        let errors_before = self.store.errors.len();
+        self.store.warnings.push(Warning {
+            errors_before,
+            ..Warning::plain(text)
+        });
+    }
+
+    fn warn_obsolete(&mut self, pos: &Pos, message: &str) {
+        if !self.noted_obsolete {
+            self.noted_obsolete = true;
+            self.warn(
+                "NOTE: You can get a new clean config file with: doveconf -Pn > dovecot-new.conf"
+                    .to_owned(),
+            );
+        }
+        self.warn(format!(
+            "Obsolete setting in {}:{}: {message}",
+            pos.file, pos.line
+        ));
+    }
+
+    /// Old (2.0–2.2) settings doveconf still translates, with its warning (measured; only the
+    /// common ones).
+    fn obsolete(&mut self, pos: &Pos, filter: usize, key: &str, raw: &str) -> bool {
+        match key {
+            "ssl_dh_parameters_length" | "ssl_parameters_regenerate" => {
+                self.warn_obsolete(pos, &format!("{key} is no longer needed"));
+            }
+            "login_dir" => self.warn_obsolete(pos, "login_dir has been removed"),
+            "ssl_cert_file" | "ssl_key_file" | "ssl_ca_file" => {
+                let new = key.trim_end_matches("_file");
+                self.warn_obsolete(pos, &format!("{key} has been replaced by {new} = <file"));
+                let value = format!("<{}", unquote(raw).text);
+                self.set_value(pos, filter, "", "", "", new, &value);
+            }
+            "sieve" => {
+                self.warn_obsolete(pos, "sieve has been moved into plugin {} section");
+                let info = self.store.filters[filter]
+                    .lists
+                    .entry("plugin".to_owned())
+                    .or_default();
+                info.ctx = "plugin".to_owned();
+                if let Some(v) = self.expand(
+                    pos,
+                    "plugin/sieve",
+                    key,
+                    "plugin/0/sieve",
+                    raw,
+                    filter,
+                    true,
+                ) {
+                    self.assign(filter, "plugin/sieve".to_owned(), v, pos);
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// `imaps`/`pop3s` in `protocols` are dropped with a warning; without the plain protocol
+    /// they become it, with the plain listener disabled (measured).
+    fn drop_ssl_protocols(&mut self, pos: &Pos, filter: usize, value: String) -> String {
+        let words: Vec<String> = value.split(' ').map(str::to_owned).collect();
+        if !words
+            .iter()
+            .any(|w| matches!(w.as_str(), "imaps" | "pop3s"))
+        {
+            return value;
+        }
+        let mut kept = Vec::new();
+        let mut added = Vec::new();
+        for w in &words {
+            let plain = match w.as_str() {
+                "imaps" => "imap",
+                "pop3s" => "pop3",
+                _ => {
+                    kept.push(w.clone());
+                    continue;
+                }
+            };
+            if words.iter().any(|x| x == plain) {
+                self.warn_obsolete(
+                    pos,
+                    &format!("'{w}' protocol is no longer necessary, remove it"),
+                );
+                continue;
+            }
+            self.warn_obsolete(
+                pos,
+                &format!(
+                    "'{w}' protocol can no longer be specified (use protocols={plain}). to disable non-ssl \
+                     {plain}, use service {plain}-login {{ inet_listener {plain} {{ port=0 }} }}"
+                ),
+            );
+            let login = format!("{plain}-login");
+            let services = self.store.filters[filter]
+                .lists
+                .entry("service".to_owned())
+                .or_default();
+            services.ctx = "service".to_owned();
+            if !services.ids.contains(&login) {
+                services.ids.push(login.clone());
+            }
+            let list = format!("service/{login}/inet_listener");
+            let info = self.store.filters[filter]
+                .lists
+                .entry(list.clone())
+                .or_default();
+            info.ctx = "service/inet_listener".to_owned();
+            if !info.ids.iter().any(|i| i == plain) {
+                info.ids.push(plain.to_owned());
+            }
+            self.assign(filter, format!("{list}/{plain}/port"), "0".to_owned(), pos);
+            added.push(plain.to_owned());
+        }
+        kept.extend(added);
+        kept.join(" ")
+    }
+
     fn in_network_filter(&self, filter: usize) -> bool {
         let f = &self.store.filters[filter].filter;
         f.local.is_some() || f.remote.is_some() || f.local_name.is_some()
@@ -434,6 +557,9 @@ impl Applier<'_> {
         if frame.is_none() && key.is_empty() {
             return self.error(pos, "Missing key name ('=' at the beginning of line)");
         }
+        if frame.is_none() && self.obsolete(pos, filter, key, raw) {
+            return;
+        }
         if frame.is_none() && key.contains('/') {
             return self.flat_setting(pos, key, raw, filter);
         }
@@ -462,10 +588,13 @@ impl Applier<'_> {
         if setting.foreman_only && !self.opts.foreman {
             return self.error(pos, format!("Unknown setting: {label}{key}"));
         }
-        let value = match normalize(&setting.kind, &text) {
+        let mut value = match normalize(&setting.kind, &text) {
             Ok(v) => v,
             Err(e) => return self.error(pos, e),
         };
+        if ctx.is_empty() && key == "protocols" {
+            value = self.drop_ssl_protocols(pos, filter, value);
+        }
         if ctx.is_empty() && self.in_network_filter(filter) && self.table.is_auth_setting(key) {
             return self.error(
                 pos,
