@@ -43,6 +43,27 @@ fn stock_defaults_fill_every_builtin_service() {
     );
     assert_eq!(m.default_vsz_limit, 256 << 20);
     assert_eq!(m.services.len(), 30);
+    // Stock (compiled) order, as doveconf exports it for the master.
+    assert_eq!(m.services[0].name, "tcpwrap");
+    assert_eq!(m.services[29].name, "anvil");
+    let auth: Vec<String> = m
+        .service("auth")
+        .unwrap()
+        .unix_listeners
+        .iter()
+        .map(|l| l.path.to_string())
+        .collect();
+    assert_eq!(
+        auth,
+        [
+            "login/login",
+            "token-login/tokenlogin",
+            "auth-login",
+            "auth-client",
+            "auth-userdb",
+            "auth-master"
+        ]
+    );
 
     let imap = m.service("imap").unwrap();
     assert_eq!(
@@ -55,13 +76,11 @@ fn stock_defaults_fill_every_builtin_service() {
         .iter()
         .map(|l| (l.path.to_string(), l.mode))
         .collect();
-    assert_eq!(
-        paths,
-        [
-            ("imap-master".to_owned(), 0o600),
-            ("login/imap".to_owned(), 0o666)
-        ]
-    );
+    let expected = [
+        ("login/imap".to_owned(), 0o666),
+        ("imap-master".to_owned(), 0o600),
+    ];
+    assert_eq!(paths, expected);
     assert_eq!(imap.process_limit_margin, 0);
 
     let login = m.service("imap-login").unwrap();

@@ -76,51 +76,9 @@ fn user_exists(name: &str) -> bool {
     nix::unistd::User::from_name(name).ok().flatten().is_some()
 }
 
-/// The order in which stock 2.3.19.1 lists its built-in services (the `SERVICE=` export order,
-/// master-interface.md §3.2); messages that list several services use it.
-const STOCK_SERVICE_ORDER: &[&str] = &[
-    "tcpwrap",
-    "health-check",
-    "submission",
-    "submission-login",
-    "stats",
-    "replicator",
-    "aggregator",
-    "pop3",
-    "pop3-login",
-    "old-stats",
-    "log",
-    "lmtp",
-    "ipc",
-    "indexer-worker",
-    "indexer",
-    "imap",
-    "imap-urlauth-worker",
-    "imap-urlauth",
-    "imap-urlauth-login",
-    "imap-login",
-    "imap-hibernate",
-    "doveadm",
-    "dns-client",
-    "director",
-    "dict",
-    "dict-async",
-    "config",
-    "auth",
-    "auth-worker",
-    "anvil",
-];
-
-/// Services in stock listing order (unknown names after the built-in ones, by name).
+/// Services in stock listing order (what the model already keeps).
 pub fn stock_order(m: &MasterSettings) -> Vec<&super::model::Service> {
-    let mut v: Vec<_> = m.services.iter().collect();
-    v.sort_by_key(|s| {
-        STOCK_SERVICE_ORDER
-            .iter()
-            .position(|n| *n == s.name)
-            .unwrap_or(usize::MAX)
-    });
-    v
+    m.services.iter().collect()
 }
 
 /// Warnings doveconf prints after a successful check.

@@ -85,7 +85,24 @@ fn stock_defaults() -> &'static StockDefaults {
         );
         let store = apply::apply(&tree, ApplyOptions::default(), None);
         debug_assert!(store.errors.is_empty(), "{:?}", store.errors);
-        let global = store.filters.into_iter().next().unwrap_or_default();
+        let mut global = store.filters.into_iter().next().unwrap_or_default();
+        // doveconf prints lists sorted; the compiled order (services, listeners) comes from
+        // the flat export and is what the master numbers by.
+        for line in table::STOCK_ORDER.lines() {
+            let Some((key, ids)) = line.split_once('=') else {
+                continue;
+            };
+            if let Some(info) = global.lists.get_mut(key) {
+                let ordered: Vec<String> = ids.split(' ').map(str::to_owned).collect();
+                let mut sorted_new = ordered.clone();
+                sorted_new.sort();
+                let mut sorted_old = info.ids.clone();
+                sorted_old.sort();
+                if sorted_new == sorted_old {
+                    info.ids = ordered;
+                }
+            }
+        }
         StockDefaults {
             values: global
                 .values

@@ -131,7 +131,8 @@ pub struct MasterSettings {
     pub stats_writer_socket_path: String,
     pub shutdown_clients: bool,
     pub verbose_proctitle: bool,
-    /// Sorted by name.
+    /// In stock order: the built-in services in their compiled order (the `SERVICE=` order of
+    /// doveconf's export), then new ones in the order the file defines them.
     pub services: Vec<Service>,
 }
 
@@ -322,7 +323,6 @@ impl View<'_> {
             .iter()
             .map(|id| self.service(id))
             .collect();
-        services.sort_by(|a, b| a.name.cmp(&b.name));
         MasterSettings {
             base_dir: self.s("base_dir"),
             state_dir: self.s("state_dir"),

@@ -15,6 +15,8 @@ use super::value::Kind;
 const SETTINGS_TSV: &str = include_str!("data/settings.tsv");
 /// Global settings of the auth root: doveconf rejects them inside local/remote/local_name.
 const AUTH_SETTINGS_TXT: &str = include_str!("data/auth-settings.txt");
+/// The compiled order of services and listeners (`service=...` lines of doveconf's flat export).
+pub const STOCK_ORDER: &str = include_str!("data/stock-order.txt");
 /// `doveconf -d` without its banner: global defaults and the built-in services.
 pub const STOCK_DEFAULTS_CONF: &str = include_str!("data/stock-defaults.conf");
 
