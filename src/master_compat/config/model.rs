@@ -318,7 +318,7 @@ impl View<'_> {
         if protocols == ["none"] {
             protocols.clear();
         }
-        let mut services: Vec<Service> = self
+        let services: Vec<Service> = self
             .ids("service")
             .iter()
             .map(|id| self.service(id))
