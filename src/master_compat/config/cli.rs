@@ -94,9 +94,11 @@ pub fn run(args: &ConfigArgs) -> u8 {
         // fatal line: a missing `}` if there is one, else that check error.
         let first_check = check.iter().find(|e| e.check);
         let missing_brace = check.iter().find(|e| !e.check);
-        let shown = if args.all_errors { check.len() } else { 1 };
-        for e in check.iter().filter(|e| e.check).take(shown) {
-            if !e.quiet {
+        let mut components_seen = Vec::new();
+        for e in check.iter().filter(|e| e.check && !e.quiet) {
+            // doveconf: the first error of each component (unless all were asked for).
+            if args.all_errors || !components_seen.contains(&e.component) {
+                components_seen.push(e.component);
                 let _ = writeln!(stderr, "foreman: Error: {}", e.message);
             }
         }

@@ -26,6 +26,9 @@ pub struct ConfigError {
     pub check: bool,
     /// A check error doveconf prints only as the final fatal line (checks of a filter's view).
     pub quiet: bool,
+    /// Which component's check found it (doveconf prints the first error of each component as
+    /// an `Error:` line; 0 = auth, 1 = master).
+    pub component: u8,
 }
 
 impl ConfigError {
@@ -35,6 +38,7 @@ impl ConfigError {
             message: message.into(),
             check: false,
             quiet: false,
+            component: 0,
         }
     }
     pub fn in_file(file: &str, message: impl Into<String>) -> Self {
@@ -43,6 +47,7 @@ impl ConfigError {
             message: message.into(),
             check: false,
             quiet: false,
+            component: 0,
         }
     }
     pub fn check(file: &str, message: impl Into<String>) -> Self {
@@ -51,6 +56,7 @@ impl ConfigError {
             message: message.into(),
             check: true,
             quiet: false,
+            component: 0,
         }
     }
     pub fn fatal(message: impl Into<String>) -> Self {
@@ -59,6 +65,7 @@ impl ConfigError {
             message: message.into(),
             check: false,
             quiet: false,
+            component: 0,
         }
     }
 }

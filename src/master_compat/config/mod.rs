@@ -159,12 +159,15 @@ fn finish(path: &str, tree: RawTree, opts: LoadOptions) -> Loaded {
     if only_missing_brace {
         let missing = std::mem::take(&mut loaded.errors);
         let master = loaded.master_settings();
-        let checks = section_errors
+        let auth = section_errors
             .into_iter()
-            .chain(check::master(&master, opts.foreman));
-        loaded
-            .errors
-            .extend(checks.map(|m| ConfigError::check(path, m)));
+            .map(|m| ConfigError::check(path, m));
+        let master_errors = check::master(&master, opts.foreman).into_iter();
+        let master_errors = master_errors.map(|m| ConfigError {
+            component: 1,
+            ..ConfigError::check(path, m)
+        });
+        loaded.errors.extend(auth.chain(master_errors));
         let checks_passed = loaded.errors.is_empty();
         loaded.errors.extend(missing);
         if checks_passed && loaded.errors.is_empty() {
