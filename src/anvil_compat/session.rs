@@ -18,20 +18,11 @@ pub struct ConnKind {
 
 impl ConnKind {
     /// A socket client.
-    pub const SOCKET: ConnKind = ConnKind {
-        fifo: false,
-        master: false,
-    };
+    pub const SOCKET: ConnKind = ConnKind { fifo: false, master: false };
     /// The shared children pipe (fd 8).
-    pub const SHARED_PIPE: ConnKind = ConnKind {
-        fifo: true,
-        master: false,
-    };
+    pub const SHARED_PIPE: ConnKind = ConnKind { fifo: true, master: false };
     /// The master pipe (fd 7).
-    pub const MASTER_PIPE: ConnKind = ConnKind {
-        fifo: true,
-        master: true,
-    };
+    pub const MASTER_PIPE: ConnKind = ConnKind { fifo: true, master: true };
 }
 
 /// Log lines produced while handling input, in order.

@@ -74,37 +74,23 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Anvil {
-            socket: Some(socket),
-            penalty_socket,
-        } => {
-            crate::anvil_compat::server::run_standalone(
-                crate::anvil_compat::server::StandaloneOptions {
-                    socket,
-                    penalty_socket,
-                },
-            )?;
+        Command::Anvil { socket: Some(socket), penalty_socket } => {
+            crate::anvil_compat::server::run_standalone(crate::anvil_compat::server::StandaloneOptions {
+                socket,
+                penalty_socket,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Anvil { socket: None, .. } => {
             crate::anvil_compat::server::run_under_master()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Who {
-            socket,
-            one_per_session,
-            json,
-            masks,
-        } => {
+        Command::Who { socket, one_per_session, json, masks } => {
             let _ = (socket, one_per_session, json, masks);
             anyhow::bail!("foreman who: not implemented yet")
         }
-        Command::Config(args) => Ok(ExitCode::from(crate::master_compat::config::cli::run(
-            &args,
-        ))),
-        Command::Bench {
-            what: BenchCommand::Anvil { quick },
-        } => {
+        Command::Config(args) => Ok(ExitCode::from(crate::master_compat::config::cli::run(&args))),
+        Command::Bench { what: BenchCommand::Anvil { quick } } => {
             let _ = quick;
             anyhow::bail!("foreman bench anvil: not implemented yet")
         }

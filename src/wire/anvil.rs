@@ -83,34 +83,16 @@ impl Command {
 /// borrow from the input line unless unescaping changed them (the hot path allocates nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
-    Connect {
-        pid: Pid,
-        ident: Cow<'a, [u8]>,
-    },
-    Disconnect {
-        pid: Pid,
-        ident: Cow<'a, [u8]>,
-    },
+    Connect { pid: Pid, ident: Cow<'a, [u8]> },
+    Disconnect { pid: Pid, ident: Cow<'a, [u8]> },
     /// `KILL`: stock checks "master connection only" before the pid, so an invalid pid is
     /// carried as `None` and rejected by the session after the master check.
-    Kill {
-        pid: Option<Pid>,
-    },
-    Lookup {
-        ident: Cow<'a, [u8]>,
-    },
-    PenaltyGet {
-        ident: Cow<'a, [u8]>,
-    },
+    Kill { pid: Option<Pid> },
+    Lookup { ident: Cow<'a, [u8]> },
+    PenaltyGet { ident: Cow<'a, [u8]> },
     /// `value` is at most 65535, and 0 only with checksum 0.
-    PenaltyInc {
-        ident: Cow<'a, [u8]>,
-        checksum: u32,
-        value: u16,
-    },
-    PenaltySetExpireSecs {
-        secs: u32,
-    },
+    PenaltyInc { ident: Cow<'a, [u8]>, checksum: u32, value: u16 },
+    PenaltySetExpireSecs { secs: u32 },
     ConnectDump,
     PenaltyDump,
 }
@@ -169,10 +151,7 @@ pub fn parse_request(line: &[u8]) -> Result<Option<Request<'_>>, RequestError> {
 /// `Invalid(Err(TooLong))` / `Invalid(Ok(reason))` otherwise.
 pub fn decode_request(
     buf: &[u8],
-) -> Result<
-    (usize, Option<Request<'_>>),
-    DecodeError<Result<RequestError, crate::wire::line::LineError>>,
-> {
+) -> Result<(usize, Option<Request<'_>>), DecodeError<Result<RequestError, crate::wire::line::LineError>>> {
     let _ = buf;
     todo!()
 }
@@ -239,17 +218,13 @@ pub fn decode_penalty_reply(buf: &[u8]) -> Result<(usize, (u32, u32)), DecodeErr
 }
 
 /// Decodes one CONNECT-DUMP line: `Some(row)`, or `None` for the terminating empty line.
-pub fn decode_connect_row(
-    buf: &[u8],
-) -> Result<(usize, Option<ConnectRow>), DecodeError<ReplyError>> {
+pub fn decode_connect_row(buf: &[u8]) -> Result<(usize, Option<ConnectRow>), DecodeError<ReplyError>> {
     let _ = buf;
     todo!()
 }
 
 /// Decodes one PENALTY-DUMP line: `Some(row)`, or `None` for the terminating empty line.
-pub fn decode_penalty_row(
-    buf: &[u8],
-) -> Result<(usize, Option<PenaltyRow>), DecodeError<ReplyError>> {
+pub fn decode_penalty_row(buf: &[u8]) -> Result<(usize, Option<PenaltyRow>), DecodeError<ReplyError>> {
     let _ = buf;
     todo!()
 }
