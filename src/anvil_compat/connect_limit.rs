@@ -1,6 +1,36 @@
 //! The connect-limit table (anvil-protocol.md §5.1): how many sessions each ident has, per
 //! pid. `count[ident]` is the sum of `ref[(ident, pid)]` and both are kept only while > 0.
 //! No expiry, no size limit; only DISCONNECT, KILL or a restart remove sessions.
+//!
+//! # Layout (why it is shaped like this)
+//!
+//! The table is built to hold a million sessions in well under half of stock's ~150 bytes
+//! per session, with O(1) CONNECT / DISCONNECT / LOOKUP and a KILL that touches only the
+//! killed pid's entries. See `docs/anvil.md` for the figures.
+//!
+//! - **Idents are interned** to `u32` ids. Their bytes live in an `Arena` of 64 KiB chunks
+//!   (no per-ident allocation, no allocator rounding); an `IdentSlot` (16 bytes, in a
+//!   chunked `Slab`) holds where the bytes are, plus the sessions:
+//!   - *single*: the ident has sessions in exactly one pid: `(pid, refcount)` inline. This
+//!     is the common case (one imap process per session) and costs no further memory.
+//!   - *multi*: several pids: a `SmallMap` pid -> refcount in the `multi` pool (a vector
+//!     up to 16 pids, a hash table above), and the total count inline.
+//! - `ident_index` is a hash table of ident ids hashed by the ident bytes (4 bytes a bucket).
+//! - **pid -> idents index** for KILL and for the dump-free DISCONNECT bookkeeping:
+//!   `pid_index` is a hash table of `u32` entries hashed by pid. An entry is either
+//!   - *direct*: an ident id whose slot is *single* with this pid, and the pid has no other
+//!     ident (the pid is read from the slot, so the entry is 4 bytes); or
+//!   - `FLAG | r`: a `PidRec` `{pid, list}` where `list` is one ident id or `FLAG | l`, a
+//!     `SmallMap` set of ident ids in the `pid_lists` pool.
+//!
+//! Invariant kept by every operation: a direct entry `i` for pid `p` exists only while slot
+//! `i` is single with pid `p`; a slot is never changed away from that state (or freed)
+//! before its direct entry is converted or removed, because the index resolves a direct
+//! entry's pid through the slot.
+
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::wire::anvil::Pid;
 
@@ -9,10 +39,426 @@ use crate::wire::anvil::Pid;
 #[error("disconnection for unknown pid")]
 pub struct UnknownSession;
 
-/// ident -> pid -> refcount.
+/// Tag bit: in a slot's `a` (multi), in a pid index entry (record), in a record's list (set).
+/// Pids are at most 2^31 - 1, so the bit is free in a pid.
+const FLAG: u32 = 1 << 31;
+/// "No index" (end of a free list, vacant marker).
+const NONE: u32 = u32::MAX;
+
+type Hasher = DefaultHashBuilder;
+
+// ---------------------------------------------------------------------------------------
+// Chunked slab with a free list: stable u32 ids, no doubling waste.
+
+const SLAB_CHUNK_SHIFT: u32 = 10;
+const SLAB_CHUNK: usize = 1 << SLAB_CHUNK_SHIFT;
+
+/// An item that can mark itself vacant and carry the free-list link.
+trait SlabItem: Copy + Default {
+    fn vacant(next: u32) -> Self;
+    /// `Some(next)` when vacant.
+    fn next_vacant(&self) -> Option<u32>;
+}
+
+#[derive(Debug)]
+struct Slab<T> {
+    chunks: Vec<Box<[T]>>,
+    len: u32,
+    free: u32,
+    live: u32,
+}
+
+impl<T: SlabItem> Default for Slab<T> {
+    fn default() -> Self {
+        Slab::new()
+    }
+}
+
+impl<T: SlabItem> Slab<T> {
+    fn new() -> Self {
+        Slab {
+            chunks: Vec::new(),
+            len: 0,
+            free: NONE,
+            live: 0,
+        }
+    }
+
+    fn get(&self, i: u32) -> &T {
+        &self.chunks[(i >> SLAB_CHUNK_SHIFT) as usize][i as usize & (SLAB_CHUNK - 1)]
+    }
+
+    fn get_mut(&mut self, i: u32) -> &mut T {
+        &mut self.chunks[(i >> SLAB_CHUNK_SHIFT) as usize][i as usize & (SLAB_CHUNK - 1)]
+    }
+
+    fn insert(&mut self, v: T) -> u32 {
+        self.live += 1;
+        if self.free != NONE {
+            let i = self.free;
+            self.free = self.get(i).next_vacant().unwrap_or(NONE);
+            *self.get_mut(i) = v;
+            return i;
+        }
+        let i = self.len;
+        if (i as usize).is_multiple_of(SLAB_CHUNK) {
+            self.chunks
+                .push(vec![T::default(); SLAB_CHUNK].into_boxed_slice());
+        }
+        self.len += 1;
+        *self.get_mut(i) = v;
+        i
+    }
+
+    fn remove(&mut self, i: u32) -> T {
+        let v = *self.get(i);
+        *self.get_mut(i) = T::vacant(self.free);
+        self.free = i;
+        self.live -= 1;
+        if self.live == 0 {
+            // Everything is gone: give the chunks back.
+            *self = Slab::new();
+        }
+        v
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        (0..self.len)
+            .map(|i| (i, self.get(i)))
+            .filter(|(_, v)| v.next_vacant().is_none())
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.chunks.capacity() * std::mem::size_of::<Box<[T]>>()
+            + self.chunks.len() * SLAB_CHUNK * std::mem::size_of::<T>()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Ident bytes.
+
+/// Chunk size of the ident arena; small idents are packed into such chunks.
+const ARENA_CHUNK: usize = 64 * 1024;
+/// Idents at least this long get a chunk of their own (never from the wire: lines are
+/// at most 1024 bytes, but the API takes any slice).
+const BIG_IDENT: usize = 4096;
+/// `len` marker of an ident that owns its whole chunk.
+const BIG_LEN: u16 = u16::MAX;
+
+/// Where an ident's bytes are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Loc {
+    chunk: u32,
+    pos: u16,
+    len: u16,
+}
+
+/// Bump allocator for ident bytes. Freed bytes are counted as garbage; the owner compacts
+/// (copies every live ident into fresh chunks) once garbage exceeds the live bytes.
+#[derive(Debug, Default)]
+struct Arena {
+    chunks: Vec<Vec<u8>>,
+    /// The chunk small idents are appended to.
+    cur: Option<u32>,
+    live: usize,
+    garbage: usize,
+}
+
+impl Arena {
+    fn alloc(&mut self, bytes: &[u8]) -> Loc {
+        self.live += bytes.len();
+        if bytes.is_empty() {
+            return Loc::default();
+        }
+        if bytes.len() >= BIG_IDENT {
+            self.chunks.push(bytes.to_vec());
+            return Loc {
+                chunk: self.chunks.len() as u32 - 1,
+                pos: 0,
+                len: BIG_LEN,
+            };
+        }
+        let cur = match self.cur {
+            Some(c) if self.chunks[c as usize].len() + bytes.len() <= ARENA_CHUNK => c,
+            _ => {
+                self.chunks.push(Vec::with_capacity(ARENA_CHUNK));
+                let c = self.chunks.len() as u32 - 1;
+                self.cur = Some(c);
+                c
+            }
+        };
+        let chunk = &mut self.chunks[cur as usize];
+        let pos = chunk.len();
+        chunk.extend_from_slice(bytes);
+        // pos < ARENA_CHUNK - len < 65536 because len >= 1.
+        Loc {
+            chunk: cur,
+            pos: pos as u16,
+            len: bytes.len() as u16,
+        }
+    }
+
+    fn get(&self, loc: Loc) -> &[u8] {
+        if loc.len == BIG_LEN {
+            &self.chunks[loc.chunk as usize]
+        } else if loc.len == 0 {
+            &[]
+        } else {
+            let pos = loc.pos as usize;
+            &self.chunks[loc.chunk as usize][pos..pos + loc.len as usize]
+        }
+    }
+
+    fn free(&mut self, loc: Loc) {
+        let len = if loc.len == BIG_LEN {
+            std::mem::take(&mut self.chunks[loc.chunk as usize]).len()
+        } else {
+            loc.len as usize
+        };
+        self.live -= len;
+        self.garbage += len.max(1);
+    }
+
+    fn wants_compaction(&self) -> bool {
+        self.garbage > self.live && self.garbage >= ARENA_CHUNK
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.chunks.capacity() * std::mem::size_of::<Vec<u8>>()
+            + self.chunks.iter().map(Vec::capacity).sum::<usize>()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Small maps keyed by u32: a vector while small, a hash table when big.
+
+const SMALL_MAX: usize = 16;
+
+#[derive(Debug)]
+enum SmallMap<V> {
+    Small(Vec<(u32, V)>),
+    Big(HashTable<(u32, V)>),
+}
+
+impl<V> Default for SmallMap<V> {
+    fn default() -> Self {
+        SmallMap::Small(Vec::new())
+    }
+}
+
+impl<V: Copy> SmallMap<V> {
+    fn pair(a: (u32, V), b: (u32, V)) -> Self {
+        SmallMap::Small(vec![a, b])
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            SmallMap::Small(v) => v.len(),
+            SmallMap::Big(t) => t.len(),
+        }
+    }
+
+    fn get_mut(&mut self, s: &Hasher, k: u32) -> Option<&mut V> {
+        match self {
+            SmallMap::Small(v) => v.iter_mut().find(|e| e.0 == k).map(|e| &mut e.1),
+            SmallMap::Big(t) => t.find_mut(s.hash_one(k), |e| e.0 == k).map(|e| &mut e.1),
+        }
+    }
+
+    /// Inserts a key that is not present.
+    fn insert_new(&mut self, s: &Hasher, k: u32, val: V) {
+        match self {
+            SmallMap::Small(v) if v.len() < SMALL_MAX => v.push((k, val)),
+            SmallMap::Small(v) => {
+                let mut t = HashTable::with_capacity(SMALL_MAX * 2);
+                for e in v.drain(..).chain(std::iter::once((k, val))) {
+                    t.insert_unique(s.hash_one(e.0), e, |e| s.hash_one(e.0));
+                }
+                *self = SmallMap::Big(t);
+            }
+            SmallMap::Big(t) => {
+                t.insert_unique(s.hash_one(k), (k, val), |e| s.hash_one(e.0));
+            }
+        }
+    }
+
+    fn remove(&mut self, s: &Hasher, k: u32) -> Option<V> {
+        match self {
+            SmallMap::Small(v) => {
+                let i = v.iter().position(|e| e.0 == k)?;
+                Some(v.swap_remove(i).1)
+            }
+            SmallMap::Big(t) => {
+                let ((_, val), _) = t.find_entry(s.hash_one(k), |e| e.0 == k).ok()?.remove();
+                if t.len() <= SMALL_MAX / 2 {
+                    *self = SmallMap::Small(t.drain().collect());
+                } else if t.len() * 4 < t.capacity() {
+                    let keep = t.len() * 2;
+                    t.shrink_to(keep, |e| s.hash_one(e.0));
+                }
+                Some(val)
+            }
+        }
+    }
+
+    fn first(&self) -> Option<(u32, V)> {
+        match self {
+            SmallMap::Small(v) => v.first().copied(),
+            SmallMap::Big(t) => t.iter().next().copied(),
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(u32, V)) {
+        match self {
+            SmallMap::Small(v) => v.iter().for_each(|e| f(e.0, e.1)),
+            SmallMap::Big(t) => t.iter().for_each(|e| f(e.0, e.1)),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            SmallMap::Small(v) => v.capacity() * std::mem::size_of::<(u32, V)>(),
+            SmallMap::Big(t) => t.allocation_size(),
+        }
+    }
+}
+
+/// A vector of values with reusable indices (the rare multi-pid / multi-ident lists).
+#[derive(Debug)]
+struct Pool<T> {
+    items: Vec<T>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T: Default> Pool<T> {
+    fn insert(&mut self, v: T) -> u32 {
+        if let Some(i) = self.free.pop() {
+            self.items[i as usize] = v;
+            i
+        } else {
+            self.items.push(v);
+            self.items.len() as u32 - 1
+        }
+    }
+
+    fn take(&mut self, i: u32) -> T {
+        let v = std::mem::take(&mut self.items[i as usize]);
+        self.free.push(i);
+        if self.free.len() == self.items.len() {
+            *self = Pool::default();
+        }
+        v
+    }
+
+    fn get(&self, i: u32) -> &T {
+        &self.items[i as usize]
+    }
+
+    fn get_mut(&mut self, i: u32) -> &mut T {
+        &mut self.items[i as usize]
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The table.
+
+/// One interned ident (16 bytes).
+///
+/// - vacant: `loc.chunk == NONE`, `a` = next free slot;
+/// - single: `a` = pid (no FLAG), `b` = refcount = count;
+/// - multi: `a` = `FLAG | index into multi`, `b` = count.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdentSlot {
+    loc: Loc,
+    a: u32,
+    b: u32,
+}
+
+impl SlabItem for IdentSlot {
+    fn vacant(next: u32) -> Self {
+        IdentSlot {
+            loc: Loc {
+                chunk: NONE,
+                pos: 0,
+                len: 0,
+            },
+            a: next,
+            b: 0,
+        }
+    }
+    fn next_vacant(&self) -> Option<u32> {
+        (self.loc.chunk == NONE).then_some(self.a)
+    }
+}
+
+/// A pid whose idents cannot be a direct index entry. `list`: an ident id, or
+/// `FLAG | index into pid_lists`. Vacant: `pid == NONE`, `list` = next free.
+#[derive(Debug, Clone, Copy, Default)]
+struct PidRec {
+    pid: u32,
+    list: u32,
+}
+
+impl SlabItem for PidRec {
+    fn vacant(next: u32) -> Self {
+        PidRec {
+            pid: NONE,
+            list: next,
+        }
+    }
+    fn next_vacant(&self) -> Option<u32> {
+        (self.pid == NONE).then_some(self.list)
+    }
+}
+
+/// ident -> pid -> refcount, with a pid -> idents index for KILL.
 #[derive(Debug, Default)]
 pub struct ConnectLimit {
-    _todo: (),
+    hasher: Hasher,
+    slots: Slab<IdentSlot>,
+    arena: Arena,
+    /// Ident ids, hashed by ident bytes.
+    ident_index: HashTable<u32>,
+    /// pid -> refcount of idents with several pids.
+    multi: Pool<SmallMap<u32>>,
+    pid_recs: Slab<PidRec>,
+    /// Direct ident ids or `FLAG | pid_recs index`, hashed by pid.
+    pid_index: HashTable<u32>,
+    /// Ident id sets of pids with several idents.
+    pid_lists: Pool<SmallMap<()>>,
+    pairs: usize,
+}
+
+fn ident_bytes<'a>(slots: &Slab<IdentSlot>, arena: &'a Arena, id: u32) -> &'a [u8] {
+    arena.get(slots.get(id).loc)
+}
+
+/// The pid a pid-index entry belongs to.
+fn entry_pid(slots: &Slab<IdentSlot>, recs: &Slab<PidRec>, e: u32) -> u32 {
+    if e & FLAG == 0 {
+        slots.get(e).a
+    } else {
+        recs.get(e & !FLAG).pid
+    }
+}
+
+/// Shrinks a hash table that has become mostly empty (hashbrown never shrinks by itself).
+fn maybe_shrink(t: &mut HashTable<u32>, hasher: impl Fn(&u32) -> u64) {
+    if t.is_empty() {
+        *t = HashTable::new();
+    } else if t.capacity() > 64 && t.len() * 4 < t.capacity() {
+        let keep = t.len() * 2;
+        t.shrink_to(keep, hasher);
+    }
 }
 
 impl ConnectLimit {
@@ -21,38 +467,675 @@ impl ConnectLimit {
         Self::default()
     }
 
+    fn find_ident(&self, hash: u64, ident: &[u8]) -> Option<u32> {
+        let (slots, arena) = (&self.slots, &self.arena);
+        self.ident_index
+            .find(hash, |&id| ident_bytes(slots, arena, id) == ident)
+            .copied()
+    }
+
     /// CONNECT: one more session of `ident` in `pid`.
     pub fn connect(&mut self, pid: Pid, ident: &[u8]) {
-        let _ = (pid, ident);
-        todo!()
+        let p = pid.get();
+        let h = self.hasher.hash_one(ident);
+        let Some(id) = self.find_ident(h, ident) else {
+            let loc = self.arena.alloc(ident);
+            let id = self.slots.insert(IdentSlot { loc, a: p, b: 1 });
+            let (slots, arena, hasher) = (&self.slots, &self.arena, &self.hasher);
+            self.ident_index
+                .insert_unique(h, id, |&i| hasher.hash_one(ident_bytes(slots, arena, i)));
+            self.pairs += 1;
+            self.add_ident_to_pid(p, id);
+            return;
+        };
+        let slot = *self.slots.get(id);
+        if slot.a & FLAG == 0 {
+            if slot.a == p {
+                self.slots.get_mut(id).b = slot.b.wrapping_add(1);
+                return;
+            }
+            // A second pid: the ident becomes multi. The old pid's direct entry resolves
+            // its pid through this slot, so convert it first.
+            self.undirect(slot.a, id);
+            let m = SmallMap::pair((slot.a, slot.b), (p, 1));
+            let mi = self.multi.insert(m);
+            let s = self.slots.get_mut(id);
+            s.a = FLAG | mi;
+            s.b = slot.b.wrapping_add(1);
+        } else {
+            let s = self.slots.get_mut(id);
+            s.b = s.b.wrapping_add(1);
+            let m = self.multi.get_mut(slot.a & !FLAG);
+            if let Some(r) = m.get_mut(&self.hasher, p) {
+                *r = r.wrapping_add(1);
+                return;
+            }
+            m.insert_new(&self.hasher, p, 1);
+        }
+        self.pairs += 1;
+        self.add_ident_to_pid(p, id);
+    }
+
+    /// Records the new pair (`id`, `p`) in the pid index.
+    fn add_ident_to_pid(&mut self, p: u32, id: u32) {
+        let hp = self.hasher.hash_one(p);
+        let (slots, recs) = (&self.slots, &self.pid_recs);
+        let found = self
+            .pid_index
+            .find(hp, |&e| entry_pid(slots, recs, e) == p)
+            .copied();
+        match found {
+            None => {
+                let e = if self.slots.get(id).a == p {
+                    id
+                } else {
+                    FLAG | self.pid_recs.insert(PidRec { pid: p, list: id })
+                };
+                let (slots, recs, hasher) = (&self.slots, &self.pid_recs, &self.hasher);
+                self.pid_index
+                    .insert_unique(hp, e, |&e| hasher.hash_one(entry_pid(slots, recs, e)));
+            }
+            Some(e) if e & FLAG == 0 => {
+                // Direct entry for another ident: the pid now needs a record with a set.
+                let li = self.pid_lists.insert(SmallMap::pair((e, ()), (id, ())));
+                let r = self.pid_recs.insert(PidRec {
+                    pid: p,
+                    list: FLAG | li,
+                });
+                // Entry values are unique (a direct id belongs to one pid only).
+                if let Some(slot) = self.pid_index.find_mut(hp, |&x| x == e) {
+                    *slot = FLAG | r;
+                }
+            }
+            Some(e) => {
+                let rec = self.pid_recs.get_mut(e & !FLAG);
+                if rec.list & FLAG == 0 {
+                    let li = self
+                        .pid_lists
+                        .insert(SmallMap::pair((rec.list, ()), (id, ())));
+                    rec.list = FLAG | li;
+                } else {
+                    self.pid_lists
+                        .get_mut(rec.list & !FLAG)
+                        .insert_new(&self.hasher, id, ());
+                }
+            }
+        }
+    }
+
+    /// If pid `q`'s index entry is direct to ident `id`, turns it into a record, because
+    /// slot `id` is about to stop being single with pid `q`.
+    fn undirect(&mut self, q: u32, id: u32) {
+        let hq = self.hasher.hash_one(q);
+        if let Some(e) = self.pid_index.find_mut(hq, |&e| e == id) {
+            *e = FLAG | self.pid_recs.insert(PidRec { pid: q, list: id });
+        }
+    }
+
+    /// Removes ident `id` from pid `p`'s index entry (the pair is gone).
+    fn remove_ident_from_pid(&mut self, p: u32, id: u32) {
+        let hp = self.hasher.hash_one(p);
+        let (slots, recs) = (&self.slots, &self.pid_recs);
+        let Ok(entry) = self
+            .pid_index
+            .find_entry(hp, |&e| entry_pid(slots, recs, e) == p)
+        else {
+            debug_assert!(false, "pid {p} missing from the pid index");
+            return;
+        };
+        let e = *entry.get();
+        if e & FLAG == 0 {
+            entry.remove();
+        } else {
+            let r = e & !FLAG;
+            let rec = *self.pid_recs.get(r);
+            if rec.list & FLAG == 0 {
+                entry.remove();
+                self.pid_recs.remove(r);
+            } else {
+                let li = rec.list & !FLAG;
+                let set = self.pid_lists.get_mut(li);
+                set.remove(&self.hasher, id);
+                if set.len() == 1 {
+                    let (only, ()) = set.first().unwrap_or((NONE, ()));
+                    self.pid_lists.take(li);
+                    self.pid_recs.get_mut(r).list = only;
+                }
+            }
+        }
+        self.shrink_pid_index();
+    }
+
+    fn shrink_pid_index(&mut self) {
+        let (slots, recs, hasher) = (&self.slots, &self.pid_recs, &self.hasher);
+        maybe_shrink(&mut self.pid_index, |&e| {
+            hasher.hash_one(entry_pid(slots, recs, e))
+        });
+    }
+
+    /// Frees an ident whose count reached 0 (no pid refers to it any more).
+    /// `hash`: the ident's hash when the caller has it.
+    fn free_ident(&mut self, id: u32, hash: Option<u64>) {
+        let h = hash.unwrap_or_else(|| {
+            self.hasher
+                .hash_one(ident_bytes(&self.slots, &self.arena, id))
+        });
+        if let Ok(entry) = self.ident_index.find_entry(h, |&x| x == id) {
+            entry.remove();
+        }
+        let slot = self.slots.remove(id);
+        self.arena.free(slot.loc);
+        if self.slots.live == 0 {
+            self.arena = Arena::default();
+        } else if self.arena.wants_compaction() {
+            self.compact_arena();
+        }
+        let (slots, arena, hasher) = (&self.slots, &self.arena, &self.hasher);
+        maybe_shrink(&mut self.ident_index, |&i| {
+            hasher.hash_one(ident_bytes(slots, arena, i))
+        });
+    }
+
+    /// Copies every live ident into fresh chunks (amortised: runs after at least as many
+    /// bytes were freed as are live).
+    fn compact_arena(&mut self) {
+        let mut old = std::mem::take(&mut self.arena);
+        for i in 0..self.slots.len {
+            let slot = self.slots.get_mut(i);
+            if slot.next_vacant().is_some() {
+                continue;
+            }
+            slot.loc = if slot.loc.len == BIG_LEN {
+                let bytes = std::mem::take(&mut old.chunks[slot.loc.chunk as usize]);
+                self.arena.live += bytes.len();
+                self.arena.chunks.push(bytes);
+                Loc {
+                    chunk: self.arena.chunks.len() as u32 - 1,
+                    pos: 0,
+                    len: BIG_LEN,
+                }
+            } else {
+                self.arena.alloc(old.get(slot.loc))
+            };
+        }
+    }
+
+    /// Removes pid `p` from ident `id` (a pair being deleted, with its refcount) and frees or
+    /// demotes the ident. The pid index is the caller's business.
+    fn drop_pair(&mut self, id: u32, p: u32, hash: Option<u64>) -> u32 {
+        let slot = *self.slots.get(id);
+        self.pairs -= 1;
+        if slot.a & FLAG == 0 {
+            self.free_ident(id, hash);
+            return slot.b;
+        }
+        let mi = slot.a & !FLAG;
+        let m = self.multi.get_mut(mi);
+        let refs = m.remove(&self.hasher, p).unwrap_or(0);
+        let count = slot.b.wrapping_sub(refs);
+        match m.len() {
+            0 => {
+                self.multi.take(mi);
+                self.free_ident(id, hash);
+            }
+            1 => {
+                // Back to single. No pid has a direct entry to a multi ident, so no index
+                // entry needs converting.
+                let (q, r) = m.first().unwrap_or((NONE, 0));
+                self.multi.take(mi);
+                let s = self.slots.get_mut(id);
+                s.a = q;
+                s.b = r;
+            }
+            _ => self.slots.get_mut(id).b = count,
+        }
+        refs
     }
 
     /// DISCONNECT: one session less; `Err` when (ident, pid) has none.
     pub fn disconnect(&mut self, pid: Pid, ident: &[u8]) -> Result<(), UnknownSession> {
-        let _ = (pid, ident);
-        todo!()
+        let p = pid.get();
+        let h = self.hasher.hash_one(ident);
+        let id = self.find_ident(h, ident).ok_or(UnknownSession)?;
+        let slot = *self.slots.get(id);
+        if slot.a & FLAG == 0 {
+            if slot.a != p {
+                return Err(UnknownSession);
+            }
+            if slot.b > 1 {
+                self.slots.get_mut(id).b -= 1;
+                return Ok(());
+            }
+        } else {
+            let r = self
+                .multi
+                .get_mut(slot.a & !FLAG)
+                .get_mut(&self.hasher, p)
+                .ok_or(UnknownSession)?;
+            if *r > 1 {
+                *r -= 1;
+                self.slots.get_mut(id).b -= 1;
+                return Ok(());
+            }
+        }
+        // The last session of this pair. Update the pid index while the slot still
+        // resolves direct entries.
+        self.remove_ident_from_pid(p, id);
+        self.drop_pair(id, p, Some(h));
+        Ok(())
     }
 
     /// KILL: removes every session of `pid`; returns how many sessions were removed.
     pub fn kill(&mut self, pid: Pid) -> u64 {
-        let _ = pid;
-        todo!()
+        let p = pid.get();
+        let hp = self.hasher.hash_one(p);
+        let (slots, recs) = (&self.slots, &self.pid_recs);
+        let Ok(entry) = self
+            .pid_index
+            .find_entry(hp, |&e| entry_pid(slots, recs, e) == p)
+        else {
+            return 0;
+        };
+        let (e, _) = entry.remove();
+        let mut removed = 0u64;
+        if e & FLAG == 0 {
+            removed += u64::from(self.drop_pair(e, p, None));
+        } else {
+            let rec = self.pid_recs.remove(e & !FLAG);
+            if rec.list & FLAG == 0 {
+                removed += u64::from(self.drop_pair(rec.list, p, None));
+            } else {
+                let set = self.pid_lists.take(rec.list & !FLAG);
+                set.for_each(|id, ()| removed += u64::from(self.drop_pair(id, p, None)));
+            }
+        }
+        self.shrink_pid_index();
+        removed
     }
 
     /// LOOKUP: the total number of sessions of `ident` over all pids.
     pub fn lookup(&self, ident: &[u8]) -> u32 {
-        let _ = ident;
-        todo!()
+        let h = self.hasher.hash_one(ident);
+        self.find_ident(h, ident)
+            .map_or(0, |id| self.slots.get(id).b)
     }
 
     /// CONNECT-DUMP: calls `row(ident, pid, refcount)` once per (ident, pid) pair.
     pub fn for_each(&self, mut row: impl FnMut(&[u8], Pid, u32)) {
-        let _ = &mut row;
-        todo!()
+        for (_, slot) in self.slots.iter() {
+            let ident = self.arena.get(slot.loc);
+            if slot.a & FLAG == 0 {
+                if let Some(pid) = Pid::new(slot.a) {
+                    row(ident, pid, slot.b);
+                }
+            } else {
+                self.multi.get(slot.a & !FLAG).for_each(|p, r| {
+                    if let Some(pid) = Pid::new(p) {
+                        row(ident, pid, r);
+                    }
+                });
+            }
+        }
     }
 
     /// Number of (ident, pid) pairs.
     pub fn pairs(&self) -> usize {
-        todo!()
+        self.pairs
+    }
+
+    /// Number of distinct idents with sessions.
+    pub fn idents(&self) -> usize {
+        self.ident_index.len()
+    }
+
+    /// Number of distinct pids with sessions.
+    pub fn pids(&self) -> usize {
+        self.pid_index.len()
+    }
+
+    /// An estimate of the heap bytes this table holds (allocation sizes, without the
+    /// allocator's own per-block overhead). `tests/anvil_memory.rs` measures the real figure.
+    pub fn memory_bytes(&self) -> usize {
+        let pool = |p: &Pool<SmallMap<u32>>| {
+            p.items.capacity() * std::mem::size_of::<SmallMap<u32>>()
+                + p.items.iter().map(SmallMap::heap_bytes).sum::<usize>()
+                + p.free.capacity() * 4
+        };
+        let lists = |p: &Pool<SmallMap<()>>| {
+            p.items.capacity() * std::mem::size_of::<SmallMap<()>>()
+                + p.items.iter().map(SmallMap::heap_bytes).sum::<usize>()
+                + p.free.capacity() * 4
+        };
+        self.slots.heap_bytes()
+            + self.arena.heap_bytes()
+            + self.ident_index.allocation_size()
+            + pool(&self.multi)
+            + self.pid_recs.heap_bytes()
+            + self.pid_index.allocation_size()
+            + lists(&self.pid_lists)
+    }
+
+    /// Checks the internal invariants (tests): every index entry resolves, counts add up.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        let mut pairs = 0usize;
+        for (id, slot) in self.slots.iter() {
+            let ident = self.arena.get(slot.loc);
+            assert_eq!(
+                self.find_ident(self.hasher.hash_one(ident), ident),
+                Some(id)
+            );
+            if slot.a & FLAG == 0 {
+                assert!(slot.b > 0);
+                pairs += 1;
+            } else {
+                let m = self.multi.get(slot.a & !FLAG);
+                assert!(m.len() >= 2, "multi ident with {} pids", m.len());
+                let mut sum = 0u32;
+                m.for_each(|_, r| {
+                    assert!(r > 0);
+                    sum += r;
+                });
+                assert_eq!(sum, slot.b);
+                pairs += m.len();
+            }
+        }
+        assert_eq!(pairs, self.pairs);
+        assert_eq!(self.slots.live as usize, self.ident_index.len());
+        // Every pid index entry: each of its idents has a pair with that pid.
+        let mut pid_pairs = 0usize;
+        for &e in self.pid_index.iter() {
+            let p = entry_pid(&self.slots, &self.pid_recs, e);
+            let has = |id: u32| {
+                let s = self.slots.get(id);
+                assert!(s.next_vacant().is_none());
+                if s.a & FLAG == 0 {
+                    s.a == p
+                } else {
+                    let mut found = false;
+                    self.multi.get(s.a & !FLAG).for_each(|q, _| found |= q == p);
+                    found
+                }
+            };
+            if e & FLAG == 0 {
+                assert!(has(e));
+                pid_pairs += 1;
+            } else {
+                let rec = self.pid_recs.get(e & !FLAG);
+                if rec.list & FLAG == 0 {
+                    assert!(has(rec.list));
+                    pid_pairs += 1;
+                } else {
+                    let set = self.pid_lists.get(rec.list & !FLAG);
+                    assert!(set.len() >= 2);
+                    set.for_each(|id, ()| assert!(has(id)));
+                    pid_pairs += set.len();
+                }
+            }
+        }
+        assert_eq!(pid_pairs, self.pairs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn pid(p: u32) -> Pid {
+        Pid::new(p).unwrap()
+    }
+
+    fn dump(t: &ConnectLimit) -> Vec<(Vec<u8>, u32, u32)> {
+        let mut rows = Vec::new();
+        t.for_each(|i, p, r| rows.push((i.to_vec(), p.get(), r)));
+        rows.sort();
+        rows
+    }
+
+    fn rows(r: &[(&str, u32, u32)]) -> Vec<(Vec<u8>, u32, u32)> {
+        let mut v: Vec<_> = r
+            .iter()
+            .map(|&(i, p, n)| (i.as_bytes().to_vec(), p, n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn live_c1_example_dump() {
+        let mut t = ConnectLimit::new();
+        t.connect(pid(4242), b"test/1.2.3.4/u");
+        t.connect(pid(4242), b"test/1.2.3.4/u");
+        t.connect(pid(4343), b"test/1.2.3.4/u");
+        t.connect(pid(4343), b"other/u2");
+        t.check_invariants();
+        assert_eq!(t.lookup(b"test/1.2.3.4/u"), 3);
+        assert_eq!(t.lookup(b"other/u2"), 1);
+        assert_eq!(t.lookup(b"TEST/1.2.3.4/u"), 0, "idents are case-sensitive");
+        assert_eq!(t.pairs(), 3);
+        assert_eq!(
+            dump(&t),
+            rows(&[
+                ("test/1.2.3.4/u", 4242, 2),
+                ("other/u2", 4343, 1),
+                ("test/1.2.3.4/u", 4343, 1)
+            ])
+        );
+    }
+
+    #[test]
+    fn disconnect_needs_the_exact_pair() {
+        let mut t = ConnectLimit::new();
+        t.connect(pid(1), b"imap/1.1.1.1/a");
+        assert_eq!(t.disconnect(pid(2), b"imap/1.1.1.1/a"), Err(UnknownSession));
+        assert_eq!(t.disconnect(pid(1), b"imap/1.1.1.1/b"), Err(UnknownSession));
+        assert_eq!(t.lookup(b"imap/1.1.1.1/a"), 1);
+        assert_eq!(t.disconnect(pid(1), b"imap/1.1.1.1/a"), Ok(()));
+        assert_eq!(t.disconnect(pid(1), b"imap/1.1.1.1/a"), Err(UnknownSession));
+        assert_eq!(t.lookup(b"imap/1.1.1.1/a"), 0);
+        assert_eq!(t.pairs(), 0);
+        assert!(dump(&t).is_empty());
+        t.check_invariants();
+    }
+
+    #[test]
+    fn empty_ident_and_pid_extremes() {
+        let mut t = ConnectLimit::new();
+        t.connect(pid(0), b"");
+        t.connect(pid(Pid::MAX), b"");
+        assert_eq!(t.lookup(b""), 2);
+        assert_eq!(dump(&t), rows(&[("", 0, 1), ("", Pid::MAX, 1)]));
+        assert_eq!(t.kill(pid(Pid::MAX)), 1);
+        assert_eq!(dump(&t), rows(&[("", 0, 1)]));
+        t.check_invariants();
+    }
+
+    #[test]
+    fn kill_removes_every_ident_of_the_pid_only() {
+        let mut t = ConnectLimit::new();
+        t.connect(pid(7), b"a");
+        t.connect(pid(7), b"a");
+        t.connect(pid(7), b"b");
+        t.connect(pid(8), b"b");
+        t.connect(pid(8), b"c");
+        t.connect(pid(9), b"c");
+        t.check_invariants();
+        assert_eq!(t.kill(pid(7)), 3);
+        t.check_invariants();
+        assert_eq!(dump(&t), rows(&[("b", 8, 1), ("c", 8, 1), ("c", 9, 1)]));
+        assert_eq!(t.kill(pid(7)), 0, "a second KILL finds nothing");
+        assert_eq!(t.kill(pid(12345)), 0);
+        // After KILL the pairs are unknown to DISCONNECT.
+        assert_eq!(t.disconnect(pid(7), b"b"), Err(UnknownSession));
+        assert_eq!(t.kill(pid(8)), 2);
+        assert_eq!(dump(&t), rows(&[("c", 9, 1)]));
+        // A new session of a killed pid is counted afresh.
+        t.connect(pid(7), b"c");
+        assert_eq!(t.lookup(b"c"), 2);
+        t.check_invariants();
+    }
+
+    #[test]
+    fn one_ident_with_many_pids_and_one_pid_with_many_idents() {
+        let mut t = ConnectLimit::new();
+        for p in 0..100 {
+            t.connect(pid(p), b"imap/10.0.0.1/bob");
+        }
+        for i in 0..100 {
+            t.connect(pid(5000), format!("imap/10.0.0.{i}/hib").as_bytes());
+        }
+        t.check_invariants();
+        assert_eq!(t.lookup(b"imap/10.0.0.1/bob"), 100);
+        assert_eq!(t.pairs(), 200);
+        for p in 0..98 {
+            t.disconnect(pid(p), b"imap/10.0.0.1/bob").unwrap();
+            t.check_invariants();
+        }
+        assert_eq!(
+            dump(&t)
+                .iter()
+                .filter(|r| r.0 == b"imap/10.0.0.1/bob")
+                .count(),
+            2
+        );
+        assert_eq!(t.kill(pid(5000)), 100);
+        t.check_invariants();
+        assert_eq!(
+            dump(&t),
+            rows(&[("imap/10.0.0.1/bob", 98, 1), ("imap/10.0.0.1/bob", 99, 1)])
+        );
+    }
+
+    #[test]
+    fn arena_compaction_keeps_every_ident() {
+        let mut t = ConnectLimit::new();
+        let ident = |i: u32| format!("imap/10.{}.{}.{}/user{i}", i >> 16, (i >> 8) & 255, i & 255);
+        for i in 0..20_000 {
+            t.connect(pid(i), ident(i).as_bytes());
+        }
+        for i in 0..20_000 {
+            if i % 10 != 0 {
+                t.disconnect(pid(i), ident(i).as_bytes()).unwrap();
+            }
+        }
+        assert!(
+            t.arena.garbage <= t.arena.live.max(ARENA_CHUNK),
+            "compaction ran"
+        );
+        t.check_invariants();
+        for i in 0..20_000 {
+            assert_eq!(t.lookup(ident(i).as_bytes()), u32::from(i % 10 == 0));
+        }
+        // A long ident gets its own chunk and survives compaction too.
+        let long = vec![b'x'; 5000];
+        t.connect(pid(1), &long);
+        for i in (0..20_000).step_by(10) {
+            t.kill(pid(i));
+        }
+        assert_eq!(t.lookup(&long), 1);
+        t.check_invariants();
+        t.kill(pid(1));
+        assert_eq!(t.pairs(), 0);
+        assert_eq!(t.memory_bytes(), 0, "an empty table gives its memory back");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Connect(u32, usize),
+        Disconnect(u32, usize),
+        Kill(u32),
+    }
+
+    fn idents() -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = (0..24)
+            .map(|i| format!("imap/127.0.0.1/u{i}").into_bytes())
+            .collect();
+        v.push(Vec::new());
+        v.push(vec![b'L'; 4100]);
+        v.push(b"a\tb\x01c".to_vec());
+        v
+    }
+
+    /// Random operations over `idents` idents (indices into [`idents()`]) and `pids` pids
+    /// (plus the largest pid).
+    fn op(idents: usize, pids: u32) -> impl Strategy<Value = Op> {
+        let p = prop_oneof![0u32..pids, Just(Pid::MAX)];
+        let i = 0usize..idents;
+        prop_oneof![
+            5 => (p.clone(), i.clone()).prop_map(|(p, i)| Op::Connect(p, i)),
+            4 => (p.clone(), i).prop_map(|(p, i)| Op::Disconnect(p, i)),
+            1 => p.prop_map(Op::Kill),
+        ]
+    }
+
+    fn check_against_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let names = idents();
+        let mut t = ConnectLimit::new();
+        // The model: ref[(ident, pid)] only; count is derived from it.
+        let mut refs: HashMap<(usize, u32), u32> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::Connect(p, i) => {
+                    t.connect(pid(p), &names[i]);
+                    *refs.entry((i, p)).or_default() += 1;
+                }
+                Op::Disconnect(p, i) => {
+                    let got = t.disconnect(pid(p), &names[i]);
+                    match refs.get_mut(&(i, p)) {
+                        Some(r) => {
+                            prop_assert_eq!(got, Ok(()));
+                            *r -= 1;
+                            if *r == 0 {
+                                refs.remove(&(i, p));
+                            }
+                        }
+                        None => prop_assert_eq!(got, Err(UnknownSession)),
+                    }
+                }
+                Op::Kill(p) => {
+                    let expected: u32 = refs.iter().filter(|(k, _)| k.1 == p).map(|(_, r)| r).sum();
+                    refs.retain(|k, _| k.1 != p);
+                    prop_assert_eq!(t.kill(pid(p)), u64::from(expected));
+                }
+            }
+            t.check_invariants();
+            for (i, name) in names.iter().enumerate() {
+                let count: u32 = refs.iter().filter(|(k, _)| k.0 == i).map(|(_, r)| r).sum();
+                prop_assert_eq!(t.lookup(name), count);
+            }
+            let mut want: Vec<_> = refs
+                .iter()
+                .map(|(&(i, p), &r)| (names[i].clone(), p, r))
+                .collect();
+            want.sort();
+            let got = dump(&t);
+            // LOOKUP agrees with the dump: count[i] = sum over the dump rows of i.
+            for name in &names {
+                let sum: u32 = got.iter().filter(|r| &r.0 == name).map(|r| r.2).sum();
+                prop_assert_eq!(sum, t.lookup(name));
+            }
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(t.pairs(), refs.len());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Few pids and idents so that pairs collide, and odd idents (empty, long, escapes).
+        #[test]
+        fn matches_the_model(ops in proptest::collection::vec(op(27, 24), 1..400)) {
+            check_against_model(ops)?;
+        }
+
+        /// Two idents and 40 pids: idents go past 16 pids (hash-table maps) and back.
+        #[test]
+        fn matches_the_model_crowded(ops in proptest::collection::vec(op(2, 40), 1..600)) {
+            check_against_model(ops)?;
+        }
     }
 }

@@ -11,6 +11,9 @@
 //!
 //! Time is passed in as wall-clock unix milliseconds ([`UnixMillis`]); nothing here reads a
 //! clock except [`server`].
+//!
+//! `docs/anvil.md` describes the data structures, their memory per session, and where Foreman
+//! deliberately differs from stock (pipes are never closed on bad input, no crashes).
 
 pub mod connect_limit;
 pub mod penalty;
@@ -29,4 +32,24 @@ pub type UnixMillis = u64;
 pub struct Anvil {
     pub connect_limit: ConnectLimit,
     pub penalty: PenaltyTable,
+}
+
+pub use session::{ConnKind, Fed, Session};
+
+impl Anvil {
+    /// Empty tables, default penalty expiry.
+    pub fn new() -> Anvil {
+        Anvil::default()
+    }
+
+    /// When the shell must call [`Anvil::on_timer`] next (the penalty expiry timer), if ever.
+    pub fn next_deadline(&self) -> Option<UnixMillis> {
+        self.penalty.next_deadline()
+    }
+
+    /// Runs whatever timer is due at `now`. Call it after handling a batch of input, never in
+    /// the middle of one (stock's 0 ms timer runs at the next event-loop pass).
+    pub fn on_timer(&mut self, now: UnixMillis) {
+        self.penalty.on_timer(now);
+    }
 }

@@ -42,6 +42,13 @@ pub enum Command {
     },
     /// Read a dovecot.conf (2.3 syntax) and print it like `doveconf` (see docs/config.md).
     Config(crate::master_compat::config::cli::ConfigArgs),
+    /// The anvil conformance suite: record transcripts from stock Dovecot, replay them.
+    Conformance {
+        #[command(subcommand)]
+        what: crate::conformance::cli::ConformanceCommand,
+    },
+    /// Run the demo stack: stock Dovecot services with Foreman on 127.0.0.1 high ports.
+    Demo,
     /// Benchmarks side by side with stock Dovecot.
     Bench {
         #[command(subcommand)]
@@ -57,6 +64,21 @@ pub enum BenchCommand {
         /// Shorter run (fewer operations), for smoke tests.
         #[arg(long)]
         quick: bool,
+        /// Skip pairs/s and LOOKUP/s.
+        #[arg(long)]
+        skip_throughput: bool,
+        /// Skip RSS per tracked session.
+        #[arg(long)]
+        skip_memory: bool,
+        /// Skip CONNECT-DUMP time.
+        #[arg(long)]
+        skip_dump: bool,
+        /// Skip instructions per operation (valgrind --tool=callgrind).
+        #[arg(long)]
+        skip_callgrind: bool,
+        /// Measure another build's `foreman anvil` (default: this binary).
+        #[arg(long, value_name = "PATH")]
+        foreman_exe: Option<PathBuf>,
     },
 }
 
@@ -74,25 +96,79 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Anvil { socket: Some(socket), penalty_socket } => {
-            crate::anvil_compat::server::run_standalone(crate::anvil_compat::server::StandaloneOptions {
-                socket,
-                penalty_socket,
-            })?;
+        Command::Anvil {
+            socket: Some(socket),
+            penalty_socket,
+        } => {
+            crate::anvil_compat::server::run_standalone(
+                crate::anvil_compat::server::StandaloneOptions {
+                    socket,
+                    penalty_socket,
+                },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Anvil { socket: None, .. } => {
             crate::anvil_compat::server::run_under_master()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Who { socket, one_per_session, json, masks } => {
-            let _ = (socket, one_per_session, json, masks);
-            anyhow::bail!("foreman who: not implemented yet")
+        Command::Who {
+            socket,
+            one_per_session,
+            json,
+            masks,
+        } => {
+            let opts = crate::who::Options {
+                socket: socket.unwrap_or_else(|| crate::who::DEFAULT_SOCKET.into()),
+                one_per_session,
+                json,
+                masks,
+                screen: crate::who::stdout_screen(),
+            };
+            let mut stdout = std::io::stdout().lock();
+            let mut stderr = std::io::stderr().lock();
+            match crate::who::run(&opts, &mut stdout, &mut stderr) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(err) => {
+                    eprintln!("{}: {err}", err.label());
+                    Ok(ExitCode::from(err.exit_code()))
+                }
+            }
         }
         Command::Config(args) => Ok(ExitCode::from(crate::master_compat::config::cli::run(&args))),
-        Command::Bench { what: BenchCommand::Anvil { quick } } => {
-            let _ = quick;
-            anyhow::bail!("foreman bench anvil: not implemented yet")
+        Command::Conformance { what } => crate::conformance::cli::run(what),
+        Command::Demo => {
+            crate::demo::run(std::env::current_exe()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Anvil {
+                    quick,
+                    skip_throughput,
+                    skip_memory,
+                    skip_dump,
+                    skip_callgrind,
+                    foreman_exe,
+                },
+        } => {
+            let opts = crate::bench::AnvilOptions {
+                foreman_exe: match foreman_exe {
+                    Some(path) => path,
+                    None => std::env::current_exe()?,
+                },
+                quick,
+                skip_throughput,
+                skip_memory,
+                skip_dump,
+                skip_callgrind,
+            };
+            crate::bench::run_anvil(
+                &opts,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -35,3 +35,69 @@ impl StatusRecord {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The first record stock anvil sent (anvil-protocol.md §1.6): `pid, 1, 1000` [live],
+    /// little endian on x86-64.
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn known_answer() {
+        let rec = StatusRecord {
+            pid: 24310,
+            generation: 1,
+            available_count: 1000,
+        };
+        let bytes = [0xf6, 0x5e, 0, 0, 1, 0, 0, 0, 0xe8, 0x03, 0, 0];
+        assert_eq!(rec.encode(), bytes);
+        assert_eq!(StatusRecord::decode(&bytes), Some(rec));
+    }
+
+    #[test]
+    fn short_buffers_give_none() {
+        let bytes = StatusRecord {
+            pid: 1,
+            generation: 2,
+            available_count: 999,
+        }
+        .encode();
+        for end in 0..STATUS_RECORD_LEN {
+            assert_eq!(StatusRecord::decode(&bytes[..end]), None);
+        }
+    }
+
+    #[test]
+    fn decode_reads_only_the_first_record() {
+        let a = StatusRecord {
+            pid: 10,
+            generation: 3,
+            available_count: 0,
+        };
+        let b = StatusRecord {
+            pid: 11,
+            generation: 3,
+            available_count: 1,
+        };
+        let mut buf = a.encode().to_vec();
+        buf.extend_from_slice(&b.encode());
+        assert_eq!(StatusRecord::decode(&buf), Some(a));
+        assert_eq!(StatusRecord::decode(&buf[STATUS_RECORD_LEN..]), Some(b));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(pid in any::<i32>(), generation in any::<u32>(), available_count in any::<u32>()) {
+            let rec = StatusRecord { pid, generation, available_count };
+            prop_assert_eq!(StatusRecord::decode(&rec.encode()), Some(rec));
+        }
+
+        #[test]
+        fn bytes_round_trip(bytes in proptest::array::uniform12(any::<u8>())) {
+            let rec = StatusRecord::decode(&bytes).unwrap();
+            prop_assert_eq!(rec.encode(), bytes);
+        }
+    }
+}

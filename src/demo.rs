@@ -1,0 +1,91 @@
+//! `foreman demo`: the README's demo stack. Stock Dovecot 2.3 services on 127.0.0.1 high
+//! ports in a temporary directory, with Foreman's anvil, a demo user, and instructions on how
+//! to log in. Runs until SIGINT/SIGTERM, then stops everything it started.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::stock::{StockDovecot, StockError};
+
+/// The demo user's name and password.
+pub const DEMO_USER: (&str, &str) = ("demo", "demo");
+
+/// Errors of the demo.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{0}")]
+    Stock(#[from] StockError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("dovecot exited unexpectedly ({status}); log tail:\n{log_tail}")]
+    Exited {
+        status: std::process::ExitStatus,
+        log_tail: String,
+    },
+}
+
+/// Starts the stack with `anvil` (Foreman's binary) as the anvil service and blocks until a
+/// signal arrives or the stack dies.
+pub fn run(foreman: PathBuf) -> Result<(), DemoError> {
+    let mut dovecot = StockDovecot::builder()
+        .custom_anvil(&foreman, &["anvil"])
+        .user(DEMO_USER.0, DEMO_USER.1)
+        .start()?;
+    let imap = dovecot.imap_port().unwrap_or_default();
+    let pop3 = dovecot.pop3_port().unwrap_or_default();
+    println!("Foreman demo: stock Dovecot 2.3 services with Foreman's anvil");
+    println!();
+    println!(
+        "  IMAP  127.0.0.1:{imap}    try: socat - TCP:127.0.0.1:{imap}   then: a LOGIN demo demo"
+    );
+    println!("  POP3  127.0.0.1:{pop3}    try: socat - TCP:127.0.0.1:{pop3}   then: USER demo / PASS demo");
+    println!("  user  {} / password {}", DEMO_USER.0, DEMO_USER.1);
+    println!();
+    println!(
+        "  who is logged in:  {} who -a {}",
+        foreman.display(),
+        dovecot.anvil_socket().display()
+    );
+    println!(
+        "  same with stock:   doveadm -c {} who",
+        dovecot.conf_path().display()
+    );
+    println!(
+        "  auth penalties:    doveadm -c {} penalty",
+        dovecot.conf_path().display()
+    );
+    println!(
+        "  log:               {}",
+        dovecot.dir().join("dovecot.log").display()
+    );
+    println!();
+    println!("Press Ctrl-C to stop.");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let exited = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok::<_, std::io::Error>(None),
+                _ = term.recv() => return Ok(None),
+                _ = tick.tick() => {
+                    if let Some(status) = dovecot.exited() {
+                        return Ok(Some(status));
+                    }
+                }
+            }
+        }
+    })?;
+    if let Some(status) = exited {
+        return Err(DemoError::Exited {
+            status,
+            log_tail: dovecot.log_tail(20),
+        });
+    }
+    println!("stopping");
+    dovecot.stop()?;
+    Ok(())
+}
