@@ -135,7 +135,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Config(args) => Ok(ExitCode::from(crate::master_compat::config::cli::run(&args))),
+        Command::Config(args) => {
+            let status = crate::master_compat::config::cli::run(&args);
+            Ok(ExitCode::from(status))
+        }
         Command::Conformance { what } => crate::conformance::cli::run(what),
         Command::Demo => {
             crate::demo::run(std::env::current_exe()?)?;
