@@ -4,7 +4,7 @@
 //! and exit with the same status. Banner lines (`# ...` at the top) are ignored and the
 //! program-name prefix of messages (`doveconf: ` / `foreman: `) is normalised.
 //!
-//! Skips (with a message) when doveconf is not installed.
+//! Fails with the install hint when doveconf is not installed (the test command installs it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,8 +19,14 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/config")
 }
 
-fn doveconf_available() -> bool {
-    Command::new("doveconf").arg("--version").output().is_ok()
+/// Panics with the install hint when stock doveconf is missing: these tests compare with it,
+/// and the README's test command installs it, so a missing binary is a broken set-up.
+fn require_doveconf() {
+    assert!(
+        Command::new("doveconf").arg("--version").output().is_ok(),
+        "doveconf not found; install stock Dovecot: {}",
+        foreman::stock::INSTALL_HINT
+    );
 }
 
 fn normalise(stdout: &[u8], stderr: &[u8], prefix: &str, status: Option<i32>) -> Outcome {
@@ -124,10 +130,7 @@ fn corpus_is_large_enough() {
 
 #[test]
 fn changed_settings_match_doveconf() {
-    if !doveconf_available() {
-        eprintln!("doveconf not installed: skipped");
-        return;
-    }
+    require_doveconf();
     let failures: Vec<String> = corpus()
         .iter()
         .filter_map(|f| compare(&fixtures(), f, &["-n"]))
@@ -143,10 +146,7 @@ fn changed_settings_match_doveconf() {
 
 #[test]
 fn all_settings_match_doveconf() {
-    if !doveconf_available() {
-        eprintln!("doveconf not installed: skipped");
-        return;
-    }
+    require_doveconf();
     let ok: Vec<String> = corpus()
         .into_iter()
         .filter(|f| !f.contains("bad"))
@@ -166,10 +166,7 @@ fn all_settings_match_doveconf() {
 
 #[test]
 fn stock_debian_tree_matches_doveconf() {
-    if !doveconf_available() || !Path::new("/etc/dovecot/dovecot.conf").exists() {
-        eprintln!("doveconf or /etc/dovecot not installed: skipped");
-        return;
-    }
+    require_doveconf();
     for flag in ["-n", "-a"] {
         if let Some(diff) = compare(Path::new("/"), "/etc/dovecot/dovecot.conf", &[flag]) {
             panic!("{diff}");
@@ -180,10 +177,7 @@ fn stock_debian_tree_matches_doveconf() {
 /// Expanding mode (`-x`: `$variables`, `$ENV:`, `<file` contents) on the valid configs.
 #[test]
 fn expanding_mode_matches_doveconf() {
-    if !doveconf_available() {
-        eprintln!("doveconf not installed: skipped");
-        return;
-    }
+    require_doveconf();
     let ok: Vec<String> = corpus()
         .into_iter()
         .filter(|f| !f.contains("bad"))
