@@ -40,6 +40,8 @@ pub enum Command {
         /// A user mask (`*`, `?`) and/or an IP network `ip/bits`.
         masks: Vec<String>,
     },
+    /// Read a dovecot.conf (2.3 syntax) and print it like `doveconf` (see docs/config.md).
+    Config(crate::master_compat::config::cli::ConfigArgs),
     /// The anvil conformance suite: record transcripts from stock Dovecot, replay them.
     Conformance {
         #[command(subcommand)]
@@ -153,6 +155,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(err.exit_code()))
                 }
             }
+        }
+        Command::Config(args) => {
+            let status = crate::master_compat::config::cli::run(&args);
+            Ok(ExitCode::from(status))
         }
         Command::Conformance { what } => crate::conformance::cli::run(what),
         Command::Sim {
