@@ -39,7 +39,8 @@ pub fn run_eviction(
                 let name = p
                     .file_stem()
                     .map_or("trace".into(), |s| s.to_string_lossy());
-                let text = std::fs::read_to_string(p)?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
                 trace::parse(&name, &text).map_err(|e| {
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
