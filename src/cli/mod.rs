@@ -42,6 +42,8 @@ pub enum Command {
     },
     /// Run the demo stack: stock Dovecot services with Foreman on 127.0.0.1 high ports.
     Demo,
+    /// Read a dovecot.conf (2.3 syntax) and print it like `doveconf` (see docs/config.md).
+    Config(crate::master_compat::config::cli::ConfigArgs),
     /// Benchmarks side by side with stock Dovecot.
     Bench {
         #[command(subcommand)]
@@ -117,6 +119,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::demo::run(std::env::current_exe()?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Config(args) => Ok(ExitCode::from(crate::master_compat::config::cli::run(
+            &args,
+        ))),
         Command::Bench {
             what: BenchCommand::Anvil { quick },
         } => {
