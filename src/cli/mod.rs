@@ -44,11 +44,29 @@ pub enum Command {
     Demo,
     /// Read a dovecot.conf (2.3 syntax) and print it like `doveconf` (see docs/config.md).
     Config(crate::master_compat::config::cli::ConfigArgs),
+    /// Run the master (drop-in for `dovecot`): `foreman master -c FILE [-F] [stop|reload]`.
+    Master {
+        /// The configuration file.
+        #[arg(short = 'c', default_value = "/etc/dovecot/dovecot.conf")]
+        config: PathBuf,
+        /// Stay in the foreground.
+        #[arg(short = 'F')]
+        foreground: bool,
+        /// `stop` or `reload` a running master instead of starting one.
+        action: Option<MasterAction>,
+    },
     /// Benchmarks side by side with stock Dovecot.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// What `foreman master` does to a running master.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MasterAction {
+    Stop,
+    Reload,
 }
 
 /// What to benchmark.
@@ -122,6 +140,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(args) => Ok(ExitCode::from(crate::master_compat::config::cli::run(
             &args,
         ))),
+        Command::Master {
+            config,
+            foreground,
+            action,
+        } => {
+            use crate::master_compat::master;
+            let res = match action {
+                None => master::run(&master::Options { config, foreground }),
+                Some(MasterAction::Stop) => master::stop(&config),
+                Some(MasterAction::Reload) => master::reload(&config),
+            };
+            match res {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("Fatal: {e}");
+                    Ok(ExitCode::from(e.exit_code()))
+                }
+            }
+        }
         Command::Bench {
             what: BenchCommand::Anvil { quick },
         } => {

@@ -6,3 +6,7 @@
 
 pub mod child_env;
 pub mod config;
+pub mod listeners;
+pub mod master;
+pub mod services;
+pub mod supervisor;

@@ -1,0 +1,724 @@
+//! `foreman master`: the thin shell around [`Supervisor`]. It loads the configuration, creates
+//! listeners, pipes and files, turns signals (signalfd), status pipes, readable listeners and
+//! timers into [`Event`]s and executes the [`Action`]s (fork+exec via [`crate::sys::process`]).
+//!
+//! The loop is a plain level-triggered `poll(2)`: a listener is in the poll set only while the
+//! supervisor says the service is listening, exactly as the stock master adds and removes
+//! listeners from its epoll set; a level-triggered loop needs no re-arming after a spawn.
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use crate::master_compat::config::{self, LoadOptions, MasterSettings, Mode, ServiceType};
+use crate::master_compat::listeners;
+use crate::master_compat::services::{self, ProcessEnv, ServiceSet, SystemResolver};
+use crate::master_compat::supervisor::{Action, Event, LogLevel, ServiceId, Supervisor};
+use crate::sys;
+use crate::sys::process::{ExecPlan, PerPidSocket};
+use crate::wire::anvil::VERSION_LINE as ANVIL_VERSION_LINE;
+
+/// Exit code of a fatal start-up error (stock's FATAL_DEFAULT).
+pub const EXIT_FATAL: u8 = 89;
+/// Exit code of `stop`/`reload` when no master runs (EX_TEMPFAIL, as doveadm).
+pub const EXIT_NOT_RUNNING: u8 = 75;
+/// Name of the stock-acceptable config copy inside base_dir.
+pub const STOCK_CONFIG_NAME: &str = "foreman-stock.conf";
+
+/// Errors that end the master; the text is what the operator sees after `Fatal: `.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("{0}")]
+    Config(String),
+    #[error("Dovecot is already running with PID {pid} (read from {path})")]
+    AlreadyRunning { pid: i32, path: String },
+    #[error("Dovecot is not running (read from {0})")]
+    NotRunning(String),
+    #[error("{0}")]
+    Services(#[from] services::ServiceError),
+    #[error("{0}")]
+    Listen(#[from] listeners::ListenError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl MasterError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            MasterError::NotRunning(_) => EXIT_NOT_RUNNING,
+            _ => EXIT_FATAL,
+        }
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> MasterError {
+    let context = context.into();
+    move |source| MasterError::Io { context, source }
+}
+
+/// Options of `foreman master`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub foreground: bool,
+}
+
+/// Loads and checks the configuration the way the master needs it.
+pub fn load_settings(path: &Path) -> Result<(MasterSettings, config::Loaded), MasterError> {
+    let loaded = config::load(
+        &path.to_string_lossy(),
+        LoadOptions {
+            mode: Mode::Expand,
+            foreman: true,
+            ..Default::default()
+        },
+    );
+    if let Some(first) = loaded.errors.first() {
+        return Err(MasterError::Config(first.to_string()));
+    }
+    Ok((loaded.master_settings(), loaded))
+}
+
+fn pid_path(m: &MasterSettings) -> String {
+    format!("{}/master.pid", m.base_dir)
+}
+
+/// The pid in `master.pid` if that process is alive.
+fn running_pid(m: &MasterSettings) -> Option<i32> {
+    let text = fs::read_to_string(pid_path(m)).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    (pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+        .then_some(pid)
+}
+
+/// `foreman master -c FILE stop`: SIGTERM, then wait up to 3 s for the pid to go.
+pub fn stop(config: &Path) -> Result<(), MasterError> {
+    let (m, _) = load_settings(config)?;
+    let pid = running_pid(&m).ok_or_else(|| MasterError::NotRunning(pid_path(&m)))?;
+    let _ = sys::process::send_signal(pid as u32, libc::SIGTERM);
+    for _ in 0..30 {
+        if running_pid(&m) != Some(pid) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// `foreman master -c FILE reload`: SIGHUP, no wait.
+pub fn reload(config: &Path) -> Result<(), MasterError> {
+    let (m, _) = load_settings(config)?;
+    let pid = running_pid(&m).ok_or_else(|| MasterError::NotRunning(pid_path(&m)))?;
+    sys::process::send_signal(pid as u32, libc::SIGHUP).map_err(io_err("kill"))
+}
+
+/// The master's own log: `<timestamp>master: <Level>: <text>` to `log_path` (stderr when
+/// `log_path` is syslog or cannot be opened).
+struct MasterLog {
+    file: Option<fs::File>,
+    timestamp: String,
+}
+
+impl MasterLog {
+    fn open(m: &MasterSettings) -> MasterLog {
+        let file = (m.log_path != "syslog" && !m.log_path.is_empty())
+            .then(|| {
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&m.log_path)
+                    .ok()
+            })
+            .flatten();
+        MasterLog {
+            file,
+            timestamp: m.log_timestamp.clone(),
+        }
+    }
+
+    fn log(&mut self, level: LogLevel, text: &str) {
+        let level = match level {
+            LogLevel::Info => "Info",
+            LogLevel::Warning => "Warning",
+            LogLevel::Error => "Error",
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let line = format!(
+            "{}master: {level}: {text}\n",
+            sys::process::strftime_local(&self.timestamp, now)
+        );
+        match &mut self.file {
+            Some(f) => {
+                let _ = f.write_all(line.as_bytes());
+            }
+            None => sys::write_stderr(line.as_bytes()),
+        }
+    }
+}
+
+fn pipe_pair(nonblock_read: bool, nonblock_write: bool) -> Result<(OwnedFd, OwnedFd), MasterError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| MasterError::Io {
+            context: "pipe()".into(),
+            source: e.into(),
+        })?;
+    sys::set_nonblocking(r.as_fd(), nonblock_read).map_err(io_err("fcntl"))?;
+    sys::set_nonblocking(w.as_fd(), nonblock_write).map_err(io_err("fcntl"))?;
+    Ok((r, w))
+}
+
+/// Per-service objects owned by the master (§5.5).
+struct ServiceFds {
+    listeners: Vec<OwnedFd>,
+    status_r: OwnedFd,
+    status_w: OwnedFd,
+    /// Both ends; `None` after shutdown closed them.
+    dead: Option<(OwnedFd, OwnedFd)>,
+    /// Log pipe (read end for the log process, write end for children); none for log.
+    log: Option<(OwnedFd, OwnedFd)>,
+    /// Login-state file (login services).
+    login_state: Option<OwnedFd>,
+    listening: bool,
+}
+
+/// Global anvil objects (§11).
+struct AnvilFds {
+    master_r: OwnedFd,
+    master_w: OwnedFd,
+    children_r: OwnedFd,
+    children_w: OwnedFd,
+    fdpass_child: OwnedFd,
+    _fdpass_master: OwnedFd,
+    global_dead: Option<(OwnedFd, OwnedFd)>,
+}
+
+struct Shell {
+    m: MasterSettings,
+    set: ServiceSet,
+    sup: Supervisor,
+    fds: Vec<ServiceFds>,
+    anvil: AnvilFds,
+    log_control_r: OwnedFd,
+    log_control_w: OwnedFd,
+    devnull: OwnedFd,
+    hostname: String,
+    stock_config: String,
+    log: MasterLog,
+    queue: VecDeque<Event>,
+    exit: bool,
+}
+
+fn make_dir(path: &str, mode: u32, gid: Option<u32>) -> Result<(), MasterError> {
+    let p = Path::new(path);
+    if !p.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(p)
+            .map_err(io_err(format!("mkdir({path})")))?;
+    }
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .map_err(io_err(format!("chmod({path})")))?;
+    if gid.is_some() {
+        std::os::unix::fs::chown(p, None, gid).map_err(io_err(format!("chown({path})")))?;
+    }
+    Ok(())
+}
+
+/// Runs the master until shutdown. Returns after the pid file is removed.
+pub fn run(opts: &Options) -> Result<(), MasterError> {
+    let config_path = fs::canonicalize(&opts.config).unwrap_or_else(|_| opts.config.clone());
+    let (m, loaded) = load_settings(&config_path)?;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let set = services::resolve(&m, &SystemResolver, &env)?;
+    if let Some(pid) = running_pid(&m) {
+        if pid != std::process::id() as i32 {
+            return Err(MasterError::AlreadyRunning {
+                pid,
+                path: pid_path(&m),
+            });
+        }
+    }
+    let base = m.base_dir.clone();
+    make_dir(&base, 0o755, None)?;
+    if !m.state_dir.is_empty() {
+        make_dir(&m.state_dir, 0o750, None)?;
+    }
+    make_dir(&format!("{base}/empty"), 0o755, None)?;
+    let login_gid = SystemResolver_login_gid(&m);
+    for dir in ["login", "token-login"] {
+        let prefix = format!("{base}/{dir}/");
+        let used = set.services.iter().any(|s| {
+            s.unix
+                .iter()
+                .chain(&s.per_pid)
+                .any(|u| u.path.to_string().starts_with(&prefix))
+        });
+        if used {
+            make_dir(&format!("{base}/{dir}"), 0o750, login_gid)?;
+        }
+    }
+    // The copy of the configuration stock processes read (Foreman's extensions removed).
+    let stock_config = format!("{base}/{STOCK_CONFIG_NAME}");
+    fs::write(&stock_config, config::render::stock_copy(&loaded.tree.root))
+        .map_err(io_err(format!("write {stock_config}")))?;
+    fs::set_permissions(&stock_config, fs::Permissions::from_mode(0o644))
+        .map_err(io_err("chmod"))?;
+
+    let mut all_listeners = Vec::new();
+    for def in &set.services {
+        all_listeners.push(listeners::bind_service(def).map_err(|e| {
+            MasterError::Config(format!("{e}\nFailed to start listeners"))
+        })?);
+    }
+    std::env::set_current_dir(&base).map_err(io_err(format!("chdir({base})")))?;
+    if !opts.foreground {
+        nix::unistd::daemon(true, true).map_err(|e| MasterError::Io {
+            context: "daemon()".into(),
+            source: e.into(),
+        })?;
+    }
+    sys::process::set_umask(0o077);
+    let sigfd = sys::process::block_signals_fd(&[
+        libc::SIGCHLD,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGUSR1,
+    ])
+    .map_err(io_err("signalfd"))?;
+    let mut log = MasterLog::open(&m);
+    log.log(
+        LogLevel::Info,
+        &format!(
+            "Dovecot v{} (Foreman master) starting up for {}",
+            services::DOVECOT_VERSION,
+            if m.protocols.is_empty() {
+                "none".to_owned()
+            } else {
+                m.protocols.join(", ")
+            }
+        ),
+    );
+    fs::write(pid_path(&m), format!("{}\n", std::process::id()))
+        .map_err(io_err("write master.pid"))?;
+    let _ = fs::set_permissions(pid_path(&m), fs::Permissions::from_mode(0o644));
+    let link = format!("{base}/dovecot.conf");
+    let _ = fs::remove_file(&link);
+    let _ = std::os::unix::fs::symlink(&config_path, &link);
+
+    let devnull: OwnedFd = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(io_err("open /dev/null"))?
+        .into();
+    let (log_control_r, log_control_w) = pipe_pair(false, true)?;
+    let mut hs = Vec::new();
+    crate::wire::log::encode_handshake(b"MASTER", &mut hs);
+    write_all_fd(log_control_w.as_fd(), &hs);
+    let mut fds = Vec::new();
+    for (i, (def, listeners)) in set.services.iter().zip(all_listeners).enumerate() {
+        let (status_r, status_w) = pipe_pair(true, true)?;
+        let dead = pipe_pair(false, false)?;
+        let log_pipe = if i == set.log {
+            None
+        } else {
+            let (r, w) = pipe_pair(false, true)?;
+            let mut hs = Vec::new();
+            crate::wire::log::encode_handshake(format!("{}: ", def.name).as_bytes(), &mut hs);
+            write_all_fd(w.as_fd(), &hs);
+            Some((r, w))
+        };
+        let login_state = if def.kind == ServiceType::Login {
+            let f = tempfile::tempfile_in(&base).map_err(io_err("login-master-notify"))?;
+            Some(OwnedFd::from(f))
+        } else {
+            None
+        };
+        fds.push(ServiceFds {
+            listeners,
+            status_r,
+            status_w,
+            dead: Some(dead),
+            log: log_pipe,
+            login_state,
+            listening: false,
+        });
+    }
+    let (master_r, master_w) = pipe_pair(true, true)?;
+    let (children_r, children_w) = pipe_pair(true, false)?;
+    let (fdpass_child, fdpass_master) =
+        std::os::unix::net::UnixStream::pair().map_err(io_err("socketpair"))?;
+    let anvil = AnvilFds {
+        master_r,
+        master_w,
+        children_r,
+        children_w,
+        fdpass_child: fdpass_child.into(),
+        _fdpass_master: fdpass_master.into(),
+        global_dead: Some(pipe_pair(false, false)?),
+    };
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let sup = Supervisor::new(&set);
+    let mut shell = Shell {
+        m,
+        set,
+        sup,
+        fds,
+        anvil,
+        log_control_r,
+        log_control_w,
+        devnull,
+        hostname,
+        stock_config,
+        log,
+        queue: VecDeque::from([Event::Start]),
+        exit: false,
+    };
+    shell.run_loop(sigfd)
+}
+
+#[allow(non_snake_case)]
+fn SystemResolver_login_gid(m: &MasterSettings) -> Option<u32> {
+    use crate::master_compat::services::Resolver;
+    SystemResolver.user(&m.default_login_user).map(|(_, g)| g)
+}
+
+/// Writes all of `bytes`; false if the fd would block or failed (nothing is retried).
+fn write_all_fd(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).expect("no NUL")
+}
+
+impl Shell {
+    fn run_loop(&mut self, sigfd: OwnedFd) -> Result<(), MasterError> {
+        loop {
+            while let Some(ev) = self.queue.pop_front() {
+                let actions = self.sup.handle(Instant::now(), ev);
+                for a in actions {
+                    self.execute(a);
+                }
+            }
+            if self.exit {
+                self.cleanup();
+                return Ok(());
+            }
+            // Build the poll set: signals, status pipes, listeners being watched, anvil
+            // pipes while no anvil runs.
+            #[derive(Clone, Copy)]
+            enum Src {
+                Signal,
+                Status(ServiceId),
+                Listener(ServiceId),
+                AnvilDrain(bool),
+            }
+            let timeout = match self.sup.next_deadline() {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
+                    PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let ready: Vec<Src> = {
+                let mut srcs: Vec<Src> = vec![Src::Signal];
+                let mut pfds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+                for (i, f) in self.fds.iter().enumerate() {
+                    srcs.push(Src::Status(i));
+                    pfds.push(PollFd::new(f.status_r.as_fd(), PollFlags::POLLIN));
+                    if f.listening {
+                        for l in &f.listeners {
+                            srcs.push(Src::Listener(i));
+                            pfds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                        }
+                    }
+                }
+                if !self.sup.anvil_running() {
+                    srcs.push(Src::AnvilDrain(true));
+                    pfds.push(PollFd::new(self.anvil.master_r.as_fd(), PollFlags::POLLIN));
+                    srcs.push(Src::AnvilDrain(false));
+                    pfds.push(PollFd::new(self.anvil.children_r.as_fd(), PollFlags::POLLIN));
+                }
+                match nix::poll::poll(&mut pfds, timeout) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        self.log.log(LogLevel::Error, &format!("poll() failed: {e}"));
+                        continue;
+                    }
+                }
+                pfds.iter()
+                    .zip(&srcs)
+                    .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
+                    .map(|(_, s)| *s)
+                    .collect()
+            };
+            let mut saw_listener = vec![false; self.fds.len()];
+            for src in ready {
+                match src {
+                    Src::Signal => self.read_signals(sigfd.as_fd()),
+                    Src::Status(s) => self.read_status(s),
+                    Src::Listener(s) => {
+                        if !saw_listener[s] {
+                            saw_listener[s] = true;
+                            self.queue.push_back(Event::ListenerReadable(s));
+                        }
+                    }
+                    Src::AnvilDrain(master) => drain(if master {
+                        self.anvil.master_r.as_fd()
+                    } else {
+                        self.anvil.children_r.as_fd()
+                    }),
+                }
+            }
+            self.queue.push_back(Event::Tick);
+        }
+    }
+
+    fn read_signals(&mut self, fd: BorrowedFd<'_>) {
+        while let Some(info) = sys::process::read_signal(fd) {
+            match info.signal {
+                libc::SIGCHLD => {
+                    while let Some((pid, how)) = sys::process::reap_one() {
+                        self.queue.push_back(Event::ChildExited { pid, how });
+                    }
+                }
+                libc::SIGTERM | libc::SIGINT => {
+                    self.log.log(
+                        LogLevel::Warning,
+                        &format!(
+                            "Killed with signal {} (by pid={} uid={} code=kill)",
+                            info.signal, info.pid, info.uid
+                        ),
+                    );
+                    self.queue.push_back(Event::Shutdown);
+                }
+                libc::SIGHUP => {
+                    self.log.log(
+                        LogLevel::Warning,
+                        "SIGHUP received - reloading configuration is not implemented yet; ignored",
+                    );
+                }
+                libc::SIGUSR1 => {
+                    for pid in self.sup.pids(self.set.log) {
+                        let _ = sys::process::send_signal(pid, libc::SIGUSR1);
+                    }
+                    self.log = MasterLog::open(&self.m);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn read_status(&mut self, s: ServiceId) {
+        let mut buf = [0u8; 1020];
+        match nix::unistd::read(self.fds[s].status_r.as_raw_fd(), &mut buf) {
+            Ok(0) => self.queue.push_back(Event::StatusEof(s)),
+            Ok(n) => self.queue.push_back(Event::StatusData(s, buf[..n].to_vec())),
+            Err(_) => {}
+        }
+    }
+
+    fn execute(&mut self, a: Action) {
+        match a {
+            Action::Spawn {
+                service,
+                generation,
+                anvil_restarted,
+            } => {
+                let plan = self.plan(service, generation, anvil_restarted);
+                match sys::process::fork_exec(&plan) {
+                    Ok(pid) => {
+                        if Some(service) == self.set.anvil {
+                            write_all_fd(self.anvil.master_w.as_fd(), ANVIL_VERSION_LINE);
+                            write_all_fd(self.anvil.children_w.as_fd(), ANVIL_VERSION_LINE);
+                        }
+                        // Registered before anything is reaped again.
+                        let acts = self.sup.handle(Instant::now(), Event::Spawned { generation, pid });
+                        for a in acts {
+                            self.execute(a);
+                        }
+                    }
+                    Err(e) => self.queue.push_back(Event::SpawnFailed {
+                        generation,
+                        error: e.to_string(),
+                    }),
+                }
+            }
+            Action::Kill { pid, signal } => {
+                let _ = sys::process::send_signal(pid, signal);
+            }
+            Action::AnvilKill(pid) => {
+                if self.sup.anvil_running() {
+                    write_all_fd(self.anvil.master_w.as_fd(), format!("KILL\t{pid}\n").as_bytes());
+                }
+            }
+            Action::LogControl(line) => {
+                let mut bytes = line.into_bytes();
+                bytes.push(b'\n');
+                write_all_fd(self.log_control_w.as_fd(), &bytes);
+            }
+            Action::Log(level, text) => self.log.log(level, &text),
+            Action::Listen { service, on } => self.fds[service].listening = on,
+            Action::DropQueued(s) => listeners::drop_queued(&self.fds[s].listeners),
+            Action::UnlinkPerPid { service, pid } => {
+                for u in &self.set.services[service].per_pid {
+                    let _ = fs::remove_file(u.path.for_pid(pid));
+                }
+            }
+            Action::LoginState { service, full } => {
+                if let Some(f) = &self.fds[service].login_state {
+                    let _ = sys::process::seek_to(f.as_fd(), i64::from(full));
+                }
+            }
+            Action::CloseDeadPipes => {
+                for f in &mut self.fds {
+                    f.dead = None;
+                }
+                self.anvil.global_dead = None;
+            }
+            Action::Exit => self.exit = true,
+        }
+    }
+
+    /// The fd table, argv and environment of one new process (§5.1–§5.3).
+    fn plan(&self, s: ServiceId, generation: u32, anvil_restarted: bool) -> ExecPlan {
+        let def = &self.set.services[s];
+        let f = &self.fds[s];
+        let env = services::child_env(
+            &self.set,
+            s,
+            &self.m,
+            ProcessEnv {
+                generation,
+                anvil_restarted,
+                hostname: &self.hostname,
+                config_file: &self.stock_config,
+            },
+        );
+        let devnull = self.devnull.as_raw_fd();
+        let mut fds: Vec<(RawFd, RawFd)> = vec![(devnull, 0)];
+        if let Some((_, w)) = &f.log {
+            fds.push((w.as_raw_fd(), 2));
+        }
+        let is_anvil = Some(s) == self.set.anvil;
+        fds.push((
+            if def.gets_anvil_pipe() {
+                self.anvil.children_w.as_raw_fd()
+            } else {
+                devnull
+            },
+            3,
+        ));
+        if let Some(ls) = &f.login_state {
+            fds.push((ls.as_raw_fd(), 4));
+        }
+        if is_anvil {
+            fds.push((self.anvil.fdpass_child.as_raw_fd(), 4));
+        }
+        fds.push((f.status_w.as_raw_fd(), 5));
+        let dead_w = if is_anvil {
+            self.anvil.global_dead.as_ref().map(|(_, w)| w.as_raw_fd())
+        } else {
+            f.dead.as_ref().map(|(_, w)| w.as_raw_fd())
+        };
+        fds.push((dead_w.unwrap_or(devnull), 6));
+        let mut next = crate::master_compat::child_env::MASTER_LISTEN_FD_FIRST;
+        let mut put = |fds: &mut Vec<(RawFd, RawFd)>, fd: RawFd| {
+            fds.push((fd, next));
+            next += 1;
+        };
+        if is_anvil {
+            put(&mut fds, self.anvil.master_r.as_raw_fd());
+            put(&mut fds, self.anvil.children_r.as_raw_fd());
+        }
+        if s == self.set.log {
+            put(&mut fds, self.log_control_r.as_raw_fd());
+            for (i, other) in self.fds.iter().enumerate() {
+                if i != s {
+                    if let Some((r, _)) = &other.log {
+                        put(&mut fds, r.as_raw_fd());
+                    }
+                }
+            }
+        }
+        for l in &f.listeners {
+            put(&mut fds, l.as_raw_fd());
+        }
+        let per_pid = def
+            .per_pid
+            .iter()
+            .map(|u| {
+                let (prefix, suffix) = match &u.path {
+                    config::ListenerPath::PerProcess { prefix, suffix } => {
+                        (prefix.clone().into_bytes(), suffix.clone().into_bytes())
+                    }
+                    config::ListenerPath::Shared(p) => (p.clone().into_bytes(), Vec::new()),
+                };
+                let target = next;
+                next += 1;
+                PerPidSocket {
+                    prefix,
+                    suffix,
+                    mode: u.mode,
+                    uid: u.uid,
+                    gid: u.gid,
+                    backlog: def.backlog,
+                    target,
+                }
+            })
+            .collect();
+        ExecPlan {
+            path: c(&def.binary),
+            argv: def.argv.iter().map(|a| c(a)).collect(),
+            env: env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect(),
+            fds,
+            vsz_limit: def.vsz_limit,
+            nonblock_stderr: s != self.set.log,
+            per_pid,
+        }
+    }
+
+    fn cleanup(&mut self) {
+        for pid in self.sup.all_pids() {
+            if let Some(s) = self.sup.service_of(pid) {
+                for u in &self.set.services[s].per_pid {
+                    let _ = fs::remove_file(u.path.for_pid(pid));
+                }
+            }
+        }
+        let _ = fs::remove_file(pid_path(&self.m));
+        self.log.log(LogLevel::Info, "Foreman master exiting");
+    }
+}
+
+fn drain(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 4096];
+    while matches!(nix::unistd::read(fd.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
+}

@@ -1,0 +1,339 @@
+//! Drives the supervisor without processes: a small service set resolved from a config text.
+
+use super::*;
+use crate::master_compat::config::{load_str, LoadOptions};
+use crate::master_compat::services::{resolve, Resolver, ServiceSet};
+
+struct Table;
+impl Resolver for Table {
+    fn user(&self, _: &str) -> Option<(u32, u32)> {
+        Some((100, 100))
+    }
+    fn group(&self, _: &str) -> Option<u32> {
+        Some(100)
+    }
+}
+
+fn set(extra: &str) -> ServiceSet {
+    let text = format!(
+        "base_dir = /b\nprotocols = imap\nlisten = 127.0.0.1\nssl = no\n\
+         service imap-login {{\n inet_listener imap {{\n port = 14300\n }}\n}}\n{extra}"
+    );
+    let loaded = load_str(
+        "t.conf",
+        &text,
+        LoadOptions {
+            foreman: true,
+            ..Default::default()
+        },
+    );
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    resolve(&loaded.master_settings(), &Table, &[]).unwrap()
+}
+
+fn id(set: &ServiceSet, name: &str) -> ServiceId {
+    set.services.iter().position(|s| s.name == name).unwrap()
+}
+
+fn status(pid: u32, generation: u32, avail: u32) -> Vec<u8> {
+    StatusRecord {
+        pid: pid as i32,
+        generation,
+        available_count: avail,
+    }
+    .encode()
+    .to_vec()
+}
+
+/// Runs the spawns in `actions` as pids 1000, 1001, … and returns (service, generation, pid).
+struct Harness {
+    sup: Supervisor,
+    next_pid: u32,
+    now: Instant,
+    spawned: Vec<(ServiceId, u32, u32)>,
+}
+
+impl Harness {
+    fn new(set: &ServiceSet) -> Harness {
+        Harness {
+            sup: Supervisor::new(set),
+            next_pid: 1000,
+            now: Instant::now(),
+            spawned: Vec::new(),
+        }
+    }
+
+    fn ev(&mut self, e: Event) -> Vec<Action> {
+        let acts = self.sup.handle(self.now, e);
+        let mut all = acts.clone();
+        for a in acts {
+            if let Action::Spawn {
+                service, generation, ..
+            } = a
+            {
+                let pid = self.next_pid;
+                self.next_pid += 1;
+                self.spawned.push((service, generation, pid));
+                all.extend(self.sup.handle(self.now, Event::Spawned { generation, pid }));
+            }
+        }
+        all
+    }
+
+    fn last(&self, s: ServiceId) -> (u32, u32) {
+        let (_, g, p) = *self.spawned.iter().rev().find(|x| x.0 == s).unwrap();
+        (g, p)
+    }
+}
+
+fn spawns_of(acts: &[Action], s: ServiceId) -> usize {
+    acts.iter()
+        .filter(|a| matches!(a, Action::Spawn { service, .. } if *service == s))
+        .count()
+}
+
+#[test]
+fn start_spawns_anvil_then_log_and_listens_on_demand_services() {
+    let set = set("");
+    let mut h = Harness::new(&set);
+    let acts = h.ev(Event::Start);
+    let order: Vec<ServiceId> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { service, .. } => Some(*service),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, vec![id(&set, "anvil"), id(&set, "log")]);
+    assert!(acts.contains(&Action::Listen {
+        service: id(&set, "imap-login"),
+        on: true
+    }));
+    // anvil and log are assumed available until they report: not listening.
+    assert!(!acts.contains(&Action::Listen {
+        service: id(&set, "anvil"),
+        on: true
+    }));
+}
+
+#[test]
+fn demand_spawn_stops_listening_until_the_child_reports_busy() {
+    let set = set("");
+    let login = id(&set, "imap-login");
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    let acts = h.ev(Event::ListenerReadable(login));
+    assert_eq!(spawns_of(&acts, login), 1);
+    assert!(acts.contains(&Action::Listen {
+        service: login,
+        on: false
+    }));
+    let (g, pid) = h.last(login);
+    // Initial status 1 (client_limit), then 0 after accept: listen again.
+    let acts = h.ev(Event::StatusData(login, status(pid, g, 1)));
+    assert!(acts.is_empty(), "{acts:?}");
+    let acts = h.ev(Event::StatusData(login, status(pid, g, 0)));
+    assert!(acts.contains(&Action::Listen {
+        service: login,
+        on: true
+    }));
+    // Normal exit: BYE to the log, no KILL to anvil, no FATAL.
+    let acts = h.ev(Event::ChildExited {
+        pid,
+        how: ExitHow::Code(0),
+    });
+    let fd = set.services[login].log_fd.unwrap();
+    assert!(acts.contains(&Action::LogControl(format!("{fd} {pid} BYE"))));
+    assert!(!acts.iter().any(|a| matches!(a, Action::AnvilKill(_))));
+}
+
+#[test]
+fn abnormal_exit_logs_fatal_and_kills_in_anvil() {
+    let set = set("");
+    let login = id(&set, "imap-login");
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    h.ev(Event::ListenerReadable(login));
+    let (g, pid) = h.last(login);
+    h.ev(Event::StatusData(login, status(pid, g, 1)));
+    let acts = h.ev(Event::ChildExited {
+        pid,
+        how: ExitHow::Signal {
+            signal: 9,
+            core_dumped: false,
+        },
+    });
+    let fd = set.services[login].log_fd.unwrap();
+    assert!(acts.contains(&Action::LogControl(format!(
+        "{fd} {pid} FATAL service(imap-login): child {pid} killed with signal 9"
+    ))));
+    assert!(acts.contains(&Action::AnvilKill(pid)));
+    assert!(acts.contains(&Action::UnlinkPerPid {
+        service: login,
+        pid
+    }));
+}
+
+#[test]
+fn death_before_first_status_throttles_with_doubling_interval() {
+    let set = set("");
+    let login = id(&set, "imap-login");
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    h.ev(Event::ListenerReadable(login));
+    let (_, pid) = h.last(login);
+    let acts = h.ev(Event::ChildExited {
+        pid,
+        how: ExitHow::Code(84),
+    });
+    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("throttling for 2.000 secs"))));
+    // Throttled: not listening, readable events ignored.
+    assert!(h.ev(Event::ListenerReadable(login)).is_empty());
+    h.now += Duration::from_secs(2);
+    let acts = h.ev(Event::Tick);
+    assert!(acts.contains(&Action::Listen {
+        service: login,
+        on: true
+    }));
+    h.ev(Event::ListenerReadable(login));
+    let (_, pid) = h.last(login);
+    let acts = h.ev(Event::ChildExited {
+        pid,
+        how: ExitHow::Code(84),
+    });
+    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("throttling for 4.000 secs"))));
+}
+
+#[test]
+fn process_limit_reached_takes_the_drop_path() {
+    let set = set("service imap-login {\n process_limit = 1\n}\n");
+    let login = id(&set, "imap-login");
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    h.ev(Event::ListenerReadable(login));
+    let (g, pid) = h.last(login);
+    let acts = h.ev(Event::StatusData(login, status(pid, g, 0)));
+    assert!(acts.contains(&Action::LoginState {
+        service: login,
+        full: true
+    }));
+    // FULL: every initialized login process gets SIGUSR1.
+    assert!(acts.contains(&Action::Kill {
+        pid,
+        signal: libc::SIGUSR1
+    }));
+    let acts = h.ev(Event::ListenerReadable(login));
+    assert_eq!(spawns_of(&acts, login), 0);
+    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("client connections are being dropped"))));
+    assert!(acts.contains(&Action::Listen {
+        service: login,
+        on: false
+    }));
+    h.now += DROP_DELAY;
+    let acts = h.ev(Event::Tick);
+    assert!(acts.contains(&Action::DropQueued(login)));
+}
+
+#[test]
+fn idle_kill_sigints_surplus_idle_process_and_detects_ignoring() {
+    let set = set("");
+    let auth = id(&set, "auth");
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    h.ev(Event::ListenerReadable(auth));
+    let (g, pid) = h.last(auth);
+    h.ev(Event::StatusData(auth, status(pid, g, 1000)));
+    let deadline = h.sup.next_deadline().unwrap();
+    assert!(deadline >= h.now + Duration::from_secs(60));
+    assert!(deadline < h.now + Duration::from_secs(61));
+    h.now = deadline;
+    let acts = h.ev(Event::Tick);
+    assert!(acts.contains(&Action::Kill {
+        pid,
+        signal: libc::SIGINT
+    }));
+    // No answer for a whole interval: "ignoring idle SIGINT", treated as busy.
+    h.now += Duration::from_secs(61);
+    let acts = h.ev(Event::Tick);
+    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("is ignoring idle SIGINT"))));
+}
+
+#[test]
+fn a_child_that_turned_busy_is_not_idle_killed() {
+    let set = set("");
+    let auth = id(&set, "auth");
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    h.ev(Event::ListenerReadable(auth));
+    let (g, pid) = h.last(auth);
+    h.ev(Event::StatusData(auth, status(pid, g, 1000)));
+    h.ev(Event::StatusData(auth, status(pid, g, 999)));
+    h.now += Duration::from_secs(120);
+    let acts = h.ev(Event::Tick);
+    assert!(!acts.iter().any(|a| matches!(a, Action::Kill { .. })), "{acts:?}");
+}
+
+#[test]
+fn invalid_generation_is_ignored_with_a_message() {
+    let set = set("");
+    let auth = id(&set, "auth");
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    h.ev(Event::ListenerReadable(auth));
+    let (g, pid) = h.last(auth);
+    let acts = h.ev(Event::StatusData(auth, status(pid, g + 100, 0)));
+    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("Ignoring invalid update"))));
+    let acts = h.ev(Event::StatusData(auth, vec![0; 5]));
+    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("partial status update (5 bytes)"))));
+}
+
+#[test]
+fn shutdown_closes_dead_pipes_then_sigquits_and_exits() {
+    let set = set("");
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    let acts = h.ev(Event::Shutdown);
+    assert!(acts.contains(&Action::CloseDeadPipes));
+    // anvil and log still count as available: wait.
+    assert!(!acts.contains(&Action::Exit));
+    for (s, g, pid) in h.spawned.clone() {
+        h.ev(Event::StatusData(s, status(pid, g, 0)));
+    }
+    let acts = h.ev(Event::Tick);
+    assert!(acts.iter().any(|a| matches!(a, Action::Kill { signal, .. } if *signal == libc::SIGQUIT)));
+    h.now += SHUTDOWN_QUIT_PAUSE;
+    assert!(h.ev(Event::Tick).contains(&Action::Exit));
+}
+
+#[test]
+fn log_process_is_restarted_at_once() {
+    let set = set("");
+    let log = set.log;
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    let (_, pid) = h.last(log);
+    let acts = h.ev(Event::ChildExited {
+        pid,
+        how: ExitHow::Signal {
+            signal: 9,
+            core_dumped: false,
+        },
+    });
+    assert_eq!(spawns_of(&acts, log), 1);
+}
+
+#[test]
+fn anvil_restart_is_flagged() {
+    let set = set("");
+    let anvil = set.anvil.unwrap();
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    let (g, pid) = h.last(anvil);
+    h.ev(Event::StatusData(anvil, status(pid, g, 1000)));
+    assert!(h.sup.anvil_running());
+    let acts = h.ev(Event::ChildExited {
+        pid,
+        how: ExitHow::Code(0),
+    });
+    assert!(acts.iter().any(|a| matches!(a, Action::Spawn { service, anvil_restarted: true, .. } if *service == anvil)));
+}
