@@ -55,7 +55,10 @@ fn bind_unix(spec: &UnixSpec, backlog: i32) -> Result<OwnedFd, String> {
                 }
                 return Ok(fd);
             }
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse || e.raw_os_error() == Some(libc::EEXIST) => {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    || e.raw_os_error() == Some(libc::EEXIST) =>
+            {
                 if !spec.fifo {
                     match UnixStream::connect(p) {
                         Ok(_) => return Err(format!("Socket already exists: {path}")),
@@ -143,7 +146,9 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666);
         // A live socket refuses a second bind.
-        assert!(bind_unix(&spec, 16).unwrap_err().contains("Socket already exists"));
+        assert!(bind_unix(&spec, 16)
+            .unwrap_err()
+            .contains("Socket already exists"));
         drop(fd);
         // A stale one (nobody listening) is replaced.
         bind_unix(&spec, 16).unwrap();

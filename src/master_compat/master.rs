@@ -171,11 +171,10 @@ impl MasterLog {
 }
 
 fn pipe_pair(nonblock_read: bool, nonblock_write: bool) -> Result<(OwnedFd, OwnedFd), MasterError> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| MasterError::Io {
-            context: "pipe()".into(),
-            source: e.into(),
-        })?;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| MasterError::Io {
+        context: "pipe()".into(),
+        source: e.into(),
+    })?;
     sys::set_nonblocking(r.as_fd(), nonblock_read).map_err(io_err("fcntl"))?;
     sys::set_nonblocking(w.as_fd(), nonblock_write).map_err(io_err("fcntl"))?;
     Ok((r, w))
@@ -281,9 +280,10 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
 
     let mut all_listeners = Vec::new();
     for def in &set.services {
-        all_listeners.push(listeners::bind_service(def).map_err(|e| {
-            MasterError::Config(format!("{e}\nFailed to start listeners"))
-        })?);
+        all_listeners.push(
+            listeners::bind_service(def)
+                .map_err(|e| MasterError::Config(format!("{e}\nFailed to start listeners")))?,
+        );
     }
     std::env::set_current_dir(&base).map_err(io_err(format!("chdir({base})")))?;
     if !opts.foreground {
@@ -463,13 +463,17 @@ impl Shell {
                     srcs.push(Src::AnvilDrain(true));
                     pfds.push(PollFd::new(self.anvil.master_r.as_fd(), PollFlags::POLLIN));
                     srcs.push(Src::AnvilDrain(false));
-                    pfds.push(PollFd::new(self.anvil.children_r.as_fd(), PollFlags::POLLIN));
+                    pfds.push(PollFd::new(
+                        self.anvil.children_r.as_fd(),
+                        PollFlags::POLLIN,
+                    ));
                 }
                 match nix::poll::poll(&mut pfds, timeout) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => {
-                        self.log.log(LogLevel::Error, &format!("poll() failed: {e}"));
+                        self.log
+                            .log(LogLevel::Error, &format!("poll() failed: {e}"));
                         continue;
                     }
                 }
@@ -540,7 +544,9 @@ impl Shell {
         let mut buf = [0u8; 1020];
         match nix::unistd::read(self.fds[s].status_r.as_raw_fd(), &mut buf) {
             Ok(0) => self.queue.push_back(Event::StatusEof(s)),
-            Ok(n) => self.queue.push_back(Event::StatusData(s, buf[..n].to_vec())),
+            Ok(n) => self
+                .queue
+                .push_back(Event::StatusData(s, buf[..n].to_vec())),
             Err(_) => {}
         }
     }
@@ -560,7 +566,9 @@ impl Shell {
                             write_all_fd(self.anvil.children_w.as_fd(), ANVIL_VERSION_LINE);
                         }
                         // Registered before anything is reaped again.
-                        let acts = self.sup.handle(Instant::now(), Event::Spawned { generation, pid });
+                        let acts = self
+                            .sup
+                            .handle(Instant::now(), Event::Spawned { generation, pid });
                         for a in acts {
                             self.execute(a);
                         }
@@ -576,7 +584,10 @@ impl Shell {
             }
             Action::AnvilKill(pid) => {
                 if self.sup.anvil_running() {
-                    write_all_fd(self.anvil.master_w.as_fd(), format!("KILL\t{pid}\n").as_bytes());
+                    write_all_fd(
+                        self.anvil.master_w.as_fd(),
+                        format!("KILL\t{pid}\n").as_bytes(),
+                    );
                 }
             }
             Action::LogControl(line) => {

@@ -571,7 +571,11 @@ mod tests {
         assert_eq!(get(&env, "RESTRICT_SETGID"), Some("104"));
         assert_eq!(get(&env, "STATS_WRITER_SOCKET_PATH"), Some("stats-writer"));
         assert_eq!(get(&env, "GENERATION"), Some("7"));
-        let def = set.services.iter().find(|s| s.name == "imap-login").unwrap();
+        let def = set
+            .services
+            .iter()
+            .find(|s| s.name == "imap-login")
+            .unwrap();
         assert_eq!(def.argv, vec!["dovecot-mref/imap-login".to_owned()]);
         assert_eq!(def.binary, "/usr/lib/dovecot/imap-login");
     }
@@ -581,8 +585,15 @@ mod tests {
         let m = settings("");
         let set = resolve(&m, &Table, &[]).unwrap();
         let anvil = env_of(&set, &m, "anvil");
-        assert_eq!(get(&anvil, "SOCKET2_SETTINGS"), Some("anvil"));
-        assert_eq!(get(&anvil, "SOCKET3_SETTINGS"), Some("anvil-auth-penalty"));
+        // Slots 0 and 1 are the two pipes; the listeners follow (order by name is enough:
+        // services find their listeners by name).
+        let mut names = [
+            get(&anvil, "SOCKET2_SETTINGS"),
+            get(&anvil, "SOCKET3_SETTINGS"),
+        ];
+        names.sort();
+        assert_eq!(names, [Some("anvil"), Some("anvil-auth-penalty")]);
+        assert_eq!(get(&anvil, "SOCKET0_SETTINGS"), None);
         assert_eq!(get(&anvil, "SOCKET_COUNT"), Some("4"));
         assert_eq!(get(&anvil, "RESTRICT_CHROOT"), Some("/b/empty"));
         let log = env_of(&set, &m, "log");
@@ -591,7 +602,10 @@ mod tests {
             get(&log, &format!("SOCKET{n}_SETTINGS")),
             Some("log-errors")
         );
-        assert_eq!(get(&log, "SOCKET_COUNT"), Some((n + 1).to_string().as_str()));
+        assert_eq!(
+            get(&log, "SOCKET_COUNT"),
+            Some((n + 1).to_string().as_str())
+        );
         assert_eq!(get(&log, "LOG_SERVICE"), None);
         assert_eq!(get(&log, "DOVECONF_ENV"), Some("1"));
         // Log fds are consecutive from 8 over the non-log services.
@@ -601,7 +615,8 @@ mod tests {
 
     #[test]
     fn imap_extra_groups_and_per_pid_listener() {
-        let m = settings("service imap {\n unix_listener imap-master-%{pid} {\n mode = 0600\n }\n}\n");
+        let m =
+            settings("service imap {\n unix_listener imap-master-%{pid} {\n mode = 0600\n }\n}\n");
         let set = resolve(&m, &Table, &[]).unwrap();
         let env = env_of(&set, &m, "imap");
         assert_eq!(get(&env, "RESTRICT_SETEXTRAGROUPS"), Some("102"));
@@ -617,8 +632,12 @@ mod tests {
     #[test]
     fn preserved_environment() {
         let m = settings("import_environment = TZ FOO=bar\n");
-        let set = resolve(&m, &Table, &[("TZ".into(), "UTC".into()), ("PATH".into(), "/x".into())])
-            .unwrap();
+        let set = resolve(
+            &m,
+            &Table,
+            &[("TZ".into(), "UTC".into()), ("PATH".into(), "/x".into())],
+        )
+        .unwrap();
         let env = env_of(&set, &m, "config");
         assert_eq!(get(&env, "FOO"), Some("bar"));
         assert_eq!(get(&env, "TZ"), Some("UTC"));

@@ -168,9 +168,13 @@ pub struct Supervisor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ShutdownPhase {
     /// Dead pipes closed; waiting for every service to stop accepting.
-    Draining { until: Instant },
+    Draining {
+        until: Instant,
+    },
     /// SIGQUIT sent; exiting at this time.
-    Quitting { at: Instant },
+    Quitting {
+        at: Instant,
+    },
     Done,
 }
 
@@ -265,13 +269,10 @@ impl Supervisor {
             let first = (!p.initialized).then_some(p.spawned_at + FIRST_STATUS_TIMEOUT);
             [first, p.idle_deadline]
         });
-        let svcs = self.svcs.iter().flat_map(|s| {
-            [
-                s.drop_deadline,
-                s.throttled_until,
-                s.login_notify_deadline,
-            ]
-        });
+        let svcs = self
+            .svcs
+            .iter()
+            .flat_map(|s| [s.drop_deadline, s.throttled_until, s.login_notify_deadline]);
         let shutdown = match self.shutdown {
             Some(ShutdownPhase::Draining { until }) => Some(until),
             Some(ShutdownPhase::Quitting { at }) => Some(at),
@@ -282,8 +283,7 @@ impl Supervisor {
 
     /// True while an anvil process exists (else the shell drains the anvil pipes).
     pub fn anvil_running(&self) -> bool {
-        self.anvil
-            .is_some_and(|a| self.svcs[a].process_count > 0)
+        self.anvil.is_some_and(|a| self.svcs[a].process_count > 0)
     }
 
     /// The service a live process belongs to.
@@ -410,7 +410,10 @@ impl Supervisor {
                     && !(svc.process_count >= svc.process_limit && svc.listen_pending)));
         if want != svc.listening {
             svc.listening = want;
-            out.push(Action::Listen { service: s, on: want });
+            out.push(Action::Listen {
+                service: s,
+                on: want,
+            });
         }
     }
 
@@ -505,7 +508,13 @@ impl Supervisor {
         }
     }
 
-    fn status_record(&mut self, now: Instant, s: ServiceId, rec: StatusRecord, out: &mut Vec<Action>) {
+    fn status_record(
+        &mut self,
+        now: Instant,
+        s: ServiceId,
+        rec: StatusRecord,
+        out: &mut Vec<Action>,
+    ) {
         let Ok(pid) = u32::try_from(rec.pid) else {
             return;
         };
@@ -595,7 +604,11 @@ impl Supervisor {
             let (msg, default_fatal) = exit_message(&name, pid, how);
             match log_fd {
                 Some(fd) if self.svcs[self.log].process_count > 0 => {
-                    let kind = if default_fatal { "DEFAULT-FATAL" } else { "FATAL" };
+                    let kind = if default_fatal {
+                        "DEFAULT-FATAL"
+                    } else {
+                        "FATAL"
+                    };
                     out.push(Action::LogControl(format!("{fd} {pid} {kind} {msg}")));
                 }
                 _ => out.push(Action::Log(LogLevel::Error, msg)),
@@ -626,7 +639,8 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return;
         }
-        if self.svcs[s].kind == ServiceType::Login && self.svcs[s].process_count < self.svcs[s].process_limit
+        if self.svcs[s].kind == ServiceType::Login
+            && self.svcs[s].process_count < self.svcs[s].process_limit
         {
             self.set_login_state(now, s, false, out);
         }
@@ -749,7 +763,10 @@ impl Supervisor {
         for s in 0..self.svcs.len() {
             if self.svcs[s].listening {
                 self.svcs[s].listening = false;
-                out.push(Action::Listen { service: s, on: false });
+                out.push(Action::Listen {
+                    service: s,
+                    on: false,
+                });
             }
         }
         out.push(Action::CloseDeadPipes);
@@ -790,7 +807,10 @@ fn jitter(generation: u32) -> Duration {
 /// The message for an abnormal exit; the bool is true for exit 89 (DEFAULT-FATAL).
 pub fn exit_message(service: &str, pid: u32, how: ExitHow) -> (String, bool) {
     match how {
-        ExitHow::Signal { signal, core_dumped } => {
+        ExitHow::Signal {
+            signal,
+            core_dumped,
+        } => {
             let hint = if core_dumped { " (core dumped)" } else { "" };
             (
                 format!("service({service}): child {pid} killed with signal {signal}{hint}"),

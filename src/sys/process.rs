@@ -169,7 +169,10 @@ unsafe fn child_per_pid_socket(s: &PerPidSocket, pid: u32) -> bool {
 pub fn fork_exec(plan: &ExecPlan) -> io::Result<u32> {
     for &(_, t) in &plan.fds {
         if !(0..=MAX_TARGET).contains(&t) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "fd target out of range"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "fd target out of range",
+            ));
         }
     }
     let max_target = plan
@@ -306,8 +309,16 @@ pub fn block_signals_fd(signals: &[i32]) -> io::Result<std::os::fd::OwnedFd> {
         for &s in signals {
             libc::sigaddset(&mut set, s);
         }
-        cvt(libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()))?;
-        let fd = cvt(libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?;
+        cvt(libc::pthread_sigmask(
+            libc::SIG_BLOCK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+        let fd = cvt(libc::signalfd(
+            -1,
+            &set,
+            libc::SFD_NONBLOCK | libc::SFD_CLOEXEC,
+        ))?;
         Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
     }
 }
@@ -328,7 +339,11 @@ pub fn read_signal(fd: std::os::fd::BorrowedFd<'_>) -> Option<SignalInfo> {
     unsafe {
         let mut info: libc::signalfd_siginfo = std::mem::zeroed();
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        let n = libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size);
+        let n = libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        );
         if n as usize != size {
             return None;
         }

@@ -68,16 +68,29 @@ impl Harness {
         let mut all = acts.clone();
         for a in acts {
             if let Action::Spawn {
-                service, generation, ..
+                service,
+                generation,
+                ..
             } = a
             {
                 let pid = self.next_pid;
                 self.next_pid += 1;
                 self.spawned.push((service, generation, pid));
-                all.extend(self.sup.handle(self.now, Event::Spawned { generation, pid }));
+                all.extend(
+                    self.sup
+                        .handle(self.now, Event::Spawned { generation, pid }),
+                );
             }
         }
         all
+    }
+
+    /// Every spawned process sends its initial status (fully available).
+    fn init_all(&mut self, set: &ServiceSet) {
+        for (s, g, pid) in self.spawned.clone() {
+            let limit = set.services[s].client_limit;
+            self.ev(Event::StatusData(s, status(pid, g, limit)));
+        }
     }
 
     fn last(&self, s: ServiceId) -> (u32, u32) {
@@ -186,7 +199,9 @@ fn death_before_first_status_throttles_with_doubling_interval() {
         pid,
         how: ExitHow::Code(84),
     });
-    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("throttling for 2.000 secs"))));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Log(_, m) if m.contains("throttling for 2.000 secs"))));
     // Throttled: not listening, readable events ignored.
     assert!(h.ev(Event::ListenerReadable(login)).is_empty());
     h.now += Duration::from_secs(2);
@@ -201,7 +216,9 @@ fn death_before_first_status_throttles_with_doubling_interval() {
         pid,
         how: ExitHow::Code(84),
     });
-    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("throttling for 4.000 secs"))));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Log(_, m) if m.contains("throttling for 4.000 secs"))));
 }
 
 #[test]
@@ -224,7 +241,9 @@ fn process_limit_reached_takes_the_drop_path() {
     }));
     let acts = h.ev(Event::ListenerReadable(login));
     assert_eq!(spawns_of(&acts, login), 0);
-    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("client connections are being dropped"))));
+    assert!(acts.iter().any(
+        |a| matches!(a, Action::Log(_, m) if m.contains("client connections are being dropped"))
+    ));
     assert!(acts.contains(&Action::Listen {
         service: login,
         on: false
@@ -242,6 +261,7 @@ fn idle_kill_sigints_surplus_idle_process_and_detects_ignoring() {
     h.ev(Event::Start);
     h.ev(Event::ListenerReadable(auth));
     let (g, pid) = h.last(auth);
+    h.init_all(&set);
     h.ev(Event::StatusData(auth, status(pid, g, 1000)));
     let deadline = h.sup.next_deadline().unwrap();
     assert!(deadline >= h.now + Duration::from_secs(60));
@@ -255,7 +275,9 @@ fn idle_kill_sigints_surplus_idle_process_and_detects_ignoring() {
     // No answer for a whole interval: "ignoring idle SIGINT", treated as busy.
     h.now += Duration::from_secs(61);
     let acts = h.ev(Event::Tick);
-    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("is ignoring idle SIGINT"))));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Log(_, m) if m.contains("is ignoring idle SIGINT"))));
 }
 
 #[test]
@@ -266,11 +288,14 @@ fn a_child_that_turned_busy_is_not_idle_killed() {
     h.ev(Event::Start);
     h.ev(Event::ListenerReadable(auth));
     let (g, pid) = h.last(auth);
-    h.ev(Event::StatusData(auth, status(pid, g, 1000)));
+    h.init_all(&set);
     h.ev(Event::StatusData(auth, status(pid, g, 999)));
     h.now += Duration::from_secs(120);
     let acts = h.ev(Event::Tick);
-    assert!(!acts.iter().any(|a| matches!(a, Action::Kill { .. })), "{acts:?}");
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Kill { .. })),
+        "{acts:?}"
+    );
 }
 
 #[test]
@@ -282,9 +307,13 @@ fn invalid_generation_is_ignored_with_a_message() {
     h.ev(Event::ListenerReadable(auth));
     let (g, pid) = h.last(auth);
     let acts = h.ev(Event::StatusData(auth, status(pid, g + 100, 0)));
-    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("Ignoring invalid update"))));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Log(_, m) if m.contains("Ignoring invalid update"))));
     let acts = h.ev(Event::StatusData(auth, vec![0; 5]));
-    assert!(acts.iter().any(|a| matches!(a, Action::Log(_, m) if m.contains("partial status update (5 bytes)"))));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Log(_, m) if m.contains("partial status update (5 bytes)"))));
 }
 
 #[test]
@@ -296,11 +325,13 @@ fn shutdown_closes_dead_pipes_then_sigquits_and_exits() {
     assert!(acts.contains(&Action::CloseDeadPipes));
     // anvil and log still count as available: wait.
     assert!(!acts.contains(&Action::Exit));
+    let mut acts = Vec::new();
     for (s, g, pid) in h.spawned.clone() {
-        h.ev(Event::StatusData(s, status(pid, g, 0)));
+        acts.extend(h.ev(Event::StatusData(s, status(pid, g, 0))));
     }
-    let acts = h.ev(Event::Tick);
-    assert!(acts.iter().any(|a| matches!(a, Action::Kill { signal, .. } if *signal == libc::SIGQUIT)));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Kill { signal, .. } if *signal == libc::SIGQUIT)));
     h.now += SHUTDOWN_QUIT_PAUSE;
     assert!(h.ev(Event::Tick).contains(&Action::Exit));
 }
@@ -335,5 +366,7 @@ fn anvil_restart_is_flagged() {
         pid,
         how: ExitHow::Code(0),
     });
-    assert!(acts.iter().any(|a| matches!(a, Action::Spawn { service, anvil_restarted: true, .. } if *service == anvil)));
+    assert!(acts.iter().any(
+        |a| matches!(a, Action::Spawn { service, anvil_restarted: true, .. } if *service == anvil)
+    ));
 }

@@ -1,0 +1,182 @@
+//! The full stock Dovecot 2.3 stack (config, log, anvil, auth, imap-login, imap, pop3-login,
+//! pop3, stats) under `foreman master`, in a temporary directory on 127.0.0.1 high ports. The
+//! configuration is the stock harness's ([`foreman::stock`]), only the master binary differs.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use foreman::stock::{wait_for, StockDovecot};
+
+const FOREMAN: &str = env!("CARGO_BIN_EXE_foreman");
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn start() -> StockDovecot {
+    StockDovecot::builder()
+        .master_command(FOREMAN, &["master"])
+        .user("alice", "pw")
+        .user("bob", "pw2")
+        .start()
+        .expect("start the stock stack under foreman master")
+}
+
+/// Pids whose parent is `parent` (from /proc).
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Field 4 (after the parenthesised comm, which may hold spaces).
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid: u32 = rest
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        if ppid == parent {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; count it as gone.
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn who(d: &StockDovecot) -> String {
+    let out = d.doveadm(&["who"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn imap_and_pop3_logins_who_and_kick() {
+    let d = start();
+    let mut imap = d.imap().unwrap();
+    let reply = imap.login("alice", "pw").unwrap();
+    assert!(reply.is_ok(), "{reply:?}\n{}", d.log_tail(30));
+    assert!(imap.command("SELECT INBOX").unwrap().is_ok());
+    let mut pop3 = d.pop3().unwrap();
+    let reply = pop3.login("bob", "pw2").unwrap();
+    assert!(reply.starts_with("+OK"), "{reply}\n{}", d.log_tail(30));
+
+    // doveadm who reads anvil, which heard CONNECT over the pipe the master created.
+    let table = wait_for(DEADLINE, || {
+        let t = who(&d);
+        (t.contains("alice") && t.contains("bob")).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("doveadm who: {}\n{}", who(&d), d.log_tail(30)));
+    assert!(table.contains("imap") && table.contains("pop3"), "{table}");
+
+    // The log process writes the services' lines with their prefixes.
+    let log = d.log_contents();
+    assert!(
+        log.contains("imap-login: Info: Login: user=<alice>"),
+        "{log}"
+    );
+    assert!(log.contains("pop3-login: Info: Login: user=<bob>"), "{log}");
+
+    // doveadm kick signals the imap process; the client sees the connection close.
+    let out = d.doveadm(&["kick", "alice"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    imap.wait_closed(DEADLINE).unwrap();
+    let gone = wait_for(DEADLINE, || (!who(&d).contains("alice")).then_some(()));
+    assert!(gone.is_some(), "alice still listed: {}", who(&d));
+    pop3.quit().unwrap();
+}
+
+#[test]
+fn foreman_master_stop_ends_every_child_and_removes_the_pid_file() {
+    let mut d = start();
+    let mut imap = d.imap().unwrap();
+    assert!(imap.login("alice", "pw").unwrap().is_ok());
+    imap.logout().unwrap();
+    let master = d.pid().unwrap();
+    let kids = children_of(master);
+    assert!(kids.len() >= 3, "expected anvil, log, config…: {kids:?}");
+    let pid_file = d.base_dir().join("master.pid");
+    assert_eq!(
+        fs::read_to_string(&pid_file).unwrap().trim(),
+        master.to_string()
+    );
+    let out = Command::new(FOREMAN)
+        .args(["master", "-c"])
+        .arg(d.conf_path())
+        .arg("stop")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let exited = wait_for(DEADLINE, || d.exited());
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    assert!(!pid_file.exists());
+    let left = wait_for(DEADLINE, || {
+        let left: Vec<u32> = kids.iter().copied().filter(|&p| alive(p)).collect();
+        left.is_empty().then_some(())
+    });
+    assert!(left.is_some(), "children still alive after stop: {kids:?}");
+    // A second stop finds nothing to stop.
+    let out = Command::new(FOREMAN)
+        .args(["master", "-c"])
+        .arg(d.conf_path())
+        .arg("stop")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+}
+
+#[test]
+fn killing_the_master_makes_every_child_exit() {
+    let mut d = start();
+    let mut pop3 = d.pop3().unwrap();
+    assert!(pop3.login("bob", "pw2").unwrap().starts_with("+OK"));
+    pop3.quit().unwrap();
+    let master = d.pid().unwrap();
+    let kids = children_of(master);
+    assert!(!kids.is_empty());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(wait_for(DEADLINE, || d.exited()).is_some());
+    let left = wait_for(Duration::from_secs(30), || {
+        let left: Vec<u32> = kids.iter().copied().filter(|&p| alive(p)).collect();
+        left.is_empty().then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "children alive after the master was killed: {:?}",
+        kids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn doveadm_stop_and_reload_use_the_pid_file() {
+    let mut d = start();
+    // Reload (SIGHUP) must not end the master; logins still work afterwards.
+    let out = d.doveadm(&["reload"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut imap = d.imap().unwrap();
+    assert!(imap.login("alice", "pw").unwrap().is_ok());
+    imap.logout().unwrap();
+    assert!(d.exited().is_none());
+    let out = d.doveadm(&["stop"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let exited = wait_for(DEADLINE, || d.exited());
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    assert!(!Path::new(&d.base_dir().join("master.pid")).exists());
+}
