@@ -598,6 +598,16 @@ impl Shell {
             Action::Log(level, text) => self.log.log(level, &text),
             Action::Listen { service, on } => self.fds[service].listening = on,
             Action::DropQueued(s) => listeners::drop_queued(&self.fds[s].listeners),
+            Action::PerPidMode { service, pid, open } => {
+                for u in &self.set.services[service].per_pid {
+                    let mode = if open { u.mode } else { 0 };
+                    let path = u.path.for_pid(pid);
+                    if let Err(e) = fs::set_permissions(&path, fs::Permissions::from_mode(mode)) {
+                        self.log
+                            .log(LogLevel::Error, &format!("chmod({path}) failed: {e}"));
+                    }
+                }
+            }
             Action::UnlinkPerPid { service, pid } => {
                 for u in &self.set.services[service].per_pid {
                     let _ = fs::remove_file(u.path.for_pid(pid));

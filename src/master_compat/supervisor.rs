@@ -86,6 +86,13 @@ pub enum Action {
     Listen { service: ServiceId, on: bool },
     /// Accept and close every connection queued on the service's listeners (drop path).
     DropQueued(ServiceId),
+    /// chmod the process's per-process listener paths: 0 while it has no free slot
+    /// (`open = false`), the configured mode again when it has one.
+    PerPidMode {
+        service: ServiceId,
+        pid: u32,
+        open: bool,
+    },
     /// Remove the per-process listeners of a reaped process.
     UnlinkPerPid { service: ServiceId, pid: u32 },
     /// Set the login-state file (`lseek` to 1 = FULL, 0 = NONFULL).
@@ -120,6 +127,7 @@ struct Svc {
     idle_kill: Option<Duration>,
     log_fd: Option<i32>,
     has_listeners: bool,
+    has_per_pid: bool,
     process_count: u32,
     process_avail: u32,
     listening: bool,
@@ -193,6 +201,7 @@ impl Supervisor {
                 idle_kill: d.idle_kill.map(Duration::from_secs),
                 log_fd: d.log_fd,
                 has_listeners: !d.unix.is_empty() || !d.inet.is_empty(),
+                has_per_pid: !d.per_pid.is_empty(),
                 process_count: 0,
                 process_avail: 0,
                 listening: false,
@@ -490,7 +499,7 @@ impl Supervisor {
     }
 
     fn status_data(&mut self, now: Instant, s: ServiceId, data: &[u8], out: &mut Vec<Action>) {
-        if data.len() % STATUS_RECORD_LEN != 0 {
+        if !data.len().is_multiple_of(STATUS_RECORD_LEN) {
             out.push(Action::Log(
                 LogLevel::Error,
                 format!(
@@ -543,6 +552,13 @@ impl Supervisor {
             if new == 0 {
                 let svc = &mut self.svcs[s];
                 svc.process_avail -= 1;
+                if svc.has_per_pid {
+                    out.push(Action::PerPidMode {
+                        service: s,
+                        pid,
+                        open: false,
+                    });
+                }
                 if svc.kind == ServiceType::Login
                     && svc.process_avail == 0
                     && svc.process_count >= svc.process_limit
@@ -555,6 +571,13 @@ impl Supervisor {
         } else if new > old && old == 0 {
             let svc = &mut self.svcs[s];
             svc.process_avail += 1;
+            if svc.has_per_pid {
+                out.push(Action::PerPidMode {
+                    service: s,
+                    pid,
+                    open: true,
+                });
+            }
             svc.listen_pending = false;
             svc.drop_mode = false;
             svc.drop_deadline = None;

@@ -127,10 +127,9 @@ unsafe fn child_per_pid_socket(s: &PerPidSocket, pid: u32) -> bool {
     if total >= addr.sun_path.len() {
         return false;
     }
-    let mut i = 0;
-    for &b in s.prefix.iter().chain(&digits[..n]).chain(s.suffix.iter()) {
-        addr.sun_path[i] = b as libc::c_char;
-        i += 1;
+    let bytes = s.prefix.iter().chain(&digits[..n]).chain(s.suffix.iter());
+    for (slot, &b) in addr.sun_path.iter_mut().zip(bytes) {
+        *slot = b as libc::c_char;
     }
     let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
     if fd < 0 {

@@ -370,3 +370,36 @@ fn anvil_restart_is_flagged() {
         |a| matches!(a, Action::Spawn { service, anvil_restarted: true, .. } if *service == anvil)
     ));
 }
+
+#[test]
+fn per_pid_listener_closed_while_full_and_reopened_when_free() {
+    let set = set(
+        "service imap {\n service_count = 0\n client_limit = 2\n unix_listener imap-master-%{pid} {\n mode = 0666\n }\n}\n",
+    );
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    h.ev(Event::ListenerReadable(imap));
+    let (g, pid) = h.last(imap);
+    assert!(h.ev(Event::StatusData(imap, status(pid, g, 2))).is_empty());
+    let acts = h.ev(Event::StatusData(imap, status(pid, g, 1)));
+    assert!(!acts.iter().any(|a| matches!(a, Action::PerPidMode { .. })));
+    let acts = h.ev(Event::StatusData(imap, status(pid, g, 0)));
+    assert!(acts.contains(&Action::PerPidMode {
+        service: imap,
+        pid,
+        open: false
+    }));
+    let acts = h.ev(Event::StatusData(imap, status(pid, g, 1)));
+    assert!(acts.contains(&Action::PerPidMode {
+        service: imap,
+        pid,
+        open: true
+    }));
+    // Services without per-pid listeners never get chmod actions.
+    let login = id(&set, "imap-login");
+    h.ev(Event::ListenerReadable(login));
+    let (g, pid) = h.last(login);
+    let acts = h.ev(Event::StatusData(login, status(pid, g, 0)));
+    assert!(!acts.iter().any(|a| matches!(a, Action::PerPidMode { .. })));
+}
