@@ -164,16 +164,97 @@ fn killing_the_master_makes_every_child_exit() {
     );
 }
 
+/// The child of `master` whose process title names `service` (`…/anvil [..]`).
+fn service_pid(master: u32, service: &str) -> Option<u32> {
+    children_of(master).into_iter().find(|&p| {
+        let cmd = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        cmd.split(['\0', ' '])
+            .next()
+            .is_some_and(|a0| a0.ends_with(&format!("/{service}")))
+    })
+}
+
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().ino()
+}
+
+/// The socket inode of the 127.0.0.1 listener on `port` (from /proc/net/tcp).
+fn tcp_listener_inode(port: u16) -> Option<String> {
+    let table = fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (addr, p) = f.get(1)?.split_once(':')?;
+        (addr == "0100007F" && u16::from_str_radix(p, 16).ok()? == port && f[3] == "0A")
+            .then(|| f[9].to_owned())
+    })
+}
+
 #[test]
-fn doveadm_stop_and_reload_use_the_pid_file() {
-    let mut d = start();
-    // Reload (SIGHUP) must not end the master; logins still work afterwards.
-    let out = d.doveadm(&["reload"]).unwrap();
-    assert!(out.status.success(), "{out:?}");
+fn doveadm_reload_keeps_anvil_and_tcp_recreates_unix_sockets_and_log() {
+    let d = start();
+    let master = d.pid().unwrap();
     let mut imap = d.imap().unwrap();
     assert!(imap.login("alice", "pw").unwrap().is_ok());
     imap.logout().unwrap();
-    assert!(d.exited().is_none());
+    let anvil = service_pid(master, "anvil").expect("anvil runs");
+    let log = service_pid(master, "log").expect("log runs");
+    let config_sock = d.base_dir().join("config");
+    let config_inode = inode(&config_sock);
+    let imap_port = d.imap_port().unwrap();
+    let tcp = tcp_listener_inode(imap_port).expect("imap port listening");
+
+    let out = d.doveadm(&["reload"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let new_log = wait_for(DEADLINE, || {
+        service_pid(master, "log").filter(|&p| p != log && !alive(log))
+    });
+    assert!(
+        new_log.is_some(),
+        "log process not replaced\n{}",
+        d.log_tail(20)
+    );
+    assert_eq!(
+        service_pid(master, "anvil"),
+        Some(anvil),
+        "anvil must be kept"
+    );
+    assert_ne!(
+        inode(&config_sock),
+        config_inode,
+        "unix socket not re-created"
+    );
+    assert_eq!(
+        tcp_listener_inode(imap_port),
+        Some(tcp),
+        "TCP listener must be kept"
+    );
+    assert!(d
+        .log_contents()
+        .contains("master: Warning: SIGHUP received - reloading configuration"));
+
+    // Everything works after the reload, anvil included.
+    let mut imap = d.imap().unwrap();
+    assert!(
+        imap.login("alice", "pw").unwrap().is_ok(),
+        "{}",
+        d.log_tail(30)
+    );
+    let mut pop3 = d.pop3().unwrap();
+    assert!(pop3.login("bob", "pw2").unwrap().starts_with("+OK"));
+    let listed = wait_for(DEADLINE, || {
+        let t = who(&d);
+        (t.contains("alice") && t.contains("bob")).then_some(())
+    });
+    assert!(listed.is_some(), "{}", who(&d));
+    imap.logout().unwrap();
+    pop3.quit().unwrap();
+}
+
+#[test]
+fn doveadm_stop_uses_the_pid_file() {
+    let mut d = start();
     let out = d.doveadm(&["stop"]).unwrap();
     assert!(out.status.success(), "{out:?}");
     let exited = wait_for(DEADLINE, || d.exited());

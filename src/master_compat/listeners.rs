@@ -116,7 +116,7 @@ pub fn bind_service(def: &ServiceDef) -> Result<Vec<OwnedFd>, ListenError> {
 }
 
 /// Accepts and closes every queued connection (the drop path); FIFOs are skipped.
-pub fn drop_queued(fds: &[OwnedFd]) {
+pub fn drop_queued(fds: &[&OwnedFd]) {
     for fd in fds {
         while let Ok(Some(conn)) = sys::accept_nonblocking(fd.as_fd()) {
             drop(conn);

@@ -180,12 +180,19 @@ fn pipe_pair(nonblock_read: bool, nonblock_write: bool) -> Result<(OwnedFd, Owne
     Ok((r, w))
 }
 
-/// Per-service objects owned by the master (§5.5).
+/// What a listener fd is, to carry it over a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ListenerKey {
+    Unix(String),
+    Inet(String, u16),
+}
+
+/// Per-service objects owned by the master (§5.5), for one service list.
 struct ServiceFds {
-    listeners: Vec<OwnedFd>,
+    listeners: Vec<(ListenerKey, OwnedFd)>,
     status_r: OwnedFd,
     status_w: OwnedFd,
-    /// Both ends; `None` after shutdown closed them.
+    /// Both ends; `None` once closed (shutdown, reload).
     dead: Option<(OwnedFd, OwnedFd)>,
     /// Log pipe (read end for the log process, write end for children); none for log.
     log: Option<(OwnedFd, OwnedFd)>,
@@ -194,30 +201,41 @@ struct ServiceFds {
     listening: bool,
 }
 
-/// Global anvil objects (§11).
+/// Global anvil objects (§11), kept across reloads.
 struct AnvilFds {
     master_r: OwnedFd,
     master_w: OwnedFd,
     children_r: OwnedFd,
     children_w: OwnedFd,
     fdpass_child: OwnedFd,
-    _fdpass_master: OwnedFd,
+    fdpass_master: OwnedFd,
+    status_r: OwnedFd,
+    status_w: OwnedFd,
     global_dead: Option<(OwnedFd, OwnedFd)>,
 }
 
-struct Shell {
+/// One service list (the configuration at start or after a reload) and its processes.
+struct Gen {
+    id: u64,
     m: MasterSettings,
     set: ServiceSet,
     sup: Supervisor,
     fds: Vec<ServiceFds>,
+    /// The master→log control pipe; dropped when the list is retired.
+    log_control: Option<(OwnedFd, OwnedFd)>,
+    stock_config: String,
+}
+
+struct Shell {
+    config_path: PathBuf,
+    /// The last one is current; older ones are retired and kept until their processes exit.
+    gens: Vec<Gen>,
+    next_gen_id: u64,
     anvil: AnvilFds,
-    log_control_r: OwnedFd,
-    log_control_w: OwnedFd,
     devnull: OwnedFd,
     hostname: String,
-    stock_config: String,
     log: MasterLog,
-    queue: VecDeque<Event>,
+    queue: VecDeque<(u64, Event)>,
     exit: bool,
 }
 
@@ -238,6 +256,56 @@ fn make_dir(path: &str, mode: u32, gid: Option<u32>) -> Result<(), MasterError> 
     Ok(())
 }
 
+fn login_gid(m: &MasterSettings) -> Option<u32> {
+    use crate::master_compat::services::Resolver;
+    SystemResolver.user(&m.default_login_user).map(|(_, g)| g)
+}
+
+/// Directories the services need: base_dir, state_dir, `empty`, `login`, `token-login`.
+fn prepare_dirs(m: &MasterSettings, set: &ServiceSet) -> Result<(), MasterError> {
+    let base = &m.base_dir;
+    make_dir(base, 0o755, None)?;
+    if !m.state_dir.is_empty() {
+        make_dir(&m.state_dir, 0o750, None)?;
+    }
+    make_dir(&format!("{base}/empty"), 0o755, None)?;
+    for dir in ["login", "token-login"] {
+        let prefix = format!("{base}/{dir}/");
+        let used = set.services.iter().any(|s| {
+            s.unix
+                .iter()
+                .chain(&s.per_pid)
+                .any(|u| u.path.to_string().starts_with(&prefix))
+        });
+        if used {
+            make_dir(&format!("{base}/{dir}"), 0o750, login_gid(m))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the copy of the configuration stock processes read (Foreman's extensions removed).
+fn write_stock_config(m: &MasterSettings, loaded: &config::Loaded) -> Result<String, MasterError> {
+    let path = format!("{}/{STOCK_CONFIG_NAME}", m.base_dir);
+    fs::write(&path, config::render::stock_copy(&loaded.tree.root))
+        .map_err(io_err(format!("write {path}")))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).map_err(io_err("chmod"))?;
+    Ok(path)
+}
+
+fn keyed(def: &services::ServiceDef, fds: Vec<OwnedFd>) -> Vec<(ListenerKey, OwnedFd)> {
+    let keys = def
+        .unix
+        .iter()
+        .map(|u| ListenerKey::Unix(u.path.to_string()))
+        .chain(
+            def.inet
+                .iter()
+                .map(|i| ListenerKey::Inet(i.address.clone(), i.port)),
+        );
+    keys.zip(fds).collect()
+}
+
 /// Runs the master until shutdown. Returns after the pid file is removed.
 pub fn run(opts: &Options) -> Result<(), MasterError> {
     let config_path = fs::canonicalize(&opts.config).unwrap_or_else(|_| opts.config.clone());
@@ -252,39 +320,15 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
             });
         }
     }
-    let base = m.base_dir.clone();
-    make_dir(&base, 0o755, None)?;
-    if !m.state_dir.is_empty() {
-        make_dir(&m.state_dir, 0o750, None)?;
-    }
-    make_dir(&format!("{base}/empty"), 0o755, None)?;
-    let login_gid = SystemResolver_login_gid(&m);
-    for dir in ["login", "token-login"] {
-        let prefix = format!("{base}/{dir}/");
-        let used = set.services.iter().any(|s| {
-            s.unix
-                .iter()
-                .chain(&s.per_pid)
-                .any(|u| u.path.to_string().starts_with(&prefix))
-        });
-        if used {
-            make_dir(&format!("{base}/{dir}"), 0o750, login_gid)?;
-        }
-    }
-    // The copy of the configuration stock processes read (Foreman's extensions removed).
-    let stock_config = format!("{base}/{STOCK_CONFIG_NAME}");
-    fs::write(&stock_config, config::render::stock_copy(&loaded.tree.root))
-        .map_err(io_err(format!("write {stock_config}")))?;
-    fs::set_permissions(&stock_config, fs::Permissions::from_mode(0o644))
-        .map_err(io_err("chmod"))?;
-
+    prepare_dirs(&m, &set)?;
+    let stock_config = write_stock_config(&m, &loaded)?;
     let mut all_listeners = Vec::new();
     for def in &set.services {
-        all_listeners.push(
-            listeners::bind_service(def)
-                .map_err(|e| MasterError::Config(format!("{e}\nFailed to start listeners")))?,
-        );
+        let fds = listeners::bind_service(def)
+            .map_err(|e| MasterError::Config(format!("{e}\nFailed to start listeners")))?;
+        all_listeners.push(keyed(def, fds));
     }
+    let base = m.base_dir.clone();
     std::env::set_current_dir(&base).map_err(io_err(format!("chdir({base})")))?;
     if !opts.foreground {
         nix::unistd::daemon(true, true).map_err(|e| MasterError::Io {
@@ -327,10 +371,53 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
         .open("/dev/null")
         .map_err(io_err("open /dev/null"))?
         .into();
-    let (log_control_r, log_control_w) = pipe_pair(false, true)?;
+    let (master_r, master_w) = pipe_pair(true, true)?;
+    let (children_r, children_w) = pipe_pair(true, false)?;
+    let (status_r, status_w) = pipe_pair(true, true)?;
+    let (fdpass_child, fdpass_master) =
+        std::os::unix::net::UnixStream::pair().map_err(io_err("socketpair"))?;
+    let anvil = AnvilFds {
+        master_r,
+        master_w,
+        children_r,
+        children_w,
+        fdpass_child: fdpass_child.into(),
+        fdpass_master: fdpass_master.into(),
+        status_r,
+        status_w,
+        global_dead: Some(pipe_pair(false, false)?),
+    };
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let gen = build_gen(0, m, set, all_listeners, stock_config, 1)?;
+    let mut shell = Shell {
+        config_path,
+        gens: vec![gen],
+        next_gen_id: 1,
+        anvil,
+        devnull,
+        hostname,
+        log,
+        queue: VecDeque::from([(0, Event::Start)]),
+        exit: false,
+    };
+    shell.run_loop(sigfd)
+}
+
+/// Creates the per-list pipes and files (§2.2 step 17) and the supervisor.
+fn build_gen(
+    id: u64,
+    m: MasterSettings,
+    set: ServiceSet,
+    all_listeners: Vec<Vec<(ListenerKey, OwnedFd)>>,
+    stock_config: String,
+    first_generation: u32,
+) -> Result<Gen, MasterError> {
+    let (control_r, control_w) = pipe_pair(false, true)?;
     let mut hs = Vec::new();
     crate::wire::log::encode_handshake(b"MASTER", &mut hs);
-    write_all_fd(log_control_w.as_fd(), &hs);
+    write_all_fd(control_w.as_fd(), &hs);
     let mut fds = Vec::new();
     for (i, (def, listeners)) in set.services.iter().zip(all_listeners).enumerate() {
         let (status_r, status_w) = pipe_pair(true, true)?;
@@ -345,7 +432,7 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
             Some((r, w))
         };
         let login_state = if def.kind == ServiceType::Login {
-            let f = tempfile::tempfile_in(&base).map_err(io_err("login-master-notify"))?;
+            let f = tempfile::tempfile_in(&m.base_dir).map_err(io_err("login-master-notify"))?;
             Some(OwnedFd::from(f))
         } else {
             None
@@ -360,45 +447,17 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
             listening: false,
         });
     }
-    let (master_r, master_w) = pipe_pair(true, true)?;
-    let (children_r, children_w) = pipe_pair(true, false)?;
-    let (fdpass_child, fdpass_master) =
-        std::os::unix::net::UnixStream::pair().map_err(io_err("socketpair"))?;
-    let anvil = AnvilFds {
-        master_r,
-        master_w,
-        children_r,
-        children_w,
-        fdpass_child: fdpass_child.into(),
-        _fdpass_master: fdpass_master.into(),
-        global_dead: Some(pipe_pair(false, false)?),
-    };
-    let hostname = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    let sup = Supervisor::new(&set);
-    let mut shell = Shell {
+    let mut sup = Supervisor::new(&set);
+    sup.set_next_generation(first_generation);
+    Ok(Gen {
+        id,
         m,
         set,
         sup,
         fds,
-        anvil,
-        log_control_r,
-        log_control_w,
-        devnull,
-        hostname,
+        log_control: Some((control_r, control_w)),
         stock_config,
-        log,
-        queue: VecDeque::from([Event::Start]),
-        exit: false,
-    };
-    shell.run_loop(sigfd)
-}
-
-#[allow(non_snake_case)]
-fn SystemResolver_login_gid(m: &MasterSettings) -> Option<u32> {
-    use crate::master_compat::services::Resolver;
-    SystemResolver.user(&m.default_login_user).map(|(_, g)| g)
+    })
 }
 
 /// Writes all of `bytes`; false if the fd would block or failed (nothing is retried).
@@ -417,29 +476,49 @@ fn c(s: &str) -> CString {
     CString::new(s.replace('\0', "")).expect("no NUL")
 }
 
+#[derive(Clone, Copy)]
+enum Src {
+    Signal,
+    Status(u64, ServiceId),
+    AnvilStatus,
+    Listener(ServiceId),
+    AnvilDrain(bool),
+}
+
 impl Shell {
+    fn current(&self) -> &Gen {
+        self.gens.last().expect("a current service list")
+    }
+
+    fn gen_index(&self, id: u64) -> Option<usize> {
+        self.gens.iter().position(|g| g.id == id)
+    }
+
+    fn anvil_running(&self) -> bool {
+        self.current().sup.anvil_running()
+    }
+
     fn run_loop(&mut self, sigfd: OwnedFd) -> Result<(), MasterError> {
         loop {
-            while let Some(ev) = self.queue.pop_front() {
-                let actions = self.sup.handle(Instant::now(), ev);
+            while let Some((gid, ev)) = self.queue.pop_front() {
+                let Some(gi) = self.gen_index(gid) else {
+                    continue;
+                };
+                let actions = self.gens[gi].sup.handle(Instant::now(), ev);
                 for a in actions {
-                    self.execute(a);
+                    self.execute(gid, a);
                 }
             }
             if self.exit {
                 self.cleanup();
                 return Ok(());
             }
-            // Build the poll set: signals, status pipes, listeners being watched, anvil
-            // pipes while no anvil runs.
-            #[derive(Clone, Copy)]
-            enum Src {
-                Signal,
-                Status(ServiceId),
-                Listener(ServiceId),
-                AnvilDrain(bool),
-            }
-            let timeout = match self.sup.next_deadline() {
+            // Retired lists whose processes are all gone are dropped.
+            let current = self.current().id;
+            self.gens.retain(|g| g.id == current || !g.sup.is_empty());
+
+            let deadline = self.gens.iter().filter_map(|g| g.sup.next_deadline()).min();
+            let timeout = match deadline {
                 None => PollTimeout::NONE,
                 Some(d) => {
                     let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
@@ -447,19 +526,25 @@ impl Shell {
                 }
             };
             let ready: Vec<Src> = {
-                let mut srcs: Vec<Src> = vec![Src::Signal];
-                let mut pfds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
-                for (i, f) in self.fds.iter().enumerate() {
-                    srcs.push(Src::Status(i));
-                    pfds.push(PollFd::new(f.status_r.as_fd(), PollFlags::POLLIN));
-                    if f.listening {
-                        for l in &f.listeners {
-                            srcs.push(Src::Listener(i));
-                            pfds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                let mut srcs: Vec<Src> = vec![Src::Signal, Src::AnvilStatus];
+                let mut pfds = vec![
+                    PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.anvil.status_r.as_fd(), PollFlags::POLLIN),
+                ];
+                for g in &self.gens {
+                    let is_current = g.id == current;
+                    for (i, f) in g.fds.iter().enumerate() {
+                        srcs.push(Src::Status(g.id, i));
+                        pfds.push(PollFd::new(f.status_r.as_fd(), PollFlags::POLLIN));
+                        if is_current && f.listening {
+                            for (_, l) in &f.listeners {
+                                srcs.push(Src::Listener(i));
+                                pfds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                            }
                         }
                     }
                 }
-                if !self.sup.anvil_running() {
+                if !self.anvil_running() {
                     srcs.push(Src::AnvilDrain(true));
                     pfds.push(PollFd::new(self.anvil.master_r.as_fd(), PollFlags::POLLIN));
                     srcs.push(Src::AnvilDrain(false));
@@ -483,15 +568,24 @@ impl Shell {
                     .map(|(_, s)| *s)
                     .collect()
             };
-            let mut saw_listener = vec![false; self.fds.len()];
+            let mut saw_listener = vec![false; self.current().fds.len()];
             for src in ready {
                 match src {
                     Src::Signal => self.read_signals(sigfd.as_fd()),
-                    Src::Status(s) => self.read_status(s),
+                    Src::Status(g, s) => self.read_status(g, s),
+                    Src::AnvilStatus => {
+                        if let Some(a) = self.current().set.anvil {
+                            let id = self.current().id;
+                            let fd = self.anvil.status_r.as_raw_fd();
+                            self.read_status_fd(id, a, fd);
+                        } else {
+                            drain(self.anvil.status_r.as_fd());
+                        }
+                    }
                     Src::Listener(s) => {
                         if !saw_listener[s] {
                             saw_listener[s] = true;
-                            self.queue.push_back(Event::ListenerReadable(s));
+                            self.queue.push_back((current, Event::ListenerReadable(s)));
                         }
                     }
                     Src::AnvilDrain(master) => drain(if master {
@@ -501,7 +595,9 @@ impl Shell {
                     }),
                 }
             }
-            self.queue.push_back(Event::Tick);
+            for g in &self.gens {
+                self.queue.push_back((g.id, Event::Tick));
+            }
         }
     }
 
@@ -510,7 +606,14 @@ impl Shell {
             match info.signal {
                 libc::SIGCHLD => {
                     while let Some((pid, how)) = sys::process::reap_one() {
-                        self.queue.push_back(Event::ChildExited { pid, how });
+                        let owner = self
+                            .gens
+                            .iter()
+                            .find(|g| g.sup.service_of(pid).is_some())
+                            .unwrap_or_else(|| self.current())
+                            .id;
+                        self.queue
+                            .push_back((owner, Event::ChildExited { pid, how }));
                     }
                 }
                 libc::SIGTERM | libc::SIGINT => {
@@ -521,69 +624,209 @@ impl Shell {
                             info.signal, info.pid, info.uid
                         ),
                     );
-                    self.queue.push_back(Event::Shutdown);
+                    self.queue.push_back((self.current().id, Event::Shutdown));
                 }
                 libc::SIGHUP => {
                     self.log.log(
                         LogLevel::Warning,
-                        "SIGHUP received - reloading configuration is not implemented yet; ignored",
+                        "SIGHUP received - reloading configuration",
                     );
+                    self.reload();
                 }
                 libc::SIGUSR1 => {
-                    for pid in self.sup.pids(self.set.log) {
+                    let g = self.current();
+                    for pid in g.sup.pids(g.set.log) {
                         let _ = sys::process::send_signal(pid, libc::SIGUSR1);
                     }
-                    self.log = MasterLog::open(&self.m);
+                    self.log = MasterLog::open(&self.current().m);
                 }
                 _ => {}
             }
         }
     }
 
-    fn read_status(&mut self, s: ServiceId) {
+    /// SIGHUP (§16.2): a new service list from the re-read file; unix listeners re-created,
+    /// TCP listeners with the same address and port kept, anvil moved with its listeners,
+    /// a new log process; the old list's processes see their dead pipes close and finish.
+    fn reload(&mut self) {
+        let (m, loaded) = match load_settings(&self.config_path) {
+            Ok(x) => x,
+            Err(e) => {
+                self.log.log(
+                    LogLevel::Error,
+                    &format!("Error reading configuration: {e}"),
+                );
+                return;
+            }
+        };
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let set = match services::resolve(&m, &SystemResolver, &env) {
+            Ok(s) => s,
+            Err(e) => {
+                self.log
+                    .log(LogLevel::Error, &format!("Config reload failed: {e}"));
+                return;
+            }
+        };
+        if let Err(e) = prepare_dirs(&m, &set) {
+            self.log
+                .log(LogLevel::Error, &format!("Config reload failed: {e}"));
+            return;
+        }
+        let stock_config = match write_stock_config(&m, &loaded) {
+            Ok(p) => p,
+            Err(e) => {
+                self.log
+                    .log(LogLevel::Error, &format!("Config reload failed: {e}"));
+                return;
+            }
+        };
+        let old_i = self.gens.len() - 1;
+        // Take the old listeners: anvil's move as they are; TCP by address and port; UNIX
+        // ones are closed and unlinked before the new ones are bound.
+        let old_anvil = self.gens[old_i].set.anvil;
+        let mut old_anvil_listeners = Vec::new();
+        let mut old_inet: Vec<(ListenerKey, OwnedFd)> = Vec::new();
+        for (si, f) in self.gens[old_i].fds.iter_mut().enumerate() {
+            for (key, fd) in std::mem::take(&mut f.listeners) {
+                match key {
+                    _ if Some(si) == old_anvil => old_anvil_listeners.push((key, fd)),
+                    ListenerKey::Inet(..) => old_inet.push((key, fd)),
+                    ListenerKey::Unix(path) => {
+                        drop(fd);
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        let mut all_listeners = Vec::new();
+        for (si, def) in set.services.iter().enumerate() {
+            if Some(si) == set.anvil {
+                all_listeners.push(std::mem::take(&mut old_anvil_listeners));
+                continue;
+            }
+            let mut fds = Vec::new();
+            for u in &def.unix {
+                let key = ListenerKey::Unix(u.path.to_string());
+                let one = services::ServiceDef {
+                    unix: vec![u.clone()],
+                    inet: Vec::new(),
+                    ..def.clone()
+                };
+                match listeners::bind_service(&one) {
+                    Ok(mut v) => fds.push((key, v.remove(0))),
+                    Err(e) => self.log.log(LogLevel::Error, &e.to_string()),
+                }
+            }
+            for i in &def.inet {
+                let key = ListenerKey::Inet(i.address.clone(), i.port);
+                if let Some(pos) = old_inet.iter().position(|(k, _)| *k == key) {
+                    fds.push(old_inet.remove(pos));
+                    continue;
+                }
+                let one = services::ServiceDef {
+                    unix: Vec::new(),
+                    inet: vec![i.clone()],
+                    ..def.clone()
+                };
+                match listeners::bind_service(&one) {
+                    Ok(mut v) => fds.push((key, v.remove(0))),
+                    Err(e) => self.log.log(LogLevel::Error, &e.to_string()),
+                }
+            }
+            all_listeners.push(fds);
+        }
+        drop(old_inet);
+        let id = self.next_gen_id;
+        let first_generation = self.gens[old_i].sup.next_generation();
+        let mut gen = match build_gen(id, m, set, all_listeners, stock_config, first_generation) {
+            Ok(g) => g,
+            Err(e) => {
+                self.log
+                    .log(LogLevel::Error, &format!("Config reload failed: {e}"));
+                return;
+            }
+        };
+        self.next_gen_id += 1;
+        // Anvil moves to the new list and gets its new stderr (the new list's log pipe).
+        let moved = self.gens[old_i].sup.release_anvil();
+        if !moved.is_empty() {
+            if let Some(a) = gen.set.anvil {
+                if let Some((_, w)) = &gen.fds[a].log {
+                    if let Err(e) = sys::send_fd(self.anvil.fdpass_master.as_fd(), w.as_fd()) {
+                        self.log.log(
+                            LogLevel::Error,
+                            &format!("Failed to send anvil its new log fd: {e}"),
+                        );
+                    }
+                }
+            }
+            gen.sup.adopt_anvil(moved);
+        }
+        let old_id = self.gens[old_i].id;
+        self.gens.push(gen);
+        self.queue.push_back((old_id, Event::Retire));
+        self.queue.push_back((id, Event::Start));
+    }
+
+    fn read_status(&mut self, g: u64, s: ServiceId) {
+        let Some(gi) = self.gen_index(g) else {
+            return;
+        };
+        let fd = self.gens[gi].fds[s].status_r.as_raw_fd();
+        self.read_status_fd(g, s, fd);
+    }
+
+    fn read_status_fd(&mut self, g: u64, s: ServiceId, fd: RawFd) {
         let mut buf = [0u8; 1020];
-        match nix::unistd::read(self.fds[s].status_r.as_raw_fd(), &mut buf) {
-            Ok(0) => self.queue.push_back(Event::StatusEof(s)),
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => self.queue.push_back((g, Event::StatusEof(s))),
             Ok(n) => self
                 .queue
-                .push_back(Event::StatusData(s, buf[..n].to_vec())),
+                .push_back((g, Event::StatusData(s, buf[..n].to_vec()))),
             Err(_) => {}
         }
     }
 
-    fn execute(&mut self, a: Action) {
+    fn execute(&mut self, gid: u64, a: Action) {
+        let Some(gi) = self.gen_index(gid) else {
+            return;
+        };
         match a {
             Action::Spawn {
                 service,
                 generation,
                 anvil_restarted,
             } => {
-                let plan = self.plan(service, generation, anvil_restarted);
+                let plan = self.plan(gi, service, generation, anvil_restarted);
                 match sys::process::fork_exec(&plan) {
                     Ok(pid) => {
-                        if Some(service) == self.set.anvil {
+                        if Some(service) == self.gens[gi].set.anvil {
                             write_all_fd(self.anvil.master_w.as_fd(), ANVIL_VERSION_LINE);
                             write_all_fd(self.anvil.children_w.as_fd(), ANVIL_VERSION_LINE);
                         }
                         // Registered before anything is reaped again.
-                        let acts = self
+                        let acts = self.gens[gi]
                             .sup
                             .handle(Instant::now(), Event::Spawned { generation, pid });
                         for a in acts {
-                            self.execute(a);
+                            self.execute(gid, a);
                         }
                     }
-                    Err(e) => self.queue.push_back(Event::SpawnFailed {
-                        generation,
-                        error: e.to_string(),
-                    }),
+                    Err(e) => self.queue.push_back((
+                        gid,
+                        Event::SpawnFailed {
+                            generation,
+                            error: e.to_string(),
+                        },
+                    )),
                 }
             }
             Action::Kill { pid, signal } => {
                 let _ = sys::process::send_signal(pid, signal);
             }
             Action::AnvilKill(pid) => {
-                if self.sup.anvil_running() {
+                if self.anvil_running() {
                     write_all_fd(
                         self.anvil.master_w.as_fd(),
                         format!("KILL\t{pid}\n").as_bytes(),
@@ -591,15 +834,24 @@ impl Shell {
                 }
             }
             Action::LogControl(line) => {
-                let mut bytes = line.into_bytes();
-                bytes.push(b'\n');
-                write_all_fd(self.log_control_w.as_fd(), &bytes);
+                if let Some((_, w)) = &self.gens[gi].log_control {
+                    let mut bytes = line.into_bytes();
+                    bytes.push(b'\n');
+                    write_all_fd(w.as_fd(), &bytes);
+                }
             }
             Action::Log(level, text) => self.log.log(level, &text),
-            Action::Listen { service, on } => self.fds[service].listening = on,
-            Action::DropQueued(s) => listeners::drop_queued(&self.fds[s].listeners),
+            Action::Listen { service, on } => self.gens[gi].fds[service].listening = on,
+            Action::DropQueued(s) => {
+                let fds: Vec<&OwnedFd> = self.gens[gi].fds[s]
+                    .listeners
+                    .iter()
+                    .map(|(_, f)| f)
+                    .collect();
+                listeners::drop_queued(&fds);
+            }
             Action::PerPidMode { service, pid, open } => {
-                for u in &self.set.services[service].per_pid {
+                for u in &self.gens[gi].set.services[service].per_pid {
                     let mode = if open { u.mode } else { 0 };
                     let path = u.path.for_pid(pid);
                     if let Err(e) = fs::set_permissions(&path, fs::Permissions::from_mode(mode)) {
@@ -609,38 +861,50 @@ impl Shell {
                 }
             }
             Action::UnlinkPerPid { service, pid } => {
-                for u in &self.set.services[service].per_pid {
+                for u in &self.gens[gi].set.services[service].per_pid {
                     let _ = fs::remove_file(u.path.for_pid(pid));
                 }
             }
             Action::LoginState { service, full } => {
-                if let Some(f) = &self.fds[service].login_state {
+                if let Some(f) = &self.gens[gi].fds[service].login_state {
                     let _ = sys::process::seek_to(f.as_fd(), i64::from(full));
                 }
             }
             Action::CloseDeadPipes => {
-                for f in &mut self.fds {
+                let is_current = gi == self.gens.len() - 1;
+                let g = &mut self.gens[gi];
+                for f in &mut g.fds {
                     f.dead = None;
                 }
-                self.anvil.global_dead = None;
+                if is_current {
+                    // Shutdown: anvil sees it too.
+                    self.anvil.global_dead = None;
+                } else {
+                    // Reload: the old log process exits once the old children are gone.
+                    g.log_control = None;
+                    for f in &mut g.fds {
+                        f.log = None;
+                    }
+                }
             }
             Action::Exit => self.exit = true,
         }
     }
 
     /// The fd table, argv and environment of one new process (§5.1–§5.3).
-    fn plan(&self, s: ServiceId, generation: u32, anvil_restarted: bool) -> ExecPlan {
-        let def = &self.set.services[s];
-        let f = &self.fds[s];
+    fn plan(&self, gi: usize, s: ServiceId, generation: u32, anvil_restarted: bool) -> ExecPlan {
+        let g = &self.gens[gi];
+        let def = &g.set.services[s];
+        let f = &g.fds[s];
         let env = services::child_env(
-            &self.set,
+            &g.set,
             s,
-            &self.m,
+            &g.m,
             ProcessEnv {
                 generation,
                 anvil_restarted,
                 hostname: &self.hostname,
-                config_file: &self.stock_config,
+                config_file: &g.stock_config,
             },
         );
         let devnull = self.devnull.as_raw_fd();
@@ -648,7 +912,7 @@ impl Shell {
         if let Some((_, w)) = &f.log {
             fds.push((w.as_raw_fd(), 2));
         }
-        let is_anvil = Some(s) == self.set.anvil;
+        let is_anvil = Some(s) == g.set.anvil;
         fds.push((
             if def.gets_anvil_pipe() {
                 self.anvil.children_w.as_raw_fd()
@@ -662,8 +926,10 @@ impl Shell {
         }
         if is_anvil {
             fds.push((self.anvil.fdpass_child.as_raw_fd(), 4));
+            fds.push((self.anvil.status_w.as_raw_fd(), 5));
+        } else {
+            fds.push((f.status_w.as_raw_fd(), 5));
         }
-        fds.push((f.status_w.as_raw_fd(), 5));
         let dead_w = if is_anvil {
             self.anvil.global_dead.as_ref().map(|(_, w)| w.as_raw_fd())
         } else {
@@ -679,9 +945,11 @@ impl Shell {
             put(&mut fds, self.anvil.master_r.as_raw_fd());
             put(&mut fds, self.anvil.children_r.as_raw_fd());
         }
-        if s == self.set.log {
-            put(&mut fds, self.log_control_r.as_raw_fd());
-            for (i, other) in self.fds.iter().enumerate() {
+        if s == g.set.log {
+            if let Some((r, _)) = &g.log_control {
+                put(&mut fds, r.as_raw_fd());
+            }
+            for (i, other) in g.fds.iter().enumerate() {
                 if i != s {
                     if let Some((r, _)) = &other.log {
                         put(&mut fds, r.as_raw_fd());
@@ -689,7 +957,7 @@ impl Shell {
                 }
             }
         }
-        for l in &f.listeners {
+        for (_, l) in &f.listeners {
             put(&mut fds, l.as_raw_fd());
         }
         let per_pid = def
@@ -721,20 +989,22 @@ impl Shell {
             env: env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect(),
             fds,
             vsz_limit: def.vsz_limit,
-            nonblock_stderr: s != self.set.log,
+            nonblock_stderr: s != g.set.log,
             per_pid,
         }
     }
 
     fn cleanup(&mut self) {
-        for pid in self.sup.all_pids() {
-            if let Some(s) = self.sup.service_of(pid) {
-                for u in &self.set.services[s].per_pid {
-                    let _ = fs::remove_file(u.path.for_pid(pid));
+        for g in &self.gens {
+            for pid in g.sup.all_pids() {
+                if let Some(s) = g.sup.service_of(pid) {
+                    for u in &g.set.services[s].per_pid {
+                        let _ = fs::remove_file(u.path.for_pid(pid));
+                    }
                 }
             }
         }
-        let _ = fs::remove_file(pid_path(&self.m));
+        let _ = fs::remove_file(pid_path(&self.current().m));
         self.log.log(LogLevel::Info, "Foreman master exiting");
     }
 }

@@ -55,6 +55,9 @@ pub enum Event {
     Tick,
     /// SIGTERM/SIGINT: shut down.
     Shutdown,
+    /// Reload: this supervisor's service list is replaced. Stop listening and spawning,
+    /// close the dead pipes (old processes finish and exit), keep reaping.
+    Retire,
 }
 
 /// Log levels of the master's own messages.
@@ -171,6 +174,14 @@ pub struct Supervisor {
     anvil: Option<ServiceId>,
     anvil_died: bool,
     shutdown: Option<ShutdownPhase>,
+    retired: bool,
+}
+
+/// A live process moved from one supervisor to another (anvil across a reload).
+#[derive(Debug, Clone)]
+pub struct MovedProcess {
+    pid: u32,
+    proc_: Proc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +240,56 @@ impl Supervisor {
             anvil: set.anvil,
             anvil_died: false,
             shutdown: None,
+            retired: false,
+        }
+    }
+
+    /// The GENERATION the next process gets (carried over to the next service list).
+    pub fn next_generation(&self) -> u32 {
+        self.next_generation
+    }
+
+    /// Continue numbering processes from `n` (GENERATION is never reused).
+    pub fn set_next_generation(&mut self, n: u32) {
+        self.next_generation = self.next_generation.max(n);
+    }
+
+    /// True when no process of this supervisor is alive or being forked.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty() && self.pending.is_empty()
+    }
+
+    /// Takes the anvil process out (to move it to the next service list); its service
+    /// counts drop as if it had exited, without any exit handling.
+    pub fn release_anvil(&mut self) -> Vec<MovedProcess> {
+        let Some(a) = self.anvil else {
+            return Vec::new();
+        };
+        let pids = self.pids(a);
+        let mut out = Vec::new();
+        for pid in pids {
+            let p = self.procs.remove(&pid).expect("listed");
+            self.svcs[a].process_count -= 1;
+            if p.available > 0 {
+                self.svcs[a].process_avail -= 1;
+            }
+            out.push(MovedProcess { pid, proc_: p });
+        }
+        out
+    }
+
+    /// Adopts processes released by [`Supervisor::release_anvil`] as this list's anvil.
+    pub fn adopt_anvil(&mut self, moved: Vec<MovedProcess>) {
+        let Some(a) = self.anvil else {
+            return;
+        };
+        for MovedProcess { pid, mut proc_ } in moved {
+            proc_.service = a;
+            self.svcs[a].process_count += 1;
+            if proc_.available > 0 {
+                self.svcs[a].process_avail += 1;
+            }
+            self.procs.insert(pid, proc_);
         }
     }
 
@@ -261,8 +322,25 @@ impl Supervisor {
             Event::ChildExited { pid, how } => self.child_exited(now, pid, how, &mut out),
             Event::Tick => self.tick(now, &mut out),
             Event::Shutdown => self.begin_shutdown(now, &mut out),
+            Event::Retire => {
+                if !self.retired && self.shutdown.is_none() {
+                    self.retired = true;
+                    for s in 0..self.svcs.len() {
+                        if self.svcs[s].listening {
+                            self.svcs[s].listening = false;
+                            out.push(Action::Listen {
+                                service: s,
+                                on: false,
+                            });
+                        }
+                    }
+                    out.push(Action::CloseDeadPipes);
+                }
+            }
         }
-        if self.shutdown.is_none() {
+        if self.retired {
+            // Only reaping and status bookkeeping from now on.
+        } else if self.shutdown.is_none() {
             for s in 0..self.svcs.len() {
                 self.refresh_listening(now, s, &mut out);
             }
@@ -357,6 +435,9 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, _now: Instant, s: ServiceId, out: &mut Vec<Action>) {
+        if self.retired {
+            return;
+        }
         let generation = self.next_generation;
         self.next_generation += 1;
         self.pending.insert(generation, s);
@@ -398,7 +479,8 @@ impl Supervisor {
     }
 
     fn top_up(&mut self, now: Instant, s: ServiceId, out: &mut Vec<Action>) {
-        if self.shutdown.is_some() || self.throttled(now, s) || self.svcs[s].stopped {
+        if self.shutdown.is_some() || self.retired || self.throttled(now, s) || self.svcs[s].stopped
+        {
             return;
         }
         while self.svcs[s].process_avail < self.svcs[s].min_avail
@@ -777,7 +859,7 @@ impl Supervisor {
     }
 
     fn begin_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.shutdown.is_some() {
+        if self.shutdown.is_some() || self.retired {
             return;
         }
         self.shutdown = Some(ShutdownPhase::Draining {

@@ -403,3 +403,47 @@ fn per_pid_listener_closed_while_full_and_reopened_when_free() {
     let acts = h.ev(Event::StatusData(login, status(pid, g, 0)));
     assert!(!acts.iter().any(|a| matches!(a, Action::PerPidMode { .. })));
 }
+
+#[test]
+fn retired_list_reaps_but_never_spawns_and_anvil_moves_to_the_new_list() {
+    let set = set("");
+    let anvil = set.anvil.unwrap();
+    let mut old = Harness::new(&set);
+    old.ev(Event::Start);
+    old.init_all(&set);
+    let (_, anvil_pid) = old.last(anvil);
+    let (_, log_pid) = old.last(set.log);
+
+    let mut new = Harness::new(&set);
+    new.sup.set_next_generation(old.sup.next_generation());
+    new.sup.adopt_anvil(old.sup.release_anvil());
+    assert!(new.sup.anvil_running());
+    assert!(!old.sup.anvil_running());
+    let acts = new.ev(Event::Start);
+    // Only a new log process: anvil was adopted.
+    assert_eq!(spawns_of(&acts, anvil), 0);
+    assert_eq!(spawns_of(&acts, set.log), 1);
+    let new_gens: Vec<u32> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { generation, .. } => Some(*generation),
+            _ => None,
+        })
+        .collect();
+    assert!(new_gens.iter().all(|&g| g >= old.sup.next_generation()));
+
+    let acts = old.ev(Event::Retire);
+    assert!(acts.contains(&Action::CloseDeadPipes));
+    assert!(old
+        .ev(Event::ListenerReadable(id(&set, "imap-login")))
+        .is_empty());
+    // The old log process exits: reaped, not replaced.
+    let acts = old.ev(Event::ChildExited {
+        pid: log_pid,
+        how: ExitHow::Code(0),
+    });
+    assert_eq!(spawns_of(&acts, set.log), 0);
+    assert!(old.sup.is_empty());
+    // The anvil is reaped by its new owner.
+    assert_eq!(new.sup.service_of(anvil_pid), Some(anvil));
+}
