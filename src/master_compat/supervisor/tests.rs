@@ -415,6 +415,7 @@ fn retired_list_reaps_but_never_spawns_and_anvil_moves_to_the_new_list() {
     let (_, log_pid) = old.last(set.log);
 
     let mut new = Harness::new(&set);
+    new.next_pid = 5000;
     new.sup.set_next_generation(old.sup.next_generation());
     new.sup.adopt_anvil(old.sup.release_anvil());
     assert!(new.sup.anvil_running());
@@ -443,7 +444,12 @@ fn retired_list_reaps_but_never_spawns_and_anvil_moves_to_the_new_list() {
         how: ExitHow::Code(0),
     });
     assert_eq!(spawns_of(&acts, set.log), 0);
-    assert!(old.sup.is_empty());
+    assert!(
+        old.sup.is_empty(),
+        "{:?} {:?}",
+        old.sup.all_pids(),
+        old.spawned
+    );
     // The anvil is reaped by its new owner.
     assert_eq!(new.sup.service_of(anvil_pid), Some(anvil));
 }
