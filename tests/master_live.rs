@@ -261,3 +261,35 @@ fn doveadm_stop_uses_the_pid_file() {
     assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
     assert!(!Path::new(&d.base_dir().join("master.pid")).exists());
 }
+
+#[test]
+fn doveadm_service_and_process_status_read_the_master_socket() {
+    let d = start();
+    let master = d.pid().unwrap();
+    let mut imap = d.imap().unwrap();
+    assert!(imap.login("alice", "pw").unwrap().is_ok());
+    let out = d.doveadm(&["service", "status", "imap-login"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("name: imap-login"), "{text}");
+    assert!(text.contains("process_limit: 100"), "{text}");
+    assert!(text.contains("process_total: 1"), "{text}");
+    let out = d.doveadm(&["process", "status"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let anvil = service_pid(master, "anvil").unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("anvil") && l.contains(&anvil.to_string())),
+        "{text}"
+    );
+    // The logged-in imap process is listed with no free slot.
+    assert!(
+        text.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.first() == Some(&"imap") && f.get(2) == Some(&"0")
+        }),
+        "{text}"
+    );
+    imap.logout().unwrap();
+}

@@ -99,6 +99,19 @@ fn bind_inet(spec: &InetSpec, backlog: i32) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
+/// Creates the master control socket `$BASE/master` (mode 0600, backlog 16).
+pub fn bind_control(path: &str) -> Result<OwnedFd, String> {
+    let spec = UnixSpec {
+        path: crate::master_compat::config::ListenerPath::Shared(path.to_owned()),
+        fifo: false,
+        mode: 0o600,
+        uid: None,
+        gid: None,
+        child_name: "master".into(),
+    };
+    bind_unix(&spec, 16)
+}
+
 /// Creates every shared listener of one service, in fd order (unix, fifo, inet).
 pub fn bind_service(def: &ServiceDef) -> Result<Vec<OwnedFd>, ListenError> {
     let err = |message| ListenError {

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::master_compat::config::{self, LoadOptions, MasterSettings, Mode, ServiceType};
+use crate::master_compat::control::{ControlConn, ControlView};
 use crate::master_compat::listeners;
 use crate::master_compat::services::{self, ProcessEnv, ServiceSet, SystemResolver};
 use crate::master_compat::supervisor::{Action, Event, LogLevel, ServiceId, Supervisor};
@@ -226,8 +227,31 @@ struct Gen {
     stock_config: String,
 }
 
+/// One `doveadm` connection on `$BASE/master`.
+struct ControlClient {
+    stream: std::os::unix::net::UnixStream,
+    conn: ControlConn,
+}
+
+/// The current supervisor as the control socket sees it.
+struct SupView<'a>(&'a Supervisor);
+
+impl ControlView for SupView<'_> {
+    fn services(&self) -> Vec<crate::master_compat::supervisor::ServiceStatus> {
+        self.0.status(Instant::now())
+    }
+    fn processes(&self) -> Vec<crate::master_compat::supervisor::ProcessStatus> {
+        self.0.process_status()
+    }
+    fn has_service(&self, name: &str) -> bool {
+        self.0.service_id(name).is_some()
+    }
+}
+
 struct Shell {
     config_path: PathBuf,
+    control: std::os::unix::net::UnixListener,
+    control_clients: Vec<ControlClient>,
     /// The last one is current; older ones are retired and kept until their processes exit.
     gens: Vec<Gen>,
     next_gen_id: u64,
@@ -329,6 +353,9 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
         all_listeners.push(keyed(def, fds));
     }
     let base = m.base_dir.clone();
+    let control = listeners::bind_control(&format!("{base}/master"))
+        .map_err(|e| MasterError::Config(format!("{e}\nFailed to start listeners")))?;
+    let control = std::os::unix::net::UnixListener::from(control);
     std::env::set_current_dir(&base).map_err(io_err(format!("chdir({base})")))?;
     if !opts.foreground {
         nix::unistd::daemon(true, true).map_err(|e| MasterError::Io {
@@ -393,6 +420,8 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
     let gen = build_gen(0, m, set, all_listeners, stock_config, 1)?;
     let mut shell = Shell {
         config_path,
+        control,
+        control_clients: Vec::new(),
         gens: vec![gen],
         next_gen_id: 1,
         anvil,
@@ -483,6 +512,8 @@ enum Src {
     AnvilStatus,
     Listener(ServiceId),
     AnvilDrain(bool),
+    ControlAccept,
+    ControlClient(usize),
 }
 
 impl Shell {
@@ -544,6 +575,12 @@ impl Shell {
                         }
                     }
                 }
+                srcs.push(Src::ControlAccept);
+                pfds.push(PollFd::new(self.control.as_fd(), PollFlags::POLLIN));
+                for (i, c) in self.control_clients.iter().enumerate() {
+                    srcs.push(Src::ControlClient(i));
+                    pfds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                }
                 if !self.anvil_running() {
                     srcs.push(Src::AnvilDrain(true));
                     pfds.push(PollFd::new(self.anvil.master_r.as_fd(), PollFlags::POLLIN));
@@ -569,6 +606,7 @@ impl Shell {
                     .collect()
             };
             let mut saw_listener = vec![false; self.current().fds.len()];
+            let mut closed_clients = Vec::new();
             for src in ready {
                 match src {
                     Src::Signal => self.read_signals(sigfd.as_fd()),
@@ -593,12 +631,59 @@ impl Shell {
                     } else {
                         self.anvil.children_r.as_fd()
                     }),
+                    Src::ControlAccept => {
+                        while let Ok((stream, _)) = self.control.accept() {
+                            if stream.set_nonblocking(true).is_ok() {
+                                self.control_clients.push(ControlClient {
+                                    stream,
+                                    conn: ControlConn::default(),
+                                });
+                            }
+                        }
+                    }
+                    Src::ControlClient(i) => {
+                        if !self.control_input(i) {
+                            closed_clients.push(i);
+                        }
+                    }
                 }
+            }
+            for i in closed_clients.into_iter().rev() {
+                self.control_clients.remove(i);
             }
             for g in &self.gens {
                 self.queue.push_back((g.id, Event::Tick));
             }
         }
+    }
+
+    /// Serves one readable control connection; false when it is to be closed.
+    fn control_input(&mut self, i: usize) -> bool {
+        let mut buf = [0u8; 4096];
+        let n = match (&self.control_clients[i].stream).read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        };
+        let g = self.gens.last().expect("current");
+        let out = self.control_clients[i].conn.input(
+            &buf[..n],
+            &SupView(&g.sup),
+            Instant::now(),
+            crate::master_compat::control::unix_now(),
+        );
+        let gid = g.id;
+        for name in &out.stop {
+            if let Some(s) = g.sup.service_id(name) {
+                self.queue.push_back((gid, Event::StopService(s)));
+            }
+        }
+        if let Some(e) = &out.error {
+            self.log.log(LogLevel::Error, e);
+        }
+        let _ = write_all_fd(self.control_clients[i].stream.as_fd(), &out.reply);
+        !out.close
     }
 
     fn read_signals(&mut self, fd: BorrowedFd<'_>) {
@@ -868,6 +953,17 @@ impl Shell {
             Action::LoginState { service, full } => {
                 if let Some(f) = &self.gens[gi].fds[service].login_state {
                     let _ = sys::process::seek_to(f.as_fd(), i64::from(full));
+                }
+            }
+            Action::StopService(s) => {
+                let f = &mut self.gens[gi].fds[s];
+                f.dead = None;
+                f.login_state = None;
+                for (key, fd) in std::mem::take(&mut f.listeners) {
+                    drop(fd);
+                    if let ListenerKey::Unix(path) = key {
+                        let _ = fs::remove_file(path);
+                    }
                 }
             }
             Action::CloseDeadPipes => {

@@ -6,6 +6,7 @@
 
 pub mod child_env;
 pub mod config;
+pub mod control;
 pub mod listeners;
 pub mod master;
 pub mod services;

@@ -55,6 +55,8 @@ pub enum Event {
     Tick,
     /// SIGTERM/SIGINT: shut down.
     Shutdown,
+    /// `doveadm service stop`: stop watching the service; its processes see master death.
+    StopService(ServiceId),
     /// Reload: this supervisor's service list is replaced. Stop listening and spawning,
     /// close the dead pipes (old processes finish and exit), keep reaping.
     Retire,
@@ -100,6 +102,8 @@ pub enum Action {
     UnlinkPerPid { service: ServiceId, pid: u32 },
     /// Set the login-state file (`lseek` to 1 = FULL, 0 = NONFULL).
     LoginState { service: ServiceId, full: bool },
+    /// Close the service's dead pipe and listeners (`doveadm service stop`).
+    StopService(ServiceId),
     /// Close every service's dead pipe (and anvil's global one): children see master death.
     CloseDeadPipes,
     /// Shutdown finished: unlink the pid file and exit.
@@ -147,6 +151,9 @@ struct Svc {
     login_notified_at: Option<Instant>,
     login_notify_deadline: Option<Instant>,
     stopped: bool,
+    process_total: u64,
+    /// Interval of the current/last throttle.
+    throttle_current: Duration,
 }
 
 /// Per-service numbers for status output (`doveadm service status`).
@@ -157,9 +164,28 @@ pub struct ServiceStatus {
     pub process_avail: u32,
     pub process_limit: u32,
     pub client_limit: u32,
-    pub throttled: bool,
+    /// Current throttle interval if throttled.
+    pub throttle_secs: u64,
+    pub exit_failure_last: Option<Instant>,
+    pub exit_failures_in_sec: u32,
+    pub last_drop_warning: Option<Instant>,
     pub listening: bool,
     pub listen_pending: bool,
+    pub doveadm_stop: bool,
+    /// Processes created so far.
+    pub process_total: u64,
+}
+
+/// Per-process numbers (`doveadm process status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessStatus {
+    pub service: String,
+    pub pid: u32,
+    pub available_count: u32,
+    pub total_count: u64,
+    pub idle_start: Option<Instant>,
+    pub last_status_update: Option<Instant>,
+    pub last_kill_sent: Option<Instant>,
 }
 
 /// The master's state.
@@ -229,6 +255,8 @@ impl Supervisor {
                 login_notified_at: None,
                 login_notify_deadline: None,
                 stopped: false,
+                process_total: 0,
+                throttle_current: Duration::ZERO,
             })
             .collect();
         Supervisor {
@@ -322,6 +350,17 @@ impl Supervisor {
             Event::ChildExited { pid, how } => self.child_exited(now, pid, how, &mut out),
             Event::Tick => self.tick(now, &mut out),
             Event::Shutdown => self.begin_shutdown(now, &mut out),
+            Event::StopService(s) => {
+                self.svcs[s].stopped = true;
+                if self.svcs[s].listening {
+                    self.svcs[s].listening = false;
+                    out.push(Action::Listen {
+                        service: s,
+                        on: false,
+                    });
+                }
+                out.push(Action::StopService(s));
+            }
             Event::Retire => {
                 if !self.retired && self.shutdown.is_none() {
                     self.retired = true;
@@ -402,20 +441,41 @@ impl Supervisor {
                 process_avail: s.process_avail,
                 process_limit: s.process_limit,
                 client_limit: s.client_limit,
-                throttled: s.throttled_until.is_some_and(|t| t > now),
+                throttle_secs: if s.throttled_until.is_some_and(|t| t > now) {
+                    s.throttle_current.as_secs()
+                } else {
+                    0
+                },
+                exit_failure_last: s.failure_second,
+                exit_failures_in_sec: s.failures_in_sec,
+                last_drop_warning: s.last_drop_warning,
                 listening: s.listening,
                 listen_pending: s.listen_pending,
+                doveadm_stop: s.stopped,
+                process_total: s.process_total,
             })
             .collect()
     }
 
-    /// `(pid, available_count, total_count)` of each process of a service.
-    pub fn process_status(&self, service: ServiceId) -> Vec<(u32, u32, u64)> {
+    /// Every live process, by pid.
+    pub fn process_status(&self) -> Vec<ProcessStatus> {
         self.procs
             .iter()
-            .filter(|(_, p)| p.service == service)
-            .map(|(&pid, p)| (pid, p.available, p.total_count))
+            .map(|(&pid, p)| ProcessStatus {
+                service: self.svcs[p.service].name.clone(),
+                pid,
+                available_count: p.available,
+                total_count: p.total_count,
+                idle_start: p.idle_start,
+                last_status_update: p.last_status_update,
+                last_kill_sent: p.last_kill_sent,
+            })
             .collect()
+    }
+
+    /// The service called `name`.
+    pub fn service_id(&self, name: &str) -> Option<ServiceId> {
+        self.svcs.iter().position(|s| s.name == name)
     }
 
     fn start(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -443,6 +503,7 @@ impl Supervisor {
         self.pending.insert(generation, s);
         let svc = &mut self.svcs[s];
         svc.process_count += 1;
+        svc.process_total += 1;
         // A new process is assumed fully available until it reports.
         svc.process_avail += 1;
         let anvil_restarted = Some(s) == self.anvil && self.anvil_died;
@@ -762,6 +823,7 @@ impl Supervisor {
         }
         let secs = svc.throttle;
         svc.throttled_until = Some(now + secs);
+        svc.throttle_current = secs;
         svc.throttle = (secs * 2).min(MAX_THROTTLE);
         out.push(Action::Log(
             LogLevel::Error,
