@@ -55,6 +55,10 @@ pub enum Event {
     Tick,
     /// SIGTERM/SIGINT: shut down.
     Shutdown,
+    /// A new process of the service is needed although idle processes may exist (they
+    /// cannot take this client, e.g. they are reserved for other users): spawn, or evict the
+    /// longest-idle process at `process_limit − process_limit_margin`.
+    NeedProcess(ServiceId),
     /// `doveadm service stop`: stop watching the service; its processes see master death.
     StopService(ServiceId),
     /// Reload: this supervisor's service list is replaced. Stop listening and spawning,
@@ -122,6 +126,8 @@ struct Proc {
     last_status_update: Option<Instant>,
     last_kill_sent: Option<Instant>,
     idle_deadline: Option<Instant>,
+    /// SIGINT sent to make room (eviction).
+    evicting: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +160,10 @@ struct Svc {
     process_total: u64,
     /// Interval of the current/last throttle.
     throttle_current: Duration,
+    /// `process_limit_margin`.
+    margin: u32,
+    /// Idle processes asked to exit to make room, not yet gone.
+    evictions_in_flight: u32,
 }
 
 /// Per-service numbers for status output (`doveadm service status`).
@@ -257,6 +267,8 @@ impl Supervisor {
                 stopped: false,
                 process_total: 0,
                 throttle_current: Duration::ZERO,
+                margin: d.process_limit_margin,
+                evictions_in_flight: 0,
             })
             .collect();
         Supervisor {
@@ -350,6 +362,7 @@ impl Supervisor {
             Event::ChildExited { pid, how } => self.child_exited(now, pid, how, &mut out),
             Event::Tick => self.tick(now, &mut out),
             Event::Shutdown => self.begin_shutdown(now, &mut out),
+            Event::NeedProcess(s) => self.need_process(now, s, &mut out),
             Event::StopService(s) => {
                 self.svcs[s].stopped = true;
                 if self.svcs[s].listening {
@@ -531,6 +544,7 @@ impl Supervisor {
                 last_status_update: None,
                 last_kill_sent: None,
                 idle_deadline: None,
+                evicting: false,
             },
         );
     }
@@ -557,6 +571,7 @@ impl Supervisor {
         let want = svc.has_listeners
             && !svc.stopped
             && !throttled
+            && svc.evictions_in_flight == 0
             && (svc.drop_mode
                 || (svc.process_avail == 0
                     && !(svc.process_count >= svc.process_limit && svc.listen_pending)));
@@ -573,14 +588,71 @@ impl Supervisor {
         if self.shutdown.is_some() || !self.svcs[s].listening {
             return;
         }
-        let svc = &self.svcs[s];
-        if svc.process_count < svc.process_limit {
-            if svc.process_avail == 0 {
-                self.spawn(now, s, out);
-            }
+        if self.svcs[s].process_avail == 0 {
+            self.need_process(now, s, out);
+        }
+    }
+
+    /// A new process of the service is needed (a connection is waiting that no existing
+    /// process can take). Below `process_limit − process_limit_margin`: spawn. At or above
+    /// it: ask the longest-idle process to exit (SIGINT, as idle kill does) and spawn as soon
+    /// as it is gone; without an idle process, spawn while below `process_limit`, else take
+    /// the drop path.
+    fn need_process(&mut self, now: Instant, s: ServiceId, out: &mut Vec<Action>) {
+        if self.retired || self.shutdown.is_some() || self.svcs[s].stopped {
             return;
         }
-        // The drop path (§7.2).
+        let svc = &self.svcs[s];
+        if svc.evictions_in_flight > 0 {
+            // The slot being freed is for this need; the connection waits in the queue.
+            return;
+        }
+        let threshold = svc.process_limit.saturating_sub(svc.margin).max(1);
+        if svc.process_count < threshold {
+            self.spawn(now, s, out);
+            return;
+        }
+        if let Some(pid) = self.longest_idle(s) {
+            let p = self.procs.get_mut(&pid).expect("present");
+            p.evicting = true;
+            p.last_kill_sent = Some(now);
+            self.svcs[s].evictions_in_flight += 1;
+            out.push(Action::Log(
+                LogLevel::Info,
+                format!(
+                    "service({}): {} processes (limit {} - margin {}): evicting idle process {pid}",
+                    self.svcs[s].name,
+                    self.svcs[s].process_count,
+                    self.svcs[s].process_limit,
+                    self.svcs[s].margin
+                ),
+            ));
+            out.push(Action::Kill {
+                pid,
+                signal: libc::SIGINT,
+            });
+            return;
+        }
+        if self.svcs[s].process_count < self.svcs[s].process_limit {
+            self.spawn(now, s, out);
+            return;
+        }
+        self.drop_path(now, s, out);
+    }
+
+    /// The idle process (all slots free, initial status seen, not already asked to go) that
+    /// has been idle longest.
+    fn longest_idle(&self, s: ServiceId) -> Option<u32> {
+        let limit = self.svcs[s].client_limit;
+        self.procs
+            .iter()
+            .filter(|(_, p)| p.service == s && p.initialized && !p.evicting && p.available == limit)
+            .min_by_key(|(_, p)| p.idle_start)
+            .map(|(&pid, _)| pid)
+    }
+
+    /// The drop path (§7.2): process_limit reached and nothing can be freed.
+    fn drop_path(&mut self, now: Instant, s: ServiceId, out: &mut Vec<Action>) {
         let svc = &mut self.svcs[s];
         if svc
             .last_drop_warning
@@ -685,6 +757,9 @@ impl Supervisor {
         }
         p.last_status_update = Some(now);
         p.initialized = true;
+        // A process asked to make room answered with a status record: it took a client (or
+        // refused to die); it stays, and the next idle process is asked instead.
+        let refused_eviction = std::mem::take(&mut p.evicting);
         let old = p.available;
         let new = rec.available_count;
         let client_limit = self.svcs[s].client_limit;
@@ -728,6 +803,10 @@ impl Supervisor {
                 self.set_login_state(now, s, false, out);
             }
         }
+        if refused_eviction {
+            self.svcs[s].evictions_in_flight -= 1;
+            self.need_process(now, s, out);
+        }
         let svc = &self.svcs[s];
         let p = self.procs.get_mut(&pid).expect("present");
         p.available = new;
@@ -758,6 +837,10 @@ impl Supervisor {
             }
         }
         out.push(Action::UnlinkPerPid { service: s, pid });
+        let evicted = p.evicting;
+        if evicted {
+            self.svcs[s].evictions_in_flight -= 1;
+        }
         let name = self.svcs[s].name.clone();
         let log_fd = self.svcs[s].log_fd;
         let failed = how != ExitHow::Code(0);
@@ -812,6 +895,10 @@ impl Supervisor {
         }
         if s == self.log && self.svcs[s].process_count == 0 {
             self.spawn(now, s, out);
+        }
+        if evicted {
+            // The slot was freed for a waiting need: fill it now.
+            self.need_process(now, s, out);
         }
         self.top_up(now, s, out);
     }

@@ -453,3 +453,97 @@ fn retired_list_reaps_but_never_spawns_and_anvil_moves_to_the_new_list() {
     // The anvil is reaped by its new owner.
     assert_eq!(new.sup.service_of(anvil_pid), Some(anvil));
 }
+
+fn eviction_set() -> ServiceSet {
+    // imap processes that stay after their client leaves (service_count = 0), one client
+    // each; eviction starts at 3 - 1 = 2 processes.
+    set("service imap {\n service_count = 0\n process_limit = 3\n process_limit_margin = 1\n}\n")
+}
+
+/// Two idle imap processes (the first idle since earlier).
+fn two_idle(h: &mut Harness, set: &ServiceSet) -> [(u32, u32); 2] {
+    let imap = id(set, "imap");
+    h.ev(Event::Start);
+    h.init_all(set);
+    let mut out = [(0, 0); 2];
+    for slot in &mut out {
+        let acts = h.ev(Event::NeedProcess(imap));
+        assert_eq!(spawns_of(&acts, imap), 1);
+        let (g, pid) = h.last(imap);
+        h.ev(Event::StatusData(imap, status(pid, g, 1)));
+        *slot = (g, pid);
+        h.now += Duration::from_secs(1);
+    }
+    out
+}
+
+#[test]
+fn eviction_sigints_the_longest_idle_and_spawns_when_it_is_gone() {
+    let set = eviction_set();
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let [(_, first), _] = two_idle(&mut h, &set);
+    let acts = h.ev(Event::NeedProcess(imap));
+    assert_eq!(spawns_of(&acts, imap), 0, "at the threshold: no spawn");
+    assert!(acts.contains(&Action::Kill {
+        pid: first,
+        signal: libc::SIGINT
+    }));
+    // While the eviction is in flight, further needs wait (no second victim, no spawn).
+    let acts = h.ev(Event::NeedProcess(imap));
+    assert!(!acts
+        .iter()
+        .any(|a| matches!(a, Action::Kill { .. } | Action::Spawn { .. })));
+    let acts = h.ev(Event::ChildExited {
+        pid: first,
+        how: ExitHow::Code(0),
+    });
+    assert_eq!(
+        spawns_of(&acts, imap),
+        1,
+        "the freed slot is filled at once"
+    );
+}
+
+#[test]
+fn an_evicted_process_that_turned_busy_stays_and_the_next_idle_one_is_asked() {
+    let set = eviction_set();
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let [(g1, first), (_, second)] = two_idle(&mut h, &set);
+    h.ev(Event::NeedProcess(imap));
+    // The first one accepted a client before the SIGINT was handled: status 0.
+    let acts = h.ev(Event::StatusData(imap, status(first, g1, 0)));
+    assert!(acts.contains(&Action::Kill {
+        pid: second,
+        signal: libc::SIGINT
+    }));
+    assert!(!acts.contains(&Action::Kill {
+        pid: first,
+        signal: libc::SIGINT
+    }));
+}
+
+#[test]
+fn busy_processes_are_never_evicted() {
+    let set = eviction_set();
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let [(g1, first), (g2, second)] = two_idle(&mut h, &set);
+    h.ev(Event::StatusData(imap, status(first, g1, 0)));
+    h.ev(Event::StatusData(imap, status(second, g2, 0)));
+    // Nobody idle: below process_limit a third process starts (the margin is soft)…
+    let acts = h.ev(Event::NeedProcess(imap));
+    assert!(!acts.iter().any(|a| matches!(a, Action::Kill { .. })));
+    assert_eq!(spawns_of(&acts, imap), 1);
+    let (g3, third) = h.last(imap);
+    h.ev(Event::StatusData(imap, status(third, g3, 0)));
+    // …and at process_limit with everyone busy the drop path remains.
+    let acts = h.ev(Event::NeedProcess(imap));
+    assert!(!acts
+        .iter()
+        .any(|a| matches!(a, Action::Kill { .. } | Action::Spawn { .. })));
+    assert!(acts.iter().any(
+        |a| matches!(a, Action::Log(_, m) if m.contains("client connections are being dropped"))
+    ));
+}
