@@ -1,0 +1,114 @@
+//! `foreman master` next to the stock `dovecot` master in the same scenario, same
+//! configuration: which processes run after logins, and how a crash-looping service is
+//! throttled.
+
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use foreman::stock::{wait_for, Builder, StockDovecot};
+
+const FOREMAN: &str = env!("CARGO_BIN_EXE_foreman");
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn both(configure: impl Fn(Builder) -> Builder) -> [(&'static str, StockDovecot); 2] {
+    let stock = configure(StockDovecot::builder()).start().expect("stock");
+    let foreman = configure(StockDovecot::builder().master_command(FOREMAN, &["master"]))
+        .start()
+        .expect("foreman");
+    [("stock", stock), ("foreman", foreman)]
+}
+
+/// Service names (from the process titles) of the master's children, sorted.
+fn child_services(master: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") || fields.get(1) != Some(&master.to_string().as_str()) {
+            continue;
+        }
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let title = String::from_utf8_lossy(&cmd);
+        let a0 = title.split(['\0', ' ']).next().unwrap_or("");
+        out.push(a0.rsplit('/').next().unwrap_or(a0).to_owned());
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn same_processes_as_stock_after_imap_and_pop3_logins() {
+    let runs = both(|b| b.user("alice", "pw"));
+    let mut seen = Vec::new();
+    for (name, d) in &runs {
+        for _ in 0..3 {
+            let mut imap = d.imap().unwrap();
+            assert!(imap.login("alice", "pw").unwrap().is_ok(), "{name}");
+            imap.logout().unwrap();
+            let mut pop3 = d.pop3().unwrap();
+            assert!(
+                pop3.login("alice", "pw").unwrap().starts_with("+OK"),
+                "{name}"
+            );
+            pop3.quit().unwrap();
+        }
+        // Login and mail processes (service_count = 1) are gone once their clients left.
+        let master = d.pid().unwrap();
+        let services = wait_for(DEADLINE, || {
+            let s = child_services(master);
+            (!s.iter().any(|n| n.contains("imap") || n.contains("pop3"))).then_some(s)
+        })
+        .unwrap_or_else(|| panic!("{name}: {:?}", child_services(master)));
+        seen.push(services);
+    }
+    assert_eq!(seen[0], seen[1], "stock vs foreman");
+    assert_eq!(seen[1], ["anvil", "auth", "config", "log", "stats"]);
+}
+
+#[test]
+fn crash_looping_service_is_throttled_like_stock() {
+    let runs = both(|b| {
+        b.config_line(
+            "service crashy {\n  executable = /bin/false\n  unix_listener crashy {\n    mode = 0666\n  }\n}",
+        )
+    });
+    let mut counts = Vec::new();
+    for (name, d) in &runs {
+        let sock = d.base_dir().join("crashy");
+        // Knock for 3 seconds: every connection would fork a process without throttling.
+        let end = Instant::now() + Duration::from_secs(3);
+        let mut attempts = 0;
+        while Instant::now() < end {
+            let _ = UnixStream::connect(&sock);
+            attempts += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = wait_for(DEADLINE, || {
+            let log = d.log_contents();
+            log.contains("service(crashy): command startup failed, throttling for 2.000 secs")
+                .then_some(log)
+        })
+        .unwrap_or_else(|| panic!("{name}: no throttling\n{}", d.log_tail(30)));
+        let failures = log.matches("service(crashy): child").count();
+        assert!(
+            log.contains("returned error 1"),
+            "{name}: exit not reported\n{log}"
+        );
+        assert!(attempts > 20);
+        counts.push((name, failures));
+    }
+    eprintln!("crash-loop forks in 3 s: {counts:?}");
+    let (stock, foreman) = (counts[0].1, counts[1].1);
+    // 2 s, then 4 s of throttling in 3 s: a handful of forks, not one per connection.
+    assert!(foreman <= 4, "foreman forked {foreman} times: {counts:?}");
+    assert!(foreman <= stock + 1, "{counts:?}");
+}
