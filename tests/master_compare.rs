@@ -112,3 +112,36 @@ fn crash_looping_service_is_throttled_like_stock() {
     assert!(foreman <= 4, "foreman forked {foreman} times: {counts:?}");
     assert!(foreman <= stock + 1, "{counts:?}");
 }
+
+#[test]
+fn process_min_avail_and_idle_kill_follow_the_settings_like_stock() {
+    let runs = both(|b| {
+        b.user("alice", "pw")
+            .config_line("service imap-login {\n  process_min_avail = 2\n}")
+            .config_line("service imap {\n  service_count = 0\n  idle_kill = 2 secs\n}")
+    });
+    let mut seen = Vec::new();
+    for (name, d) in &runs {
+        let master = d.pid().unwrap();
+        let count = |svc: &str| child_services(master).iter().filter(|s| *s == svc).count();
+        // Preforked at start-up.
+        assert!(
+            wait_for(DEADLINE, || (count("imap-login") == 2).then_some(())).is_some(),
+            "{name}: {:?}",
+            child_services(master)
+        );
+        let mut imap = d.imap().unwrap();
+        assert!(imap.login("alice", "pw").unwrap().is_ok(), "{name}");
+        imap.logout().unwrap();
+        // The imap process stays after its client left (service_count = 0)…
+        assert_eq!(count("imap"), 1, "{name}: {:?}", child_services(master));
+        // …until it has been idle for 2 s and got SIGINT. One preforked login process served
+        // the login and exited; the master topped up to 2 again.
+        let settled = wait_for(DEADLINE, || {
+            (count("imap-login") == 2 && count("imap") == 0).then(|| child_services(master))
+        });
+        let services = settled.unwrap_or_else(|| panic!("{name}: {:?}", child_services(master)));
+        seen.push(services);
+    }
+    assert_eq!(seen[0], seen[1], "stock vs foreman");
+}
