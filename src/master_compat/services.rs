@@ -67,7 +67,7 @@ pub struct ServiceDef {
     pub kind: ServiceType,
     /// Absolute binary path.
     pub binary: String,
-    /// argv, argv[0] included.
+    /// argv, `argv[0]` included.
     pub argv: Vec<String>,
     pub process_limit: u32,
     pub client_limit: u32,
@@ -158,7 +158,7 @@ fn abs_listener(base: &str, p: &ListenerPath) -> ListenerPath {
     }
 }
 
-/// argv[0] as stock builds it: `<instance>/<basename>`, `dovecot-` prefixed unless the
+/// `argv[0]` as stock builds it: `<instance>/<basename>`, `dovecot-` prefixed unless the
 /// instance name starts with `dovecot`.
 pub fn argv0(instance: &str, binary: &str) -> String {
     let base = binary.rsplit('/').next().unwrap_or(binary);
