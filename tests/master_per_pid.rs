@@ -158,3 +158,38 @@ fn per_pid_socket_follows_the_process_slots_and_lifetime() {
     d.stop().unwrap();
     assert!(!socks[0].1.exists(), "per-pid socket left after shutdown");
 }
+
+fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// The master never opens per-process sockets: its fd count is the same with 1 and with 20
+/// imap processes.
+#[test]
+fn master_fds_do_not_grow_with_processes() {
+    let d = StockDovecot::builder()
+        .master_command(FOREMAN, &["master"])
+        .user("alice", "pw")
+        .mail_max_userip_connections(100)
+        .config_line(
+            "service imap {\n  unix_listener imap-master-%{pid} {\n    mode = 0600\n  }\n}",
+        )
+        .start()
+        .unwrap();
+    let master = d.pid().unwrap();
+    let mut first = d.imap().unwrap();
+    assert!(first.login("alice", "pw").unwrap().is_ok());
+    let with_one = fd_count(master);
+    let mut clients = Vec::new();
+    for _ in 0..19 {
+        let mut c = d.imap().unwrap();
+        assert!(
+            c.login("alice", "pw").unwrap().is_ok(),
+            "{}",
+            d.log_tail(20)
+        );
+        clients.push(c);
+    }
+    assert_eq!(per_pid_sockets(d.base_dir()).len(), 20);
+    assert_eq!(fd_count(master), with_one);
+}
