@@ -1,1 +1,3 @@
 //! `foreman bench …`: benchmarks run side by side with stock Dovecot in one run.
+
+pub mod master;

@@ -78,6 +78,15 @@ pub enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
+    /// The master: stock `dovecot` vs `foreman master`, login cycles, CPU per spawn, fds, RSS.
+    Master {
+        /// Sequential login cycles per master.
+        #[arg(long, default_value_t = 200)]
+        cycles: u32,
+        /// Concurrent sessions for the footprint figures (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "100")]
+        sessions: Vec<u32>,
+    },
 }
 
 /// Entry point of the `foreman` binary.
@@ -158,6 +167,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(e.exit_code()))
                 }
             }
+        }
+        Command::Bench {
+            what: BenchCommand::Master { cycles, sessions },
+        } => {
+            let opts = crate::bench::master::Options {
+                foreman: std::env::current_exe()?,
+                cycles,
+                sessions,
+            };
+            let figs = crate::bench::master::run(&opts)?;
+            print!("{}", crate::bench::master::format(&figs, cycles));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             what: BenchCommand::Anvil { quick },
