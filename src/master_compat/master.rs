@@ -651,8 +651,11 @@ impl Shell {
             for i in closed_clients.into_iter().rev() {
                 self.control_clients.remove(i);
             }
+            let now = Instant::now();
             for g in &self.gens {
-                self.queue.push_back((g.id, Event::Tick));
+                if g.sup.next_deadline().is_some_and(|d| d <= now) {
+                    self.queue.push_back((g.id, Event::Tick));
+                }
             }
         }
     }
