@@ -224,6 +224,8 @@ struct Gen {
     fds: Vec<ServiceFds>,
     /// The master→log control pipe; dropped when the list is retired.
     log_control: Option<(OwnedFd, OwnedFd)>,
+    /// Control lines that did not fit into the pipe yet (sent when it is writable).
+    control_pending: Vec<u8>,
     stock_config: String,
 }
 
@@ -485,8 +487,22 @@ fn build_gen(
         sup,
         fds,
         log_control: Some((control_r, control_w)),
+        control_pending: Vec::new(),
         stock_config,
     })
+}
+
+/// Writes as much of `bytes` as fits without blocking; returns how much was written.
+fn write_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> usize {
+    let mut done = 0;
+    while done < bytes.len() {
+        match nix::unistd::write(fd, &bytes[done..]) {
+            Ok(n) => done += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    done
 }
 
 /// Writes all of `bytes`; false if the fd would block or failed (nothing is retried).
@@ -514,6 +530,7 @@ enum Src {
     AnvilDrain(bool),
     ControlAccept,
     ControlClient(usize),
+    LogControlWritable(u64),
 }
 
 impl Shell {
@@ -575,6 +592,12 @@ impl Shell {
                         }
                     }
                 }
+                for g in &self.gens {
+                    if let (Some((_, w)), false) = (&g.log_control, g.control_pending.is_empty()) {
+                        srcs.push(Src::LogControlWritable(g.id));
+                        pfds.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
+                    }
+                }
                 srcs.push(Src::ControlAccept);
                 pfds.push(PollFd::new(self.control.as_fd(), PollFlags::POLLIN));
                 for (i, c) in self.control_clients.iter().enumerate() {
@@ -631,6 +654,17 @@ impl Shell {
                     } else {
                         self.anvil.children_r.as_fd()
                     }),
+                    Src::LogControlWritable(id) => {
+                        if let Some(gi) = self.gen_index(id) {
+                            let g = &mut self.gens[gi];
+                            if let Some((_, w)) = &g.log_control {
+                                let n = write_some(w.as_fd(), &g.control_pending);
+                                g.control_pending.drain(..n);
+                            } else {
+                                g.control_pending.clear();
+                            }
+                        }
+                    }
                     Src::ControlAccept => {
                         while let Ok((stream, _)) = self.control.accept() {
                             if stream.set_nonblocking(true).is_ok() {
@@ -922,10 +956,17 @@ impl Shell {
                 }
             }
             Action::LogControl(line) => {
-                if let Some((_, w)) = &self.gens[gi].log_control {
+                let g = &mut self.gens[gi];
+                if let Some((_, w)) = &g.log_control {
                     let mut bytes = line.into_bytes();
                     bytes.push(b'\n');
-                    write_all_fd(w.as_fd(), &bytes);
+                    // Keep order: nothing new is written while older lines wait.
+                    let written = if g.control_pending.is_empty() {
+                        write_some(w.as_fd(), &bytes)
+                    } else {
+                        0
+                    };
+                    g.control_pending.extend_from_slice(&bytes[written..]);
                 }
             }
             Action::Log(level, text) => self.log.log(level, &text),
@@ -981,6 +1022,7 @@ impl Shell {
                 } else {
                     // Reload: the old log process exits once the old children are gone.
                     g.log_control = None;
+                    g.control_pending.clear();
                     for f in &mut g.fds {
                         f.log = None;
                     }
