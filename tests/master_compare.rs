@@ -145,3 +145,71 @@ fn process_min_avail_and_idle_kill_follow_the_settings_like_stock() {
     }
     assert_eq!(seen[0], seen[1], "stock vs foreman");
 }
+
+/// Up to `max` lines a pre-auth IMAP client receives within `wait`.
+fn read_lines(stream: &std::net::TcpStream, wait: Duration, max: usize) -> Vec<String> {
+    use std::io::BufRead;
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => lines.push(line.trim_end().to_owned()),
+        }
+        if lines.len() >= max {
+            break;
+        }
+    }
+    lines
+}
+
+#[test]
+fn login_processes_at_process_limit_are_told_the_service_is_full_like_stock() {
+    let runs = both(|b| b.config_line("service imap-login {\n  process_limit = 2\n}"));
+    let mut outcomes = Vec::new();
+    for (name, d) in &runs {
+        let port = d.imap_port().unwrap();
+        let first: Vec<std::net::TcpStream> = (0..2)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        for s in &first {
+            let l = read_lines(s, Duration::from_secs(5), 1);
+            assert!(
+                l.first().is_some_and(|g| g.starts_with("* OK")),
+                "{name}: {l:?}"
+            );
+        }
+        // Two more wait in the queue: the master marks imap-login FULL and signals the two
+        // processes, which drop their oldest (here: only) pre-auth client.
+        let queued: Vec<std::net::TcpStream> = (0..2)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        let kicked: Vec<Vec<String>> = first
+            .iter()
+            .map(|s| read_lines(s, Duration::from_secs(15), 1))
+            .collect();
+        let served: Vec<Vec<String>> = queued
+            .iter()
+            .map(|s| read_lines(s, Duration::from_secs(15), 1))
+            .collect();
+        let full_warning = d.log_contents().contains(
+            "service(imap-login): process_limit (2) reached, client connections are being dropped",
+        );
+        outcomes.push((kicked, served, full_warning));
+    }
+    let (stock, foreman) = (&outcomes[0], &outcomes[1]);
+    for (who, o) in [("stock", stock), ("foreman", foreman)] {
+        assert!(
+            o.0.iter().all(|l| l.iter().any(|x| x.contains("BYE"))),
+            "{who}: first clients not kicked: {o:?}"
+        );
+        assert!(
+            o.1.iter()
+                .all(|l| l.first().is_some_and(|g| g.starts_with("* OK"))),
+            "{who}: queued clients not served: {o:?}"
+        );
+        assert!(o.2, "{who}: no process_limit warning");
+    }
+}
