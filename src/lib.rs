@@ -21,12 +21,16 @@
 //!   the conformance recorder), plus tiny IMAP/POP3/anvil clients.
 //! - [`who`]: `foreman who`, a linear-time `doveadm who`.
 //! - [`bench`]: `foreman bench …`, side-by-side benchmarks against stock Dovecot.
+//! - [`conformance`]: the anvil conformance suite (recorder, replayer, transcript format),
+//!   source in `conformance/`.
 //! - [`demo`]: `foreman demo`, the README's demo stack.
 //! - [`cli`]: argument parsing for the `foreman` binary; `src/main.rs` only calls [`cli::main`].
 
 pub mod anvil_compat;
 pub mod bench;
 pub mod cli;
+#[path = "../conformance/mod.rs"]
+pub mod conformance;
 pub mod demo;
 pub mod logging;
 pub mod master_compat;

@@ -129,6 +129,7 @@ impl Client {
                 Ok(0) => panic!("EOF after {:?}", String::from_utf8_lossy(&line)),
                 Ok(_) if b[0] == b'\n' => return line,
                 Ok(_) => line.push(b[0]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => panic!("read: {e}"),
             }
         }
@@ -147,6 +148,7 @@ impl Client {
                 Ok(0) => return,
                 Ok(_) => continue,
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => panic!("expected the server to close the connection: {e}"),
             }
         }
@@ -474,6 +476,10 @@ fn cloexec_pipe() -> (OwnedFd, OwnedFd) {
 
 impl FakeMaster {
     fn start() -> FakeMaster {
+        FakeMaster::start_with(&[])
+    }
+
+    fn start_with(extra_env: &[(&str, &str)]) -> FakeMaster {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("anvil");
         let listener = UnixListener::bind(&socket).unwrap();
@@ -491,6 +497,7 @@ impl FakeMaster {
             .env("SOCKET_COUNT", "3")
             .env("SOCKET2_SETTINGS", "anvil")
             .env("LOG_SERVICE", "1")
+            .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_w));
@@ -528,18 +535,28 @@ impl FakeMaster {
         let mut got = 0;
         while got < 12 {
             let mut fds = [PollFd::new(self.status.as_fd(), PollFlags::POLLIN)];
-            let n = poll(
+            let n = match poll(
                 &mut fds,
                 PollTimeout::try_from(DEADLINE.as_millis() as i32).unwrap(),
-            )
-            .unwrap();
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => other.unwrap(),
+            };
             assert!(n > 0, "no status record within the deadline");
-            let r = nix::unistd::read(self.status.as_raw_fd(), &mut rec[got..]).unwrap();
+            let r = match nix::unistd::read(self.status.as_raw_fd(), &mut rec[got..]) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => other.unwrap(),
+            };
             assert!(r > 0, "status pipe EOF");
             got += r;
         }
         let rec = foreman::wire::status::StatusRecord::decode(&rec).unwrap();
         (rec.pid, rec.generation, rec.available_count)
+    }
+
+    /// Reads status records until one reports `avail`.
+    fn status_until(&self, avail: u32) {
+        while self.status().2 != avail {}
     }
 
     fn write_pipe(fd: &OwnedFd, bytes: &[u8]) {
@@ -603,15 +620,34 @@ fn under_a_fake_master() {
             .as_bytes(),
     );
 
+    // CLIENT_LIMIT=3 reached: status 0 at once, and no further client is served.
+    let c2 = Client::handshaken(&m.socket);
+    let c3 = Client::handshaken(&m.socket);
+    m.status_until(0);
+    let mut c4 = Client::handshaken(&m.socket);
+    c4.send(b"LOOKUP\tw\n");
+    c4.0.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = c4.0.read(&mut byte);
+    assert!(
+        early.is_err(),
+        "a client beyond CLIENT_LIMIT was served: {early:?}"
+    );
+    c4.0.set_read_timeout(Some(DEADLINE)).unwrap();
+    // One leaves: leaving 0 is reported at once, the waiting client is accepted (0 again).
+    drop(c3);
+    m.status_until(1);
+    m.status_until(0);
+    assert_eq!(c4.line(), b"1");
+    drop(c4);
+    drop(c2);
+    m.status_until(1);
+
     // The master goes away (fd 6's read end closes): status 0, listener closed, connected
     // clients still served, exit 0 once the last one leaves.
     drop(m.dead.take());
-    loop {
-        let (_, _, avail) = m.status();
-        if avail == 0 {
-            break;
-        }
-    }
+    m.status_until(0);
     wait_for("the listener to close", || {
         UnixStream::connect(&m.socket).is_err()
     });
@@ -642,4 +678,79 @@ fn fd_5_not_a_fifo_is_refused() {
         err.contains("Must be started by dovecot master process"),
         "{err}"
     );
+}
+
+#[test]
+fn penalty_expiry_timer_runs() {
+    let anvil = Standalone::start();
+    let mut c = Client::handshaken(&anvil.socket);
+    c.send(b"PENALTY-SET-EXPIRE-SECS\t1\nPENALTY-INC\t10.0.0.1\t0\t3\nPENALTY-GET\t10.0.0.1\n");
+    assert!(c.line().starts_with(b"3 "));
+    // The record is purged by the timer about a second later.
+    wait_for("the penalty record to expire", || {
+        c.send(b"PENALTY-GET\t10.0.0.1\n");
+        c.line() == b"0 0"
+    });
+    c.send(b"PENALTY-DUMP\n");
+    assert!(read_dump(&mut c).is_empty());
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+#[test]
+fn sigquit_stops_accepting_and_exits_after_the_last_client() {
+    let mut anvil = Standalone::start();
+    let mut c = Client::handshaken(&anvil.socket);
+    c.send(b"CONNECT\t1\tq\n");
+    assert_eq!(c.lookup("q"), "1");
+    signal(&anvil.child, nix::sys::signal::Signal::SIGQUIT);
+    wait_for("the listener to close", || {
+        UnixStream::connect(&anvil.socket).is_err()
+    });
+    assert_eq!(c.lookup("q"), "1");
+    assert!(anvil.child.try_wait().unwrap().is_none());
+    drop(c);
+    wait_for("anvil to exit", || {
+        anvil.child.try_wait().unwrap().is_some()
+    });
+    assert!(anvil.child.wait().unwrap().success());
+}
+
+#[test]
+fn sigterm_exits_and_removes_the_socket() {
+    let mut anvil = Standalone::start();
+    let _c = Client::handshaken(&anvil.socket);
+    signal(&anvil.child, nix::sys::signal::Signal::SIGTERM);
+    wait_for("anvil to exit", || {
+        anvil.child.try_wait().unwrap().is_some()
+    });
+    assert!(anvil.child.wait().unwrap().success());
+    assert!(!anvil.socket.exists());
+}
+
+#[test]
+fn restarted_anvil_skips_stale_pipe_lines_silently() {
+    let m = FakeMaster::start_with(&[("ANVIL_RESTARTED", "1")]);
+    let pid = m.child.id() as i32;
+    assert_eq!(m.status(), (pid, 7, 3));
+    // Stale lines before the VERSION line on both pipes are dropped without a log line.
+    FakeMaster::write_pipe(&m.master_pipe, b"KILL\t4242\nCONNECT\t1\tstale\n");
+    FakeMaster::write_pipe(&m.master_pipe, HANDSHAKE);
+    FakeMaster::write_pipe(&m.shared_pipe, b"CONNECT\t2\tstale\n");
+    FakeMaster::write_pipe(&m.shared_pipe, HANDSHAKE);
+    FakeMaster::write_pipe(&m.shared_pipe, b"CONNECT\t3\tfresh\n");
+    let mut c = Client::handshaken(&m.socket);
+    wait_for("the fresh CONNECT", || c.lookup("fresh") == "1");
+    assert_eq!(c.lookup("stale"), "0");
+    // Sockets are not exempt: a bad first line there is still an error.
+    let mut bad = Client::connect(&m.socket);
+    bad.send(b"LOOKUP\tx\n");
+    bad.expect_closed();
+    let expected = format!(
+        "\x01\x08{pid} prefix=anvil: \n\x01\x04{pid} Anvil client not compatible with this server (mixed old and new binaries?) LOOKUP\tx\n"
+    );
+    m.log.wait_contains(expected.as_bytes());
+    assert_eq!(m.log.bytes(), expected.as_bytes());
 }

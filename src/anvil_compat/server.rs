@@ -18,12 +18,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::sys::socket::MsgFlags;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{Interest, Ready};
 use tokio::net::unix::pipe;
 use tokio::net::{UnixListener, UnixStream};
@@ -98,23 +100,28 @@ pub fn run_standalone(opts: StandaloneOptions) -> Result<(), ServerError> {
     }
     let mut paths = vec![opts.socket];
     paths.extend(opts.penalty_socket);
-    let mut listeners = Vec::new();
-    for path in &paths {
-        listeners.push(bind_standalone(path)?);
-    }
-    let setup = Setup {
-        listeners,
-        master_pipe: None,
-        shared_pipe: None,
-        status: None,
-        master_dead: None,
-        log_fdpass: None,
-        client_limit: None,
-        anvil_restarted: false,
-        logger,
-    };
-    let result = run(setup);
-    for path in &paths {
+    let mut bound = Vec::new();
+    // Bound only once the signal handlers are in place: a client that sees the socket may
+    // send SIGTERM right away.
+    let result = run(|| {
+        let mut listeners = Vec::new();
+        for path in &paths {
+            listeners.push(bind_standalone(path)?);
+            bound.push(path.clone());
+        }
+        Ok(Setup {
+            listeners,
+            master_pipe: None,
+            shared_pipe: None,
+            status: None,
+            master_dead: None,
+            log_fdpass: None,
+            client_limit: None,
+            anvil_restarted: false,
+            logger,
+        })
+    });
+    for path in &bound {
         let _ = std::fs::remove_file(path);
     }
     result
@@ -172,7 +179,30 @@ pub fn run_under_master() -> Result<(), ServerError> {
         .map(StdUnixListener::from)
         .collect();
 
-    // Every fd is taken: now drop privileges, as stock anvil does after its setup.
+    // Every fd is taken. Signal handlers go in next (inside `run`), then privileges are
+    // dropped, as stock anvil does after its setup.
+    run(move || {
+        drop_privileges(&env, &mut logger)?;
+        Ok(Setup {
+            listeners,
+            master_pipe: Some(fds.master_pipe),
+            shared_pipe: Some(fds.shared_pipe),
+            status: Some(StatusSetup {
+                fd: fds.status,
+                pid: pid as i32,
+                generation: env.generation,
+            }),
+            master_dead: Some(fds.master_dead),
+            log_fdpass: Some(fds.log_fdpass),
+            client_limit: Some(env.client_limit),
+            anvil_restarted: env.anvil_restarted,
+            logger,
+        })
+    })
+}
+
+/// setgid, setgroups, chroot, setuid from the `RESTRICT_*` variables.
+fn drop_privileges(env: &ChildEnv, logger: &mut Logger) -> Result<(), ServerError> {
     let r = &env.restrict;
     let mut extra_groups = r.extra_groups.clone();
     extra_groups.extend(r.gid_priv);
@@ -185,23 +215,7 @@ pub fn run_under_master() -> Result<(), ServerError> {
     if let PrivDropOutcome::Skipped(why) = outcome {
         logger.log(Level::Info, format!("privilege drop: {why}").as_bytes());
     }
-
-    let setup = Setup {
-        listeners,
-        master_pipe: Some(fds.master_pipe),
-        shared_pipe: Some(fds.shared_pipe),
-        status: Some(StatusSetup {
-            fd: fds.status,
-            pid: pid as i32,
-            generation: env.generation,
-        }),
-        master_dead: Some(fds.master_dead),
-        log_fdpass: Some(fds.log_fdpass),
-        client_limit: Some(env.client_limit),
-        anvil_restarted: env.anvil_restarted,
-        logger,
-    };
-    run(setup)
+    Ok(())
 }
 
 /// Everything the event loop starts from, in either mode.
@@ -224,12 +238,30 @@ struct StatusSetup {
     generation: u32,
 }
 
-fn run(setup: Setup) -> Result<(), ServerError> {
+/// The signals the event loop handles, registered before anything is visible to clients.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// Starts the runtime, installs the signal handlers, then calls `prepare` (bind or drop
+/// privileges) and serves.
+fn run(prepare: impl FnOnce() -> Result<Setup, ServerError>) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(setup))
+    local.block_on(&runtime, async {
+        let signals = Signals {
+            term: signal(SignalKind::terminate())?,
+            quit: signal(SignalKind::quit())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        };
+        serve(prepare()?, signals).await
+    })
 }
 
 /// Buffers shared by every connection: used only inside one synchronous step.
@@ -257,7 +289,8 @@ struct Shared {
     exit_when_idle: Cell<bool>,
     /// Whether accepting is allowed now; accept loops watch it.
     gate: watch::Sender<bool>,
-    status_changed: Notify,
+    /// The status pipe (under a master).
+    status: Option<Status>,
     /// The penalty deadline the timer task last saw.
     penalty_seen: Cell<Option<UnixMillis>>,
     penalty_changed: Notify,
@@ -287,13 +320,13 @@ impl Shared {
     fn client_joined(&self) {
         self.clients.set(self.clients.get() + 1);
         self.update_gate();
-        self.status_changed.notify_one();
+        self.update_status();
     }
 
     fn client_left(&self) {
         self.clients.set(self.clients.get() - 1);
         self.update_gate();
-        self.status_changed.notify_one();
+        self.update_status();
         self.maybe_exit();
     }
 
@@ -301,7 +334,7 @@ impl Shared {
     fn close_listeners(&self) {
         if !self.stopped.replace(true) {
             self.update_gate();
-            self.status_changed.notify_one();
+            self.update_status();
         }
     }
 
@@ -310,6 +343,14 @@ impl Shared {
         self.close_listeners();
         self.exit_when_idle.set(true);
         self.maybe_exit();
+    }
+
+    /// Reports the current `available_count` on fd 5 (rate limited), synchronously with the
+    /// change, as stock does.
+    fn update_status(&self) {
+        if let Some(status) = &self.status {
+            status.update(self.available_count(), &self.logger);
+        }
     }
 
     fn maybe_exit(&self) {
@@ -328,7 +369,7 @@ impl Shared {
     }
 }
 
-async fn serve(setup: Setup) -> Result<(), ServerError> {
+async fn serve(setup: Setup, mut signals: Signals) -> Result<(), ServerError> {
     let (gate, _) = watch::channel(true);
     let standalone = setup.status.is_none();
     let shared = Rc::new(Shared {
@@ -345,17 +386,23 @@ async fn serve(setup: Setup) -> Result<(), ServerError> {
         stopped: Cell::new(false),
         exit_when_idle: Cell::new(false),
         gate,
-        status_changed: Notify::new(),
+        status: match setup.status {
+            Some(st) => Some(Status {
+                tx: pipe::Sender::from_owned_fd(st.fd)?,
+                pid: st.pid,
+                generation: st.generation,
+                limiter: Cell::new(StatusLimiter::default()),
+                deferred: Cell::new(None),
+                blocked: Cell::new(false),
+                broken: Cell::new(false),
+                wake: Notify::new(),
+            }),
+            None => None,
+        },
         penalty_seen: Cell::new(None),
         penalty_changed: Notify::new(),
         exit: Notify::new(),
     });
-
-    // Signals first, so none is lost once we report ready.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigquit = signal(SignalKind::quit())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
 
     for (fd, kind) in [
         (setup.master_pipe, ConnKind::MASTER_PIPE),
@@ -380,36 +427,31 @@ async fn serve(setup: Setup) -> Result<(), ServerError> {
     if let Some(fd) = setup.log_fdpass {
         tokio::task::spawn_local(receive_log_fds(shared.clone(), fd));
     }
-    // The status task sends the first record (end of initialisation) when it first runs.
-    if let Some(status) = setup.status {
-        let tx = pipe::Sender::from_owned_fd(status.fd)?;
-        tokio::task::spawn_local(status_task(
-            shared.clone(),
-            tx,
-            status.pid,
-            status.generation,
-        ));
+    if shared.status.is_some() {
+        tokio::task::spawn_local(status_task(shared.clone()));
+        // The first record marks the end of initialisation.
+        shared.update_status();
     }
 
     loop {
         tokio::select! {
             _ = shared.exit.notified() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
-            _ = sigint.recv() => {
+            _ = signals.term.recv() => return Ok(()),
+            _ = signals.int.recv() => {
                 // Standalone: Ctrl-C. Under a master: the idle-kill request, honoured
                 // only when no socket client is connected.
                 if standalone || shared.clients.get() == 0 {
                     return Ok(());
                 }
             }
-            _ = sigquit.recv() => {
+            _ = signals.quit.recv() => {
                 if standalone {
                     shared.stop();
                 } else {
                     shared.close_listeners();
                 }
             }
-            _ = sighup.recv() => {}
+            _ = signals.hup.recv() => {}
         }
     }
 }
@@ -436,15 +478,18 @@ async fn accept_loop(shared: Rc<Shared>, listener: UnixListener) {
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let guard = ClientGuard::new(shared.clone());
-                    tokio::task::spawn_local(serve_conn(
-                        shared.clone(),
-                        SocketIo(stream),
-                        ConnKind::SOCKET,
-                        Some(guard),
-                    ));
-                }
+                Ok((stream, _)) => match SocketIo::new(stream) {
+                    Ok(io) => {
+                        let guard = ClientGuard::new(shared.clone());
+                        tokio::task::spawn_local(serve_conn(
+                            shared.clone(),
+                            io,
+                            ConnKind::SOCKET,
+                            Some(guard),
+                        ));
+                    }
+                    Err(e) => shared.log(Level::Error, format!("accept(): register socket: {e}")),
+                },
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
                     shared.log(Level::Error, format!("accept() failed: {e}"));
@@ -478,18 +523,91 @@ trait ConnIo {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
 }
 
-struct SocketIo(UnixStream);
+/// A client socket, registered for writability only while replies wait for the peer.
+///
+/// Registered for both (as tokio's `UnixStream` is, edge-triggered), every reply the client
+/// reads raises a write-space edge that wakes the idle event loop for nothing: one spurious
+/// wake-up per LOOKUP round trip, which halved single-client LOOKUP throughput. Writes go
+/// straight to the socket; only a write that would block switches the registration to
+/// read+write until the backlog drains.
+struct SocketIo {
+    fd: RefCell<Option<AsyncFd<OwnedFd>>>,
+    /// Registered with WRITABLE interest too.
+    watching_writes: Cell<bool>,
+}
+
+impl SocketIo {
+    fn new(stream: UnixStream) -> io::Result<SocketIo> {
+        // into_std deregisters from tokio and keeps the socket non-blocking.
+        let fd = OwnedFd::from(stream.into_std()?);
+        Ok(SocketIo {
+            fd: RefCell::new(Some(sys::async_fd(fd, Interest::READABLE)?)),
+            watching_writes: Cell::new(false),
+        })
+    }
+
+    /// Re-registers the socket with `interest` (deregisters, registers anew).
+    fn register(&self, interest: Interest) -> io::Result<()> {
+        let mut slot = self.fd.borrow_mut();
+        let Some(old) = slot.take() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        *slot = Some(sys::async_fd(old.into_inner(), interest)?);
+        self.watching_writes.set(interest.is_writable());
+        Ok(())
+    }
+
+    fn with_fd<R>(&self, f: impl FnOnce(&AsyncFd<OwnedFd>) -> io::Result<R>) -> io::Result<R> {
+        match self.fd.borrow().as_ref() {
+            Some(fd) => f(fd),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
 
 impl ConnIo for SocketIo {
+    // The shared borrow lives across the await, and that is sound here: the only mutable
+    // borrow is `register`, called solely from `ready` before it borrows, and one task owns
+    // the connection (try_read/try_write borrow immutably).
+    #[allow(clippy::await_holding_refcell_ref)]
     async fn ready(&self, interest: Interest) -> io::Result<Ready> {
-        self.0.ready(interest).await
+        if interest.is_writable() != self.watching_writes.get() {
+            let wanted = if interest.is_writable() {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            self.register(wanted)?;
+        }
+        let fd = self.fd.borrow();
+        let Some(fd) = fd.as_ref() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let guard = fd.ready(interest).await?;
+        Ok(guard.ready())
     }
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+        // try_io clears the read readiness on WouldBlock.
+        self.with_fd(|fd| fd.try_io(Interest::READABLE, |s| recv(s, buf)))
     }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
+        self.with_fd(|fd| {
+            if self.watching_writes.get() {
+                fd.try_io(Interest::WRITABLE, |s| send(s, buf))
+            } else {
+                send(fd.get_ref(), buf)
+            }
+        })
     }
+}
+
+fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    nix::sys::socket::recv(fd.as_raw_fd(), buf, MsgFlags::empty()).map_err(io::Error::from)
+}
+
+/// MSG_NOSIGNAL: a vanished peer is EPIPE, never SIGPIPE.
+fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
+    nix::sys::socket::send(fd.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
 }
 
 struct PipeIo(pipe::Receiver);
@@ -678,15 +796,31 @@ fn feed_bounded(
     log: &mut LogBuf,
 ) -> (usize, bool) {
     let now = now_ms();
+    if conn.session.kind().fifo {
+        // A pipe has no output to bound: all of it in one call.
+        let fed = conn.session.feed(anvil, now, input, out, log);
+        out.clear();
+        return (fed.consumed, fed.close);
+    }
     let mut pos = 0;
-    while pos < input.len() && out.len() + conn.pending.len() < OUTPUT_CAP {
+    // Line ends found in one SIMD pass over the buffer; the part after the last LF (a
+    // partial line, possibly too long) is fed last.
+    let ends = memchr::memchr_iter(b'\n', input)
+        .map(|lf| lf + 1)
+        .chain(std::iter::once(input.len()));
+    for end in ends {
+        if pos >= input.len() || out.len() + conn.pending.len() >= OUTPUT_CAP {
+            break;
+        }
+        if end <= pos {
+            continue;
+        }
         // Replies go after anything still pending, in order.
         let target = if conn.pending.is_empty() {
             &mut *out
         } else {
             &mut conn.pending
         };
-        let end = memchr::memchr(b'\n', &input[pos..]).map_or(input.len(), |lf| pos + lf + 1);
         let fed = conn.session.feed(anvil, now, &input[pos..end], target, log);
         pos += fed.consumed;
         if fed.close {
@@ -784,7 +918,7 @@ enum StatusDecision {
 
 /// Stock's status rate limit: at most one record per wall-clock second, except that
 /// reaching 0 and leaving a sent 0 (and the first record) go out at once.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct StatusLimiter {
     last_sent: Option<u32>,
     last_sent_sec: Option<u64>,
@@ -809,54 +943,94 @@ impl StatusLimiter {
     }
 }
 
-/// Writes status records to fd 5 whenever `available_count` changes, rate limited.
-async fn status_task(shared: Rc<Shared>, tx: pipe::Sender, pid: i32, generation: u32) {
-    let mut limiter = StatusLimiter::default();
-    let mut deferred: Option<tokio::time::Instant> = None;
-    loop {
-        let value = shared.available_count();
+/// The status pipe's writer state.
+struct Status {
+    tx: pipe::Sender,
+    pid: i32,
+    generation: u32,
+    limiter: Cell<StatusLimiter>,
+    /// The 1 s timer for a deferred record, when armed.
+    deferred: Cell<Option<tokio::time::Instant>>,
+    /// The pipe was full: the status task retries when it is writable.
+    blocked: Cell<bool>,
+    /// Writing failed for good (the master closed the pipe).
+    broken: Cell<bool>,
+    /// Wakes the status task (timer armed or pipe full).
+    wake: Notify,
+}
+
+impl Status {
+    fn update(&self, value: u32, logger: &RefCell<Logger>) {
+        if self.blocked.get() || self.broken.get() {
+            return;
+        }
         let now = now_ms();
+        let mut limiter = self.limiter.get();
         match limiter.decide(now, value) {
+            StatusDecision::Skip => {}
+            StatusDecision::Defer => {
+                if self.deferred.get().is_none() {
+                    let at = tokio::time::Instant::now() + Duration::from_secs(1);
+                    self.deferred.set(Some(at));
+                    self.wake.notify_one();
+                }
+            }
             StatusDecision::Send => {
                 let record = StatusRecord {
-                    pid,
-                    generation,
+                    pid: self.pid,
+                    generation: self.generation,
                     available_count: value,
                 }
                 .encode();
-                match tx.try_write(&record) {
+                match self.tx.try_write(&record) {
                     Ok(n) if n == record.len() => {
                         limiter.sent(now, value);
-                        deferred = None;
+                        self.limiter.set(limiter);
+                        self.deferred.set(None);
                     }
                     Ok(n) => {
-                        shared.log(Level::Error, format!("write(status) wrote {n} of 12 bytes"));
-                        return;
+                        logger
+                            .borrow_mut()
+                            .error(format!("write(status) wrote {n} of 12 bytes"));
+                        self.broken.set(true);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        // Retry (with the value current then) once the master reads.
-                        if tx.writable().await.is_err() {
-                            return;
-                        }
-                        continue;
+                        self.blocked.set(true);
+                        self.wake.notify_one();
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     // EPIPE: the master is gone; fd 6 tells the rest.
-                    Err(_) => return,
+                    Err(_) => self.broken.set(true),
                 }
             }
-            StatusDecision::Defer => {
-                deferred
-                    .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(1));
-            }
-            StatusDecision::Skip => {}
         }
-        match deferred {
+    }
+}
+
+/// Runs the status pipe's timers: the deferred record and the retry after a full pipe.
+async fn status_task(shared: Rc<Shared>) {
+    let Some(status) = &shared.status else { return };
+    loop {
+        if status.broken.get() {
+            return;
+        }
+        if status.blocked.get() {
+            if status.tx.writable().await.is_err() {
+                status.broken.set(true);
+                return;
+            }
+            status.blocked.set(false);
+            shared.update_status();
+            continue;
+        }
+        match status.deferred.get() {
             Some(at) => tokio::select! {
-                _ = shared.status_changed.notified() => {}
-                _ = tokio::time::sleep_until(at) => deferred = None,
+                _ = tokio::time::sleep_until(at) => {
+                    status.deferred.set(None);
+                    shared.update_status();
+                }
+                _ = status.wake.notified() => {}
             },
-            None => shared.status_changed.notified().await,
+            None => status.wake.notified().await,
         }
     }
 }

@@ -40,6 +40,11 @@ pub enum Command {
         /// A user mask (`*`, `?`) and/or an IP network `ip/bits`.
         masks: Vec<String>,
     },
+    /// The anvil conformance suite: record transcripts from stock Dovecot, replay them.
+    Conformance {
+        #[command(subcommand)]
+        what: crate::conformance::cli::ConformanceCommand,
+    },
     /// Run the demo stack: stock Dovecot services with Foreman on 127.0.0.1 high ports.
     Demo,
     /// Read a dovecot.conf (2.3 syntax) and print it like `doveconf` (see docs/config.md).
@@ -77,6 +82,21 @@ pub enum BenchCommand {
         /// Shorter run (fewer operations), for smoke tests.
         #[arg(long)]
         quick: bool,
+        /// Skip pairs/s and LOOKUP/s.
+        #[arg(long)]
+        skip_throughput: bool,
+        /// Skip RSS per tracked session.
+        #[arg(long)]
+        skip_memory: bool,
+        /// Skip CONNECT-DUMP time.
+        #[arg(long)]
+        skip_dump: bool,
+        /// Skip instructions per operation (valgrind --tool=callgrind).
+        #[arg(long)]
+        skip_callgrind: bool,
+        /// Measure another build's `foreman anvil` (default: this binary).
+        #[arg(long, value_name = "PATH")]
+        foreman_exe: Option<PathBuf>,
     },
     /// The master: stock `dovecot` vs `foreman master`, login cycles, CPU per spawn, fds, RSS.
     Master {
@@ -142,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Conformance { what } => crate::conformance::cli::run(what),
         Command::Demo => {
             crate::demo::run(std::env::current_exe()?)?;
             Ok(ExitCode::SUCCESS)
@@ -181,10 +202,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
-            what: BenchCommand::Anvil { quick },
+            what:
+                BenchCommand::Anvil {
+                    quick,
+                    skip_throughput,
+                    skip_memory,
+                    skip_dump,
+                    skip_callgrind,
+                    foreman_exe,
+                },
         } => {
-            let _ = quick;
-            anyhow::bail!("foreman bench anvil: not implemented yet")
+            let opts = crate::bench::AnvilOptions {
+                foreman_exe: match foreman_exe {
+                    Some(path) => path,
+                    None => std::env::current_exe()?,
+                },
+                quick,
+                skip_throughput,
+                skip_memory,
+                skip_dump,
+                skip_callgrind,
+            };
+            crate::bench::run_anvil(
+                &opts,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Everything here is a small safe wrapper with a typed error; callers never see a raw fd
 //! they do not own.
 
+pub mod fdplan;
 pub mod process;
 pub mod tty;
 

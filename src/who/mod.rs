@@ -313,7 +313,8 @@ pub fn aggregate(sessions: &[Session]) -> Vec<Group> {
     groups.into_iter().map(|b| b.group).collect()
 }
 
-const GROUP_COLUMNS: [Column; 5] = [
+/// The columns of the default (grouped) output.
+pub(crate) const GROUP_COLUMNS: [Column; 5] = [
     Column {
         title: "username",
         right: false,
@@ -336,7 +337,8 @@ const GROUP_COLUMNS: [Column; 5] = [
     },
 ];
 
-const SESSION_COLUMNS: [Column; 4] = [
+/// The columns of the `-1` output.
+pub(crate) const SESSION_COLUMNS: [Column; 4] = [
     Column {
         title: "username",
         right: false,

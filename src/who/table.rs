@@ -243,28 +243,7 @@ mod tests {
             vec![b"a", b"1", b"imap", b"(1)", b"(127.0.0.1)"],
             vec![b"b", b"1", b"pop3", b"(12345678)", b"(127.0.0.1)"],
         ];
-        let cols = [
-            Column {
-                title: "username",
-                right: false,
-            },
-            Column {
-                title: "#",
-                right: true,
-            },
-            Column {
-                title: "proto",
-                right: false,
-            },
-            Column {
-                title: "(pids)",
-                right: false,
-            },
-            Column {
-                title: "(ips)",
-                right: false,
-            },
-        ];
+        let cols = crate::who::GROUP_COLUMNS;
         assert_eq!(
             String::from_utf8(table(&cols, &rows, 1, 4, 80)).unwrap(),
             "username # proto (pids) (ips)                            \n\
@@ -285,28 +264,7 @@ mod tests {
             ],
             vec![b"bob", b"1", b"imap", b"(1)", b"(127.0.0.1)"],
         ];
-        let cols = [
-            Column {
-                title: "username",
-                right: false,
-            },
-            Column {
-                title: "#",
-                right: true,
-            },
-            Column {
-                title: "proto",
-                right: false,
-            },
-            Column {
-                title: "(pids)",
-                right: false,
-            },
-            Column {
-                title: "(ips)",
-                right: false,
-            },
-        ];
+        let cols = crate::who::GROUP_COLUMNS;
         assert_eq!(
             String::from_utf8(table(&cols, &rows, 1, 4, 80)).unwrap(),
             "username  # proto (pids)                       (ips)                 \n\

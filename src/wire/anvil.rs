@@ -10,15 +10,15 @@
 use std::borrow::Cow;
 
 use bstr::BString;
-use memchr::memchr;
 use nom::bytes::complete::tag;
 use nom::character::complete::digit1;
 use nom::combinator::{all_consuming, map_opt};
 use nom::sequence::{preceded, separated_pair, tuple};
 use nom::IResult;
 
-use super::escape::{escape_into, unescape};
-use super::line::{next_line, next_line_unlimited, LineError};
+use super::escape::{escape_into, take_field};
+use super::line::{next_line, next_line_unlimited, LineError, MAX_LINE};
+use super::scan::{plain_tabs, scan_plain_line, Tabs};
 use super::DecodeError;
 
 /// The handshake line every stock 2.3 client sends, LF included.
@@ -44,19 +44,26 @@ impl Pid {
         if field.is_empty() {
             return None;
         }
+        // Up to 19 digits cannot overflow a u64, so the range is checked once at the end;
+        // only absurdly zero-padded fields need their leading zeros dropped first.
+        let digits = if field.len() > 19 {
+            let first = field.iter().position(|&b| b != b'0').unwrap_or(field.len());
+            &field[first..]
+        } else {
+            field
+        };
+        if digits.len() > 19 {
+            return None;
+        }
         let mut value: u64 = 0;
-        for &b in field {
+        for &b in digits {
             let digit = b.wrapping_sub(b'0');
             if digit > 9 {
                 return None;
             }
-            // Leading zeros never overflow; once above MAX the value can only grow.
             value = value * 10 + u64::from(digit);
-            if value > u64::from(Self::MAX) {
-                return None;
-            }
         }
-        Some(Pid(value as u32))
+        u32::try_from(value).ok().and_then(Pid::new)
     }
 
     /// The numeric value.
@@ -193,22 +200,64 @@ pub fn parse_request(line: &[u8]) -> Result<Option<Request<'_>>, RequestError> {
     if line.is_empty() {
         return Ok(None); // zero fields [live, L1]
     }
-    let (rest, name) = raw_field(line).expect("raw_field never fails");
-    let name = unescape(name);
+    match plain_tabs(line) {
+        // Hot path: the fields that matter hold no escape; they are slices of the line.
+        Some(tabs) => request_from_tabs(line, tabs),
+        None => {
+            let (mut rest, name) = field(line).expect("field never fails");
+            let mut args: Args<'_> = [None, None, None];
+            for slot in &mut args {
+                let Ok((after, arg)) = arg(rest) else { break };
+                *slot = Some(arg);
+                rest = after;
+            }
+            request_from_fields(name, args)
+        }
+    }
+}
+
+/// The first three arguments of a request line (no command uses more), `None` when missing.
+type Args<'a> = [Option<Cow<'a, [u8]>>; 3];
+
+/// Builds the request from a line whose fields are plain and whose TABs are known.
+#[inline(always)]
+fn request_from_tabs(line: &[u8], tabs: Tabs) -> Result<Option<Request<'_>>, RequestError> {
+    // Field k runs from the TAB before it (or the start) to the TAB after it (or the end).
+    let field = |k: usize| -> Option<Cow<'_, [u8]>> {
+        if k > tabs.count {
+            return None;
+        }
+        let start = if k == 0 { 0 } else { tabs.at[k - 1] + 1 };
+        let end = if k < tabs.count {
+            tabs.at[k]
+        } else {
+            line.len()
+        };
+        Some(Cow::Borrowed(&line[start..end]))
+    };
+    let name = field(0).expect("a line has a first field");
+    request_from_fields(name, [field(1), field(2), field(3)])
+}
+
+/// Builds the request from its unescaped command name and arguments (extra ones unused).
+#[inline(always)]
+fn request_from_fields<'a>(
+    name: Cow<'a, [u8]>,
+    args: Args<'a>,
+) -> Result<Option<Request<'a>>, RequestError> {
+    let [a0, a1, a2] = args;
     let Some(command) = command_by_name(&name) else {
         return Err(RequestError::UnknownCommand(BString::from(
             name.into_owned(),
         )));
     };
-    let mut args = Args(rest);
-    let not_enough = RequestError::NotEnoughParameters(command);
+    let not_enough = || RequestError::NotEnoughParameters(command);
     let request = match command {
         Command::Connect | Command::Disconnect => {
-            let (Some(pid), Some(ident)) = (args.next(), args.next()) else {
-                return Err(not_enough);
+            let (Some(pid), Some(ident)) = (a0, a1) else {
+                return Err(not_enough());
             };
-            let pid = Pid::parse(&unescape(pid)).ok_or(RequestError::InvalidPid(command))?;
-            let ident = unescape(ident);
+            let pid = Pid::parse(&pid).ok_or(RequestError::InvalidPid(command))?;
             if command == Command::Connect {
                 Request::Connect { pid, ident }
             } else {
@@ -216,42 +265,40 @@ pub fn parse_request(line: &[u8]) -> Result<Option<Request<'_>>, RequestError> {
             }
         }
         Command::Kill => {
-            let pid = args.next().ok_or(not_enough)?;
+            // The pid is checked later, after the session's master-connection check.
+            let pid = a0.ok_or_else(not_enough)?;
             Request::Kill {
-                pid: Pid::parse(&unescape(pid)),
+                pid: Pid::parse(&pid),
             }
         }
         Command::Lookup => Request::Lookup {
-            ident: unescape(args.next().ok_or(not_enough)?),
+            ident: a0.ok_or_else(not_enough)?,
         },
         Command::PenaltyGet => Request::PenaltyGet {
-            ident: unescape(args.next().ok_or(not_enough)?),
+            ident: a0.ok_or_else(not_enough)?,
         },
         Command::PenaltyInc => {
-            let (Some(ident), Some(checksum), Some(value)) =
-                (args.next(), args.next(), args.next())
-            else {
-                return Err(not_enough);
+            let (Some(ident), Some(checksum), Some(value)) = (a0, a1, a2) else {
+                return Err(not_enough());
             };
-            let invalid = RequestError::InvalidParameters(command);
-            let checksum = parse_u32(&unescape(checksum)).ok_or(invalid.clone())?;
-            let value = parse_u32(&unescape(value)).ok_or(invalid.clone())?;
-            // P8–P17: value at most 65535, and 0 only together with checksum 0.
-            let value = u16::try_from(value).map_err(|_| invalid.clone())?;
-            if value == 0 && checksum != 0 {
-                return Err(invalid);
-            }
-            Request::PenaltyInc {
-                ident: unescape(ident),
-                checksum,
-                value,
+            // P8–P17: both numbers fit u32, value at most 65535, and 0 only with checksum 0.
+            let checksum = parse_u32(&checksum);
+            let value = parse_u32(&value).and_then(|v| u16::try_from(v).ok());
+            match (checksum, value) {
+                (Some(checksum), Some(value)) if value != 0 || checksum == 0 => {
+                    Request::PenaltyInc {
+                        ident,
+                        checksum,
+                        value,
+                    }
+                }
+                _ => return Err(RequestError::InvalidParameters(command)),
             }
         }
         Command::PenaltySetExpireSecs => {
             // Missing and invalid share one message [live, P13/P14].
-            let secs = args
-                .next()
-                .and_then(|f| parse_u32(&unescape(f)))
+            let secs = a0
+                .and_then(|f| parse_u32(&f))
                 .ok_or(RequestError::InvalidParameters(command))?;
             Request::PenaltySetExpireSecs { secs }
         }
@@ -288,6 +335,19 @@ pub fn decode_request(
     (usize, Option<Request<'_>>),
     DecodeError<Result<RequestError, crate::wire::line::LineError>>,
 > {
+    // Hot path: one pass frames the line and finds its TABs.
+    if let Some((lf, tabs)) = scan_plain_line(&buf[..buf.len().min(MAX_LINE)]) {
+        // A CR stripped before the LF never holds a TAB, so the positions stay valid.
+        let line = &buf[..lf];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return Ok((lf + 1, None));
+        }
+        return match request_from_tabs(line, tabs) {
+            Ok(request) => Ok((lf + 1, request)),
+            Err(reason) => Err(DecodeError::Invalid(Ok(reason))),
+        };
+    }
     match next_line(buf) {
         Ok(Some((consumed, line))) => match parse_request(line) {
             Ok(request) => Ok((consumed, request)),
@@ -437,11 +497,11 @@ pub fn decode_connect_row(
         if line.is_empty() {
             return Some(None);
         }
-        let (_, (ident, pid, refcount)) = tuple((raw_field, raw_arg, raw_arg))(line).ok()?;
+        let (_, (ident, pid, refcount)) = tuple((field, arg, arg))(line).ok()?;
         Some(Some(ConnectRow {
-            ident: BString::from(unescape(ident).into_owned()),
-            pid: Pid::parse(&unescape(pid))?,
-            refcount: parse_u32(&unescape(refcount))?,
+            ident: BString::from(ident.into_owned()),
+            pid: Pid::parse(&pid)?,
+            refcount: parse_u32(&refcount)?,
         }))
     })
 }
@@ -456,12 +516,12 @@ pub fn decode_penalty_row(
             return Some(None);
         }
         let (_, (ident, penalty, last_penalty, last_update)) =
-            tuple((raw_field, raw_arg, raw_arg, raw_arg))(line).ok()?;
+            tuple((field, arg, arg, arg))(line).ok()?;
         Some(Some(PenaltyRow {
-            ident: BString::from(unescape(ident).into_owned()),
-            penalty: parse_u32(&unescape(penalty))?,
-            last_penalty: parse_u32(&unescape(last_penalty))?,
-            last_update: parse_u32(&unescape(last_update))?,
+            ident: BString::from(ident.into_owned()),
+            penalty: parse_u32(&penalty)?,
+            last_penalty: parse_u32(&last_penalty)?,
+            last_update: parse_u32(&last_update)?,
         }))
     })
 }
@@ -483,17 +543,17 @@ fn decode_reply_line<'a, T>(
 
 // ---- grammar pieces (nom) ----
 
-/// One raw (still escaped) field: everything up to the next TAB, possibly empty. Never fails.
+/// One field, unescaped: everything up to the next TAB, possibly empty. Never fails.
+/// Borrowed unless it holds an escape (see [`take_field`]).
 #[inline]
-fn raw_field(input: &[u8]) -> IResult<&[u8], &[u8]> {
-    let end = memchr(b'\t', input).unwrap_or(input.len());
-    Ok((&input[end..], &input[..end]))
+fn field(input: &[u8]) -> IResult<&[u8], Cow<'_, [u8]>> {
+    Ok(take_field(input))
 }
 
-/// A TAB and the raw field after it; fails at the end of the line (no more arguments).
+/// A TAB and the field after it; fails at the end of the line (no more arguments).
 #[inline]
-fn raw_arg(input: &[u8]) -> IResult<&[u8], &[u8]> {
-    preceded(tag(&b"\t"[..]), raw_field)(input)
+fn arg(input: &[u8]) -> IResult<&[u8], Cow<'_, [u8]>> {
+    preceded(tag(&b"\t"[..]), field)(input)
 }
 
 /// An unsigned decimal (digits only) that fits 32 bits.
@@ -504,18 +564,6 @@ fn dec_u32(input: &[u8]) -> IResult<&[u8], u32> {
 /// An unsigned decimal (digits only) that fits 64 bits.
 fn dec_u64(input: &[u8]) -> IResult<&[u8], u64> {
     map_opt(digit1, parse_u64)(input)
-}
-
-/// The remaining arguments of a request line, taken one at a time.
-struct Args<'a>(&'a [u8]);
-
-impl<'a> Args<'a> {
-    #[inline]
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let (rest, field) = raw_arg(self.0).ok()?;
-        self.0 = rest;
-        Some(field)
-    }
 }
 
 /// Digits only, not empty, at most `u32::MAX` (stock `str_to_uint`).

@@ -9,6 +9,8 @@ use std::borrow::Cow;
 
 use memchr::{memchr, memchr2};
 
+use super::scan::find_tab_or_special;
+
 /// The escape byte.
 const ESC: u8 = 0x01;
 
@@ -101,40 +103,32 @@ fn unescape_slow(field: &[u8], first: usize) -> Vec<u8> {
 /// An empty line gives zero fields; otherwise every TAB splits (an escape never protects a
 /// TAB) and empty fields are kept.
 pub fn split_fields(line: &[u8]) -> Vec<Cow<'_, [u8]>> {
+    let mut fields = Vec::new();
     if line.is_empty() {
-        return Vec::new();
+        return fields;
     }
-    RawFields::new(line).map(unescape).collect()
-}
-
-/// An iterator over the raw (still escaped) TAB-separated fields of a non-empty line.
-/// An empty input yields one empty field; callers handle the empty line themselves.
-#[derive(Debug, Clone)]
-pub(crate) struct RawFields<'a> {
-    rest: Option<&'a [u8]>,
-}
-
-impl<'a> RawFields<'a> {
-    pub(crate) fn new(line: &'a [u8]) -> Self {
-        RawFields { rest: Some(line) }
+    let mut rest = line;
+    loop {
+        let (after, field) = take_field(rest);
+        fields.push(field);
+        match after.split_first() {
+            Some((_tab, next)) => rest = next,
+            None => return fields,
+        }
     }
 }
 
-impl<'a> Iterator for RawFields<'a> {
-    type Item = &'a [u8];
-
-    #[inline]
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let rest = self.rest?;
-        match memchr(b'\t', rest) {
-            Some(tab) => {
-                self.rest = Some(&rest[tab + 1..]);
-                Some(&rest[..tab])
-            }
-            None => {
-                self.rest = None;
-                Some(rest)
-            }
+/// Takes the first field of `input` (up to its first TAB, or all of it) and unescapes it:
+/// `(rest, field)` where `rest` is empty or starts at that TAB. Borrows when the field holds
+/// no 0x01 and no NUL; one scan finds both the TAB and any escape.
+#[inline]
+pub(crate) fn take_field(input: &[u8]) -> (&[u8], Cow<'_, [u8]>) {
+    match find_tab_or_special(input) {
+        None => (&input[input.len()..], Cow::Borrowed(input)),
+        Some(i) if input[i] == b'\t' => (&input[i..], Cow::Borrowed(&input[..i])),
+        Some(i) => {
+            let end = memchr(b'\t', &input[i..]).map_or(input.len(), |tab| i + tab);
+            (&input[end..], unescape(&input[..end]))
         }
     }
 }

@@ -9,6 +9,8 @@
 
 use memchr::memchr;
 
+use super::scan::find_lf_or_nul;
+
 /// The stock input buffer size: a line, LF included, may be at most this long.
 pub const MAX_LINE: usize = 1024;
 
@@ -29,8 +31,15 @@ pub enum LineError {
 #[inline]
 pub fn next_line(buf: &[u8]) -> Result<Option<(usize, &[u8])>, LineError> {
     let window = &buf[..buf.len().min(MAX_LINE)];
-    match memchr(b'\n', window) {
-        Some(lf) => Ok(Some((lf + 1, content(&buf[..lf])))),
+    // One pass finds the LF of a NUL-free line; a NUL (rare) needs a second look for the LF.
+    let lf = match find_lf_or_nul(window) {
+        Some(i) if window[i] == b'\n' => return Ok(Some((i + 1, strip_cr(&buf[..i])))),
+        // Content ends at the NUL; a CR stripped before the LF lies after it.
+        Some(nul) => memchr(b'\n', &window[nul..]).map(|lf| (nul, nul + lf)),
+        None => None,
+    };
+    match lf {
+        Some((nul, lf)) => Ok(Some((lf + 1, &buf[..nul]))),
         None if buf.len() >= MAX_LINE => Err(LineError::TooLong),
         None => Ok(None),
     }
@@ -46,11 +55,17 @@ pub fn next_line_unlimited(buf: &[u8]) -> Option<(usize, &[u8])> {
 /// The content of a line given without its LF: one trailing CR stripped, then cut at NUL.
 #[inline]
 fn content(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = strip_cr(line);
     match memchr(0, line) {
         Some(nul) => &line[..nul],
         None => line,
     }
+}
+
+/// One trailing CR removed.
+#[inline]
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 #[cfg(test)]

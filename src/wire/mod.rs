@@ -6,11 +6,14 @@
 //! - [`anvil`]: anvil protocol v1 requests and replies.
 //! - [`status`]: the 12-byte master status record.
 //! - [`log`]: Dovecot's internal log-pipe line format.
+//!
+//! Design note: `docs/wire.md`.
 
 pub mod anvil;
 pub mod escape;
 pub mod line;
 pub mod log;
+mod scan;
 pub mod status;
 
 /// Why a decoder could not produce a message.

@@ -1154,6 +1154,25 @@ proptest! {
         }
     }
 
+    /// The one-pass hot path of `decode_request` agrees with framing then parsing.
+    #[test]
+    fn decode_request_matches_frame_then_parse(buf in proptest::collection::vec(
+        prop_oneof![8 => b'0'..=b'9', 4 => Just(b'\t'), 2 => Just(b'\n'), 1 => Just(b'\r'), 1 => Just(0u8), 1 => Just(1u8),
+            1 => Just(b'T'), 1 => Just(b'0')],
+        0..60,
+    ), name in prop_oneof![Just(&b"CONNECT\t"[..]), Just(&b"PENALTY-INC\t"[..]), Just(&b"KILL\t"[..]), Just(&b""[..])]) {
+        let buf = [name, &buf].concat();
+        let want = match next_line(&buf) {
+            Ok(Some((n, line))) => match parse_request(line) {
+                Ok(r) => Ok((n, r)),
+                Err(e) => Err(DecodeError::Invalid(Ok(e))),
+            },
+            Ok(None) => Err(DecodeError::Incomplete),
+            Err(e) => Err(DecodeError::Invalid(Err(e))),
+        };
+        prop_assert_eq!(decode_request(&buf), want);
+    }
+
     #[test]
     fn decode_request_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..1100)) {
         match decode_request(&buf) {
