@@ -547,3 +547,125 @@ fn busy_processes_are_never_evicted() {
         |a| matches!(a, Action::Log(_, m) if m.contains("client connections are being dropped"))
     ));
 }
+
+mod random_sequences {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Readable(usize),
+        Need(usize),
+        /// Status for the n-th live process with this fraction of its client_limit.
+        Status(usize, u8),
+        Garbage(usize, usize),
+        Exit(usize, i32),
+        Signaled(usize),
+        Advance(u32),
+        SpawnFails,
+        Shutdown,
+        Retire,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0usize..40).prop_map(Op::Readable),
+            2 => (0usize..40).prop_map(Op::Need),
+            6 => (0usize..50, 0u8..=4).prop_map(|(p, f)| Op::Status(p, f)),
+            1 => (0usize..40, 0usize..30).prop_map(|(s, n)| Op::Garbage(s, n)),
+            3 => (0usize..50, 0i32..3).prop_map(|(p, c)| Op::Exit(p, c)),
+            1 => (0usize..50).prop_map(Op::Signaled),
+            3 => (0u32..70_000).prop_map(Op::Advance),
+            1 => Just(Op::SpawnFails),
+            1 => Just(Op::Shutdown),
+            1 => Just(Op::Retire),
+        ]
+    }
+
+    fn check_invariants(sup: &Supervisor) {
+        for (s, svc) in sup.svcs.iter().enumerate() {
+            let procs: Vec<&Proc> = sup.procs.values().filter(|p| p.service == s).collect();
+            let pending = sup.pending.values().filter(|&&x| x == s).count() as u32;
+            assert_eq!(
+                svc.process_count,
+                procs.len() as u32 + pending,
+                "{}",
+                svc.name
+            );
+            let avail = procs.iter().filter(|p| p.available > 0).count() as u32 + pending;
+            assert_eq!(svc.process_avail, avail, "{}", svc.name);
+            assert!(svc.process_count <= svc.process_limit, "{}", svc.name);
+            let evicting = procs.iter().filter(|p| p.evicting).count() as u32;
+            assert_eq!(svc.evictions_in_flight, evicting, "{}", svc.name);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn bookkeeping_holds_for_any_event_sequence(ops in proptest::collection::vec(op(), 1..120)) {
+            let set = set(
+                "service imap {\n service_count = 0\n client_limit = 4\n process_limit = 3\n \
+                 process_limit_margin = 1\n idle_kill = 5 secs\n}\n\
+                 service imap-login {\n process_limit = 2\n process_min_avail = 1\n}\n",
+            );
+            let n = set.services.len();
+            let mut sup = Supervisor::new(&set);
+            let mut now = Instant::now();
+            let mut next_pid = 100u32;
+            let mut fail_next_spawn = false;
+            let mut queue = vec![Event::Start];
+            for op in ops {
+                queue.push(match op {
+                    Op::Readable(s) => Event::ListenerReadable(s % n),
+                    Op::Need(s) => Event::NeedProcess(s % n),
+                    Op::Status(i, f) => {
+                        let live: Vec<(u32, u32, ServiceId)> =
+                            sup.procs.iter().map(|(&pid, p)| (pid, p.generation, p.service)).collect();
+                        if live.is_empty() { continue; }
+                        let (pid, g, s) = live[i % live.len()];
+                        let limit = set.services[s].client_limit;
+                        let avail = (u64::from(limit) * u64::from(f) / 4) as u32;
+                        Event::StatusData(s, status(pid, g, avail))
+                    }
+                    Op::Garbage(s, len) => Event::StatusData(s % n, vec![7; len]),
+                    Op::Exit(..) | Op::Signaled(_) if sup.procs.is_empty() => continue,
+                    Op::Exit(i, code) => {
+                        let pids: Vec<u32> = sup.procs.keys().copied().collect();
+                        Event::ChildExited { pid: pids[i % pids.len()], how: ExitHow::Code(code) }
+                    }
+                    Op::Signaled(i) => {
+                        let pids: Vec<u32> = sup.procs.keys().copied().collect();
+                        Event::ChildExited {
+                            pid: pids[i % pids.len()],
+                            how: ExitHow::Signal { signal: 9, core_dumped: false },
+                        }
+                    }
+                    Op::Advance(ms) => {
+                        now += Duration::from_millis(u64::from(ms));
+                        Event::Tick
+                    }
+                    Op::SpawnFails => {
+                        fail_next_spawn = true;
+                        continue;
+                    }
+                    Op::Shutdown => Event::Shutdown,
+                    Op::Retire => Event::Retire,
+                });
+                while let Some(ev) = queue.pop() {
+                    for a in sup.handle(now, ev) {
+                        if let Action::Spawn { generation, .. } = a {
+                            if std::mem::take(&mut fail_next_spawn) {
+                                queue.push(Event::SpawnFailed { generation, error: "EAGAIN".into() });
+                            } else {
+                                queue.push(Event::Spawned { generation, pid: next_pid });
+                                next_pid += 1;
+                            }
+                        }
+                    }
+                    check_invariants(&sup);
+                }
+            }
+        }
+    }
+}
