@@ -1,8 +1,9 @@
-//! fork + exec of a service process with a fully built plan, and the other raw process
+//! Spawning (fork + exec) a service process with a fully built plan, and the other raw process
 //! syscalls of the master (signal mask, reaping, kill, per-pid listeners made in the child).
 //!
 //! Everything the child needs (argv, envp, fd moves, limits, per-process socket paths) is
-//! built as C data before `fork`; between `fork` and `execve` the child only makes
+//! built as C data before the child starts (`clone(CLONE_VM | CLONE_VFORK)`, see
+//! [`fork_exec`]); until `execve` the child only makes
 //! async-signal-safe calls (`fcntl`, `dup2`, `close`, `socket`, `bind`, `listen`, `chmod`,
 //! `chown`, `setrlimit`, `sigprocmask`, `execve`, `_exit`) and never allocates. Each failure
 //! there ends the child with its own exit code ([`ChildFailure`]), which the master reports.
