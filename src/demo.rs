@@ -35,7 +35,9 @@ pub fn run(foreman: PathBuf) -> Result<(), DemoError> {
         .start()?;
     let imap = dovecot.imap_port().unwrap_or_default();
     let pop3 = dovecot.pop3_port().unwrap_or_default();
-    println!("Foreman demo: stock Dovecot 2.3 services under `foreman master`, with Foreman's anvil");
+    println!(
+        "Foreman demo: stock Dovecot 2.3 services under `foreman master`, with Foreman's anvil"
+    );
     println!();
     println!(
         "  IMAP  127.0.0.1:{imap}    try: socat - TCP:127.0.0.1:{imap}   then: a LOGIN demo demo"
