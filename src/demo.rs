@@ -1,6 +1,7 @@
-//! `foreman demo`: the README's demo stack. Stock Dovecot 2.3 services on 127.0.0.1 high
-//! ports in a temporary directory, with Foreman's anvil, a demo user, and instructions on how
-//! to log in. Runs until SIGINT/SIGTERM, then stops everything it started.
+//! `foreman demo`: the README's demo stack. Stock Dovecot 2.3 services (config, log, auth,
+//! imap-login, imap, pop3-login, pop3, …) supervised by `foreman master`, with Foreman's
+//! anvil, on 127.0.0.1 high ports in a temporary directory with a demo user, and
+//! instructions on how to log in. Runs until SIGINT/SIGTERM, then stops everything it started.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,16 +25,19 @@ pub enum DemoError {
     },
 }
 
-/// Starts the stack with `anvil` (Foreman's binary) as the anvil service and blocks until a
-/// signal arrives or the stack dies.
+/// Starts the stack with `foreman` (Foreman's binary) as the master and the anvil service,
+/// and blocks until a signal arrives or the stack dies.
 pub fn run(foreman: PathBuf) -> Result<(), DemoError> {
     let mut dovecot = StockDovecot::builder()
+        .master_command(&foreman, &["master"])
         .custom_anvil(&foreman, &["anvil"])
         .user(DEMO_USER.0, DEMO_USER.1)
         .start()?;
     let imap = dovecot.imap_port().unwrap_or_default();
     let pop3 = dovecot.pop3_port().unwrap_or_default();
-    println!("Foreman demo: stock Dovecot 2.3 services with Foreman's anvil");
+    println!(
+        "Foreman demo: stock Dovecot 2.3 services under `foreman master`, with Foreman's anvil"
+    );
     println!();
     println!(
         "  IMAP  127.0.0.1:{imap}    try: socat - TCP:127.0.0.1:{imap}   then: a LOGIN demo demo"
@@ -52,6 +56,10 @@ pub fn run(foreman: PathBuf) -> Result<(), DemoError> {
     );
     println!(
         "  auth penalties:    doveadm -c {} penalty",
+        dovecot.conf_path().display()
+    );
+    println!(
+        "  processes:         doveadm -c {} process status",
         dovecot.conf_path().display()
     );
     println!(

@@ -12,7 +12,8 @@
 //!   protocol state machine (handshake, framing, dispatch to the tables, replies and log lines);
 //!   [`anvil_compat::server`] is the thin tokio shell that owns sockets, pipes and timers.
 //! - [`master_compat`]: what a Dovecot master gives its children ([`master_compat::child_env`]),
-//!   the dovecot.conf loader ([`master_compat::config`], see docs/config.md), and (later) the master.
+//!   the dovecot.conf loader ([`master_compat::config`], see docs/config.md), and the master
+//!   ([`master_compat::supervisor`] core, [`master_compat::master`] shell, see docs/master.md).
 //! - [`sys`]: the only module with `unsafe` and raw syscalls (inherited fds, fd checks).
 //! - [`logging`]: log lines in Dovecot's internal format on fd 2 under a master, plain text
 //!   on stderr standalone.

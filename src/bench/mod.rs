@@ -19,6 +19,7 @@
 mod callgrind;
 mod client;
 mod load;
+pub mod master;
 pub mod report;
 pub mod target;
 

@@ -54,6 +54,17 @@ pub enum Command {
         #[command(subcommand)]
         what: SimCommand,
     },
+    /// Run the master (drop-in for `dovecot`): `foreman master -c FILE [-F] [stop|reload]`.
+    Master {
+        /// The configuration file.
+        #[arg(short = 'c', default_value = "/etc/dovecot/dovecot.conf")]
+        config: PathBuf,
+        /// Stay in the foreground.
+        #[arg(short = 'F')]
+        foreground: bool,
+        /// `stop` or `reload` a running master instead of starting one.
+        action: Option<MasterAction>,
+    },
     /// Benchmarks side by side with stock Dovecot.
     Bench {
         #[command(subcommand)]
@@ -75,6 +86,13 @@ pub enum SimCommand {
         #[arg(long, value_name = "DIR")]
         write_traces: Option<PathBuf>,
     },
+}
+
+/// What `foreman master` does to a running master.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MasterAction {
+    Stop,
+    Reload,
 }
 
 /// What to benchmark.
@@ -100,6 +118,15 @@ pub enum BenchCommand {
         /// Measure another build's `foreman anvil` (default: this binary).
         #[arg(long, value_name = "PATH")]
         foreman_exe: Option<PathBuf>,
+    },
+    /// The master: stock `dovecot` vs `foreman master`, login cycles, CPU per spawn, fds, RSS.
+    Master {
+        /// Sequential login cycles per master.
+        #[arg(long, default_value_t = 200)]
+        cycles: u32,
+        /// Concurrent sessions for the footprint figures (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "100")]
+        sessions: Vec<u32>,
     },
 }
 
@@ -183,6 +210,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo => {
             crate::demo::run(std::env::current_exe()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(args) => Ok(ExitCode::from(crate::master_compat::config::cli::run(
+            &args,
+        ))),
+        Command::Master {
+            config,
+            foreground,
+            action,
+        } => {
+            use crate::master_compat::master;
+            let res = match action {
+                None => master::run(&master::Options { config, foreground }),
+                Some(MasterAction::Stop) => master::stop(&config),
+                Some(MasterAction::Reload) => master::reload(&config),
+            };
+            match res {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("Fatal: {e}");
+                    Ok(ExitCode::from(e.exit_code()))
+                }
+            }
+        }
+        Command::Bench {
+            what: BenchCommand::Master { cycles, sessions },
+        } => {
+            let opts = crate::bench::master::Options {
+                foreman: std::env::current_exe()?,
+                cycles,
+                sessions,
+            };
+            let figs = crate::bench::master::run(&opts)?;
+            print!("{}", crate::bench::master::format(&figs, cycles));
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -139,6 +139,8 @@ pub struct Builder {
     extra_config: Vec<String>,
     users: Vec<(String, String)>,
     mail_user: String,
+    /// The master command (`None` = stock `dovecot`); `-F -c <conf>` is appended.
+    master: Option<(PathBuf, Vec<String>)>,
 }
 
 impl Default for Builder {
@@ -150,6 +152,7 @@ impl Default for Builder {
             extra_config: Vec::new(),
             users: Vec::new(),
             mail_user: "nobody".to_owned(),
+            master: None,
         }
     }
 }
@@ -196,6 +199,13 @@ impl Builder {
     /// The system user whose uid/gid own the maildirs (default `nobody`).
     pub fn mail_user(mut self, name: impl Into<String>) -> Self {
         self.mail_user = name.into();
+        self
+    }
+
+    /// Runs `path args… -F -c <conf>` as the master instead of stock `dovecot` (e.g.
+    /// `foreman master`), with the same configuration.
+    pub fn master_command(mut self, path: impl Into<PathBuf>, args: &[&str]) -> Self {
+        self.master = Some((path.into(), args.iter().map(|s| (*s).to_owned()).collect()));
         self
     }
 
@@ -355,7 +365,12 @@ impl StockDovecot {
         fs::write(&conf, text).map_err(|e| fatal(StockError::io("write dovecot.conf", e)))?;
         set_mode(&conf, 0o644)?;
 
-        let child = Command::new(DOVECOT_BIN)
+        let (master_bin, master_args) = match &opts.master {
+            Some((path, args)) => (path.clone(), args.clone()),
+            None => (PathBuf::from(DOVECOT_BIN), Vec::new()),
+        };
+        let child = Command::new(&master_bin)
+            .args(&master_args)
             .arg("-F")
             .arg("-c")
             .arg(&conf)
@@ -366,7 +381,7 @@ impl StockDovecot {
                     .map_err(|e| fatal(StockError::io("create master.stderr", e)))?,
             ))
             .spawn()
-            .map_err(|e| fatal(StockError::io(format!("spawn {DOVECOT_BIN}"), e)))?;
+            .map_err(|e| fatal(StockError::io(format!("spawn {}", master_bin.display()), e)))?;
 
         let mut instance = StockDovecot {
             child: Some(child),

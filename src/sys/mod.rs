@@ -5,6 +5,7 @@
 //! they do not own.
 
 pub mod fdplan;
+pub mod process;
 pub mod tty;
 
 use std::io;
@@ -154,6 +155,27 @@ pub fn take_anvil_fds(socket_count: u32) -> Result<AnvilFds, SysError> {
         shared_pipe: own(MASTER_LISTEN_FD_FIRST + 1),
         listeners: (MASTER_LISTEN_FD_FIRST + 2..last).map(own).collect(),
     })
+}
+
+/// One non-blocking `accept4` (close-on-exec): `Ok(None)` when nothing is queued.
+pub fn accept_nonblocking(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    // SAFETY: accept4 on a borrowed socket; a returned fd is new and ours.
+    let r = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(r) }))
 }
 
 /// Sets or clears O_NONBLOCK.

@@ -33,6 +33,31 @@ impl Level {
 /// Largest atomic pipe write; longer messages are split into several lines.
 pub const PIPE_BUF: usize = 4096;
 
+/// Magic of the handshake the master writes into a fresh log pipe (master-interface.md §10.1).
+pub const LOG_HANDSHAKE_MAGIC: u32 = 0x02ff_03fe;
+
+/// The log-pipe handshake: magic, prefix length (both native u32), prefix (`"imap: "`, or
+/// `"MASTER"` for the control pipe).
+pub fn encode_handshake(prefix: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&LOG_HANDSHAKE_MAGIC.to_ne_bytes());
+    out.extend_from_slice(&(prefix.len() as u32).to_ne_bytes());
+    out.extend_from_slice(prefix);
+}
+
+#[cfg(test)]
+mod handshake_tests {
+    /// Bytes observed with strace from the stock master (§10.1).
+    #[test]
+    fn observed_handshakes() {
+        let mut out = Vec::new();
+        super::encode_handshake(b"MASTER", &mut out);
+        assert_eq!(out, b"\xfe\x03\xff\x02\x06\0\0\0MASTER");
+        out.clear();
+        super::encode_handshake(b"imap-login: ", &mut out);
+        assert_eq!(&out[..8], b"\xfe\x03\xff\x02\x0c\0\0\0");
+    }
+}
+
 /// Option-line type byte.
 const OPTION_TYPE: u8 = 8;
 
