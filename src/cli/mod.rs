@@ -171,9 +171,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::demo::run(std::env::current_exe()?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config(args) => Ok(ExitCode::from(crate::master_compat::config::cli::run(
-            &args,
-        ))),
         Command::Master {
             config,
             foreground,
