@@ -47,6 +47,9 @@ const NONE: u32 = u32::MAX;
 
 type Hasher = DefaultHashBuilder;
 
+/// Hash tables up to this capacity are never shrunk (a few KiB at most).
+const SMALL_TABLE: usize = 1024;
+
 // ---------------------------------------------------------------------------------------
 // Chunked slab with a free list: stable u32 ids, no doubling waste.
 
@@ -115,10 +118,6 @@ impl<T: SlabItem> Slab<T> {
         *self.get_mut(i) = T::vacant(self.free);
         self.free = i;
         self.live -= 1;
-        if self.live == 0 {
-            // Everything is gone: give the chunks back.
-            *self = Slab::new();
-        }
         v
     }
 
@@ -217,6 +216,17 @@ impl Arena {
         };
         self.live -= len;
         self.garbage += len.max(1);
+    }
+
+    /// Forgets every ident, keeping the first chunk's buffer.
+    fn clear(&mut self) {
+        self.chunks.truncate(1);
+        if let Some(c) = self.chunks.first_mut() {
+            c.clear();
+        }
+        self.cur = self.chunks.first().map(|_| 0);
+        self.live = 0;
+        self.garbage = 0;
     }
 
     fn wants_compaction(&self) -> bool {
@@ -452,10 +462,10 @@ fn entry_pid(slots: &Slab<IdentSlot>, recs: &Slab<PidRec>, e: u32) -> u32 {
 }
 
 /// Shrinks a hash table that has become mostly empty (hashbrown never shrinks by itself).
+/// Hysteresis: a table shrinks to half load only below a quarter load, and never below
+/// [`SMALL_TABLE`] entries, so that sessions coming and going do not reallocate it.
 fn maybe_shrink(t: &mut HashTable<u32>, hasher: impl Fn(&u32) -> u64) {
-    if t.is_empty() {
-        *t = HashTable::new();
-    } else if t.capacity() > 64 && t.len() * 4 < t.capacity() {
+    if t.capacity() > SMALL_TABLE && t.len() * 4 < t.capacity() {
         let keep = t.len() * 2;
         t.shrink_to(keep, hasher);
     }
@@ -626,7 +636,7 @@ impl ConnectLimit {
         let slot = self.slots.remove(id);
         self.arena.free(slot.loc);
         if self.slots.live == 0 {
-            self.arena = Arena::default();
+            self.on_empty();
         } else if self.arena.wants_compaction() {
             self.compact_arena();
         }
@@ -634,6 +644,30 @@ impl ConnectLimit {
         maybe_shrink(&mut self.ident_index, |&i| {
             hasher.hash_one(ident_bytes(slots, arena, i))
         });
+    }
+
+    /// The last ident is gone. A table that was big gives all its memory back; a small one
+    /// keeps its (empty) buffers, so that a table going 0 -> 1 -> 0 sessions allocates nothing.
+    fn on_empty(&mut self) {
+        let small = self.slots.chunks.len() <= 1
+            && self.pid_recs.chunks.len() <= 1
+            && self.arena.chunks.len() <= 1
+            && self
+                .arena
+                .chunks
+                .iter()
+                .all(|c| c.capacity() == ARENA_CHUNK)
+            && self.ident_index.capacity() <= SMALL_TABLE
+            && self.pid_index.capacity() <= SMALL_TABLE;
+        if small {
+            self.arena.clear();
+        } else {
+            self.slots = Slab::new();
+            self.pid_recs = Slab::new();
+            self.arena = Arena::default();
+            self.ident_index = HashTable::new();
+            self.pid_index = HashTable::new();
+        }
     }
 
     /// Copies every live ident into fresh chunks (amortised: runs after at least as many
@@ -1041,6 +1075,37 @@ mod tests {
         t.kill(pid(1));
         assert_eq!(t.pairs(), 0);
         assert_eq!(t.memory_bytes(), 0, "an empty table gives its memory back");
+    }
+
+    #[test]
+    fn sessions_coming_and_going_reuse_the_buffers() {
+        let mut t = ConnectLimit::new();
+        let ident = |i: u32| format!("imap/10.0.0.1/user{i}");
+        t.connect(pid(1), ident(0).as_bytes());
+        t.disconnect(pid(1), ident(0).as_bytes()).unwrap();
+        let kept = t.memory_bytes();
+        assert!(kept > 0, "a small empty table keeps its buffers");
+        for i in 1..10_000 {
+            t.connect(pid(1000 + i), ident(i).as_bytes());
+            t.disconnect(pid(1000 + i), ident(i).as_bytes()).unwrap();
+            assert_eq!(t.memory_bytes(), kept, "pair {i} changed the allocation");
+        }
+        t.check_invariants();
+        assert_eq!(t.lookup(ident(5).as_bytes()), 0);
+    }
+
+    #[test]
+    fn a_big_table_emptied_by_disconnect_gives_its_memory_back() {
+        let mut t = ConnectLimit::new();
+        let ident = |i: u32| format!("imap/10.0.0.1/user{i}");
+        for i in 0..5000 {
+            t.connect(pid(i), ident(i).as_bytes());
+        }
+        for i in 0..5000 {
+            t.disconnect(pid(i), ident(i).as_bytes()).unwrap();
+        }
+        t.check_invariants();
+        assert_eq!(t.memory_bytes(), 0);
     }
 
     #[derive(Debug, Clone)]
