@@ -28,9 +28,9 @@
 //! before its direct entry is converted or removed, because the index resolves a direct
 //! entry's pid through the slot.
 
-use std::hash::BuildHasher;
+use std::hash::BuildHasher as _;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::HashTable;
 
 use crate::wire::anvil::Pid;
 
@@ -45,7 +45,97 @@ const FLAG: u32 = 1 << 31;
 /// "No index" (end of a free list, vacant marker).
 const NONE: u32 = u32::MAX;
 
-type Hasher = DefaultHashBuilder;
+// ---------------------------------------------------------------------------------------
+// Hashing.
+
+/// The table's hash functions, seeded at random per table.
+///
+/// Short byte strings and single integers are all the table hashes, so a few folded 64x64
+/// multiplications (the full 128-bit product's halves XORed) beat a general-purpose
+/// `Hasher` several times over: an ident of up to 16 bytes costs two multiplications, a
+/// pid two. Both halves of the result are well mixed, as hashbrown needs (it indexes with
+/// the low bits and tags with the top 7). The random seed keeps an ident's bucket
+/// unpredictable to whoever picks user names.
+#[derive(Debug, Clone, Copy)]
+struct Hasher {
+    seed: [u64; 3],
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        let state = std::collections::hash_map::RandomState::new();
+        Hasher {
+            seed: [
+                state.hash_one(1u8),
+                state.hash_one(2u8),
+                state.hash_one(3u8),
+            ],
+        }
+    }
+}
+
+/// The 128-bit product of `a` and `b`, its halves XORed.
+#[inline(always)]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+#[inline(always)]
+fn read8(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[inline(always)]
+fn read4(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes(
+        b[at..at + 4].try_into().expect("4 bytes"),
+    ))
+}
+
+/// Odd constants with well spread bits (digits of pi).
+const MIX: [u64; 3] = [
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7345,
+    0xa409_3822_299f_31d1,
+];
+
+impl Hasher {
+    /// Hash of an ident.
+    #[inline(always)]
+    fn bytes(&self, b: &[u8]) -> u64 {
+        let [s0, s1, s2] = self.seed;
+        let len = b.len();
+        let mut h = s2 ^ (len as u64).wrapping_mul(MIX[0]);
+        let (x, y) = if len > 16 {
+            // 16 bytes a round; the last round overlaps the previous one.
+            let mut at = 0;
+            while at + 16 < len {
+                h = fold_mul(read8(b, at) ^ s0 ^ h, read8(b, at + 8) ^ s1);
+                at += 16;
+            }
+            (read8(b, len - 16), read8(b, len - 8))
+        } else if len >= 8 {
+            (read8(b, 0), read8(b, len - 8))
+        } else if len >= 4 {
+            (read4(b, 0), read4(b, len - 4))
+        } else if len > 0 {
+            let three = u64::from(b[0]) | u64::from(b[len / 2]) << 8 | u64::from(b[len - 1]) << 16;
+            (three, 0)
+        } else {
+            (0, 0)
+        };
+        h = fold_mul(x ^ s0 ^ h, y ^ s1);
+        fold_mul(h ^ MIX[1], MIX[2])
+    }
+
+    /// Hash of a pid or an ident id.
+    #[inline(always)]
+    fn int(&self, k: u32) -> u64 {
+        // One round leaves the low bits poorly mixed for keys that differ only in high bits.
+        fold_mul(fold_mul(u64::from(k) ^ self.seed[0], MIX[1] ^ self.seed[1]), MIX[2])
+    }
+}
 
 /// Hash tables up to this capacity are never shrunk (a few KiB at most).
 const SMALL_TABLE: usize = 1024;
@@ -271,7 +361,7 @@ impl<V: Copy> SmallMap<V> {
     fn get_mut(&mut self, s: &Hasher, k: u32) -> Option<&mut V> {
         match self {
             SmallMap::Small(v) => v.iter_mut().find(|e| e.0 == k).map(|e| &mut e.1),
-            SmallMap::Big(t) => t.find_mut(s.hash_one(k), |e| e.0 == k).map(|e| &mut e.1),
+            SmallMap::Big(t) => t.find_mut(s.int(k), |e| e.0 == k).map(|e| &mut e.1),
         }
     }
 
@@ -282,12 +372,12 @@ impl<V: Copy> SmallMap<V> {
             SmallMap::Small(v) => {
                 let mut t = HashTable::with_capacity(SMALL_MAX * 2);
                 for e in v.drain(..).chain(std::iter::once((k, val))) {
-                    t.insert_unique(s.hash_one(e.0), e, |e| s.hash_one(e.0));
+                    t.insert_unique(s.int(e.0), e, |e| s.int(e.0));
                 }
                 *self = SmallMap::Big(t);
             }
             SmallMap::Big(t) => {
-                t.insert_unique(s.hash_one(k), (k, val), |e| s.hash_one(e.0));
+                t.insert_unique(s.int(k), (k, val), |e| s.int(e.0));
             }
         }
     }
@@ -299,12 +389,12 @@ impl<V: Copy> SmallMap<V> {
                 Some(v.swap_remove(i).1)
             }
             SmallMap::Big(t) => {
-                let ((_, val), _) = t.find_entry(s.hash_one(k), |e| e.0 == k).ok()?.remove();
+                let ((_, val), _) = t.find_entry(s.int(k), |e| e.0 == k).ok()?.remove();
                 if t.len() <= SMALL_MAX / 2 {
                     *self = SmallMap::Small(t.drain().collect());
                 } else if t.len() * 4 < t.capacity() {
                     let keep = t.len() * 2;
-                    t.shrink_to(keep, |e| s.hash_one(e.0));
+                    t.shrink_to(keep, |e| s.int(e.0));
                 }
                 Some(val)
             }
@@ -487,13 +577,13 @@ impl ConnectLimit {
     /// CONNECT: one more session of `ident` in `pid`.
     pub fn connect(&mut self, pid: Pid, ident: &[u8]) {
         let p = pid.get();
-        let h = self.hasher.hash_one(ident);
+        let h = self.hasher.bytes(ident);
         let Some(id) = self.find_ident(h, ident) else {
             let loc = self.arena.alloc(ident);
             let id = self.slots.insert(IdentSlot { loc, a: p, b: 1 });
             let (slots, arena, hasher) = (&self.slots, &self.arena, &self.hasher);
             self.ident_index
-                .insert_unique(h, id, |&i| hasher.hash_one(ident_bytes(slots, arena, i)));
+                .insert_unique(h, id, |&i| hasher.bytes(ident_bytes(slots, arena, i)));
             self.pairs += 1;
             self.add_ident_to_pid(p, id);
             return;
@@ -528,7 +618,7 @@ impl ConnectLimit {
 
     /// Records the new pair (`id`, `p`) in the pid index.
     fn add_ident_to_pid(&mut self, p: u32, id: u32) {
-        let hp = self.hasher.hash_one(p);
+        let hp = self.hasher.int(p);
         let (slots, recs) = (&self.slots, &self.pid_recs);
         let found = self
             .pid_index
@@ -543,7 +633,7 @@ impl ConnectLimit {
                 };
                 let (slots, recs, hasher) = (&self.slots, &self.pid_recs, &self.hasher);
                 self.pid_index
-                    .insert_unique(hp, e, |&e| hasher.hash_one(entry_pid(slots, recs, e)));
+                    .insert_unique(hp, e, |&e| hasher.int(entry_pid(slots, recs, e)));
             }
             Some(e) if e & FLAG == 0 => {
                 // Direct entry for another ident: the pid now needs a record with a set.
@@ -576,7 +666,7 @@ impl ConnectLimit {
     /// If pid `q`'s index entry is direct to ident `id`, turns it into a record, because
     /// slot `id` is about to stop being single with pid `q`.
     fn undirect(&mut self, q: u32, id: u32) {
-        let hq = self.hasher.hash_one(q);
+        let hq = self.hasher.int(q);
         if let Some(e) = self.pid_index.find_mut(hq, |&e| e == id) {
             *e = FLAG | self.pid_recs.insert(PidRec { pid: q, list: id });
         }
@@ -584,7 +674,7 @@ impl ConnectLimit {
 
     /// Removes ident `id` from pid `p`'s index entry (the pair is gone).
     fn remove_ident_from_pid(&mut self, p: u32, id: u32) {
-        let hp = self.hasher.hash_one(p);
+        let hp = self.hasher.int(p);
         let (slots, recs) = (&self.slots, &self.pid_recs);
         let Ok(entry) = self
             .pid_index
@@ -619,17 +709,15 @@ impl ConnectLimit {
     fn shrink_pid_index(&mut self) {
         let (slots, recs, hasher) = (&self.slots, &self.pid_recs, &self.hasher);
         maybe_shrink(&mut self.pid_index, |&e| {
-            hasher.hash_one(entry_pid(slots, recs, e))
+            hasher.int(entry_pid(slots, recs, e))
         });
     }
 
     /// Frees an ident whose count reached 0 (no pid refers to it any more).
     /// `hash`: the ident's hash when the caller has it.
     fn free_ident(&mut self, id: u32, hash: Option<u64>) {
-        let h = hash.unwrap_or_else(|| {
-            self.hasher
-                .hash_one(ident_bytes(&self.slots, &self.arena, id))
-        });
+        let h =
+            hash.unwrap_or_else(|| self.hasher.bytes(ident_bytes(&self.slots, &self.arena, id)));
         if let Ok(entry) = self.ident_index.find_entry(h, |&x| x == id) {
             entry.remove();
         }
@@ -642,7 +730,7 @@ impl ConnectLimit {
         }
         let (slots, arena, hasher) = (&self.slots, &self.arena, &self.hasher);
         maybe_shrink(&mut self.ident_index, |&i| {
-            hasher.hash_one(ident_bytes(slots, arena, i))
+            hasher.bytes(ident_bytes(slots, arena, i))
         });
     }
 
@@ -729,7 +817,7 @@ impl ConnectLimit {
     /// DISCONNECT: one session less; `Err` when (ident, pid) has none.
     pub fn disconnect(&mut self, pid: Pid, ident: &[u8]) -> Result<(), UnknownSession> {
         let p = pid.get();
-        let h = self.hasher.hash_one(ident);
+        let h = self.hasher.bytes(ident);
         let id = self.find_ident(h, ident).ok_or(UnknownSession)?;
         let slot = *self.slots.get(id);
         if slot.a & FLAG == 0 {
@@ -762,7 +850,7 @@ impl ConnectLimit {
     /// KILL: removes every session of `pid`; returns how many sessions were removed.
     pub fn kill(&mut self, pid: Pid) -> u64 {
         let p = pid.get();
-        let hp = self.hasher.hash_one(p);
+        let hp = self.hasher.int(p);
         let (slots, recs) = (&self.slots, &self.pid_recs);
         let Ok(entry) = self
             .pid_index
@@ -789,7 +877,7 @@ impl ConnectLimit {
 
     /// LOOKUP: the total number of sessions of `ident` over all pids.
     pub fn lookup(&self, ident: &[u8]) -> u32 {
-        let h = self.hasher.hash_one(ident);
+        let h = self.hasher.bytes(ident);
         self.find_ident(h, ident)
             .map_or(0, |id| self.slots.get(id).b)
     }
@@ -855,10 +943,7 @@ impl ConnectLimit {
         let mut pairs = 0usize;
         for (id, slot) in self.slots.iter() {
             let ident = self.arena.get(slot.loc);
-            assert_eq!(
-                self.find_ident(self.hasher.hash_one(ident), ident),
-                Some(id)
-            );
+            assert_eq!(self.find_ident(self.hasher.bytes(ident), ident), Some(id));
             if slot.a & FLAG == 0 {
                 assert!(slot.b > 0);
                 pairs += 1;
@@ -1075,6 +1160,46 @@ mod tests {
         t.kill(pid(1));
         assert_eq!(t.pairs(), 0);
         assert_eq!(t.memory_bytes(), 0, "an empty table gives its memory back");
+    }
+
+    /// hashbrown indexes with a hash's low bits and tags with its top 7: both must look
+    /// random for similar idents and consecutive pids (a weak hash shows here as many
+    /// collisions, and in the profile as long probe sequences).
+    #[test]
+    fn hashes_spread_low_and_top_bits() {
+        let h = Hasher::default();
+        let check = |hashes: Vec<u64>| {
+            let n = hashes.len();
+            let mut low = vec![false; n];
+            let mut tags = [0usize; 128];
+            for x in &hashes {
+                low[*x as usize % n] = true;
+                tags[(*x >> 57) as usize] += 1;
+            }
+            // n keys into n buckets: a random function fills 1 - 1/e of them (more is
+            // better: consecutive pids may fill almost all).
+            let filled = low.iter().filter(|&&b| b).count() as f64 / n as f64;
+            assert!(filled > 0.6, "low bits fill {filled:.3}");
+            let mean = n / 128;
+            for t in tags {
+                assert!(t > mean * 2 / 3 && t < mean * 3 / 2, "tag count {t}, mean {mean}");
+            }
+        };
+        let n = 1 << 16;
+        check((0..n).map(|i| h.int(i)).collect());
+        check((0..n).map(|i| h.int(i << 16)).collect());
+        // Idents that differ in their last (or first) 4 bytes only, at every read width.
+        let prefix = b"imap/10.0.0.1/user-with-a-long-name/x";
+        for len in [4usize, 5, 7, 8, 9, 15, 16, 17, 24, 33, 40] {
+            let at_end = |i: u32| [&prefix[..len - 4], &i.to_le_bytes()[..]].concat();
+            let at_start = |i: u32| [&i.to_be_bytes()[..], &prefix[..len - 4]].concat();
+            check((0..n).map(|i| h.bytes(&at_end(i))).collect());
+            check((0..n).map(|i| h.bytes(&at_start(i))).collect());
+        }
+        // Only the length tells empty from NULs, and the seed separates tables.
+        assert_ne!(h.bytes(b""), h.bytes(b"\0"));
+        assert_ne!(h.bytes(b"\0"), h.bytes(b"\0\0"));
+        assert_ne!(h.bytes(b"abc"), Hasher::default().bytes(b"abc"));
     }
 
     #[test]
