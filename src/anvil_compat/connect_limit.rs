@@ -30,6 +30,7 @@
 
 use std::hash::BuildHasher as _;
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
 use crate::wire::anvil::Pid;
@@ -133,7 +134,10 @@ impl Hasher {
     #[inline(always)]
     fn int(&self, k: u32) -> u64 {
         // One round leaves the low bits poorly mixed for keys that differ only in high bits.
-        fold_mul(fold_mul(u64::from(k) ^ self.seed[0], MIX[1] ^ self.seed[1]), MIX[2])
+        fold_mul(
+            fold_mul(u64::from(k) ^ self.seed[0], MIX[1] ^ self.seed[1]),
+            MIX[2],
+        )
     }
 }
 
@@ -578,15 +582,22 @@ impl ConnectLimit {
     pub fn connect(&mut self, pid: Pid, ident: &[u8]) {
         let p = pid.get();
         let h = self.hasher.bytes(ident);
-        let Some(id) = self.find_ident(h, ident) else {
-            let loc = self.arena.alloc(ident);
-            let id = self.slots.insert(IdentSlot { loc, a: p, b: 1 });
-            let (slots, arena, hasher) = (&self.slots, &self.arena, &self.hasher);
-            self.ident_index
-                .insert_unique(h, id, |&i| hasher.bytes(ident_bytes(slots, arena, i)));
-            self.pairs += 1;
-            self.add_ident_to_pid(p, id);
-            return;
+        // One probe finds the ident or the place for it.
+        let (slots, arena, hasher) = (&self.slots, &self.arena, self.hasher);
+        let id = match self.ident_index.entry(
+            h,
+            |&id| ident_bytes(slots, arena, id) == ident,
+            |&id| hasher.bytes(ident_bytes(slots, arena, id)),
+        ) {
+            Entry::Occupied(found) => *found.get(),
+            Entry::Vacant(place) => {
+                let loc = self.arena.alloc(ident);
+                let id = self.slots.insert(IdentSlot { loc, a: p, b: 1 });
+                place.insert(id);
+                self.pairs += 1;
+                self.add_ident_to_pid(p, id);
+                return;
+            }
         };
         let slot = *self.slots.get(id);
         if slot.a & FLAG == 0 {
@@ -619,45 +630,42 @@ impl ConnectLimit {
     /// Records the new pair (`id`, `p`) in the pid index.
     fn add_ident_to_pid(&mut self, p: u32, id: u32) {
         let hp = self.hasher.int(p);
-        let (slots, recs) = (&self.slots, &self.pid_recs);
-        let found = self
-            .pid_index
-            .find(hp, |&e| entry_pid(slots, recs, e) == p)
-            .copied();
-        match found {
-            None => {
+        let (slots, recs, hasher) = (&self.slots, &self.pid_recs, self.hasher);
+        match self.pid_index.entry(
+            hp,
+            |&e| entry_pid(slots, recs, e) == p,
+            |&e| hasher.int(entry_pid(slots, recs, e)),
+        ) {
+            Entry::Vacant(place) => {
                 let e = if self.slots.get(id).a == p {
                     id
                 } else {
                     FLAG | self.pid_recs.insert(PidRec { pid: p, list: id })
                 };
-                let (slots, recs, hasher) = (&self.slots, &self.pid_recs, &self.hasher);
-                self.pid_index
-                    .insert_unique(hp, e, |&e| hasher.int(entry_pid(slots, recs, e)));
+                place.insert(e);
             }
-            Some(e) if e & FLAG == 0 => {
-                // Direct entry for another ident: the pid now needs a record with a set.
-                let li = self.pid_lists.insert(SmallMap::pair((e, ()), (id, ())));
-                let r = self.pid_recs.insert(PidRec {
-                    pid: p,
-                    list: FLAG | li,
-                });
-                // Entry values are unique (a direct id belongs to one pid only).
-                if let Some(slot) = self.pid_index.find_mut(hp, |&x| x == e) {
-                    *slot = FLAG | r;
-                }
-            }
-            Some(e) => {
-                let rec = self.pid_recs.get_mut(e & !FLAG);
-                if rec.list & FLAG == 0 {
-                    let li = self
-                        .pid_lists
-                        .insert(SmallMap::pair((rec.list, ()), (id, ())));
-                    rec.list = FLAG | li;
+            Entry::Occupied(mut found) => {
+                let e = *found.get();
+                if e & FLAG == 0 {
+                    // Direct entry for another ident: the pid now needs a record with a set.
+                    let li = self.pid_lists.insert(SmallMap::pair((e, ()), (id, ())));
+                    let r = self.pid_recs.insert(PidRec {
+                        pid: p,
+                        list: FLAG | li,
+                    });
+                    *found.get_mut() = FLAG | r;
                 } else {
-                    self.pid_lists
-                        .get_mut(rec.list & !FLAG)
-                        .insert_new(&self.hasher, id, ());
+                    let rec = self.pid_recs.get_mut(e & !FLAG);
+                    if rec.list & FLAG == 0 {
+                        let li = self
+                            .pid_lists
+                            .insert(SmallMap::pair((rec.list, ()), (id, ())));
+                        rec.list = FLAG | li;
+                    } else {
+                        self.pid_lists
+                            .get_mut(rec.list & !FLAG)
+                            .insert_new(&self.hasher, id, ());
+                    }
                 }
             }
         }
@@ -721,6 +729,11 @@ impl ConnectLimit {
         if let Ok(entry) = self.ident_index.find_entry(h, |&x| x == id) {
             entry.remove();
         }
+        self.release_ident(id);
+    }
+
+    /// Frees slot `id` and its bytes; the ident index no longer refers to it.
+    fn release_ident(&mut self, id: u32) {
         let slot = self.slots.remove(id);
         self.arena.free(slot.loc);
         if self.slots.live == 0 {
@@ -818,7 +831,12 @@ impl ConnectLimit {
     pub fn disconnect(&mut self, pid: Pid, ident: &[u8]) -> Result<(), UnknownSession> {
         let p = pid.get();
         let h = self.hasher.bytes(ident);
-        let id = self.find_ident(h, ident).ok_or(UnknownSession)?;
+        let (slots, arena) = (&self.slots, &self.arena);
+        let found = self
+            .ident_index
+            .find_entry(h, |&id| ident_bytes(slots, arena, id) == ident)
+            .map_err(|_| UnknownSession)?;
+        let id = *found.get();
         let slot = *self.slots.get(id);
         if slot.a & FLAG == 0 {
             if slot.a != p {
@@ -828,17 +846,23 @@ impl ConnectLimit {
                 self.slots.get_mut(id).b -= 1;
                 return Ok(());
             }
-        } else {
-            let r = self
-                .multi
-                .get_mut(slot.a & !FLAG)
-                .get_mut(&self.hasher, p)
-                .ok_or(UnknownSession)?;
-            if *r > 1 {
-                *r -= 1;
-                self.slots.get_mut(id).b -= 1;
-                return Ok(());
-            }
+            // The ident's last session (the common case): drop the index entry just found,
+            // then the pid's entry while the slot still resolves it, then the slot.
+            found.remove();
+            self.remove_ident_from_pid(p, id);
+            self.pairs -= 1;
+            self.release_ident(id);
+            return Ok(());
+        }
+        let r = self
+            .multi
+            .get_mut(slot.a & !FLAG)
+            .get_mut(&self.hasher, p)
+            .ok_or(UnknownSession)?;
+        if *r > 1 {
+            *r -= 1;
+            self.slots.get_mut(id).b -= 1;
+            return Ok(());
         }
         // The last session of this pair. Update the pid index while the slot still
         // resolves direct entries.
@@ -1182,7 +1206,10 @@ mod tests {
             assert!(filled > 0.6, "low bits fill {filled:.3}");
             let mean = n / 128;
             for t in tags {
-                assert!(t > mean * 2 / 3 && t < mean * 3 / 2, "tag count {t}, mean {mean}");
+                assert!(
+                    t > mean * 2 / 3 && t < mean * 3 / 2,
+                    "tag count {t}, mean {mean}"
+                );
             }
         };
         let n = 1 << 16;
