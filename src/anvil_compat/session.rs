@@ -40,11 +40,12 @@ use bstr::BString;
 
 use super::{Anvil, UnixMillis};
 use crate::wire::anvil::{
-    encode_reply, is_compatible_version, parse_request, Command, ConnectRow, Reply, Request,
+    decode_request, encode_reply, is_compatible_version, Command, ConnectRow, Reply, Request,
     RequestError,
 };
 use crate::wire::line::{next_line, LineError};
 use crate::wire::log::Level;
+use crate::wire::DecodeError;
 
 /// What kind of connection this is (anvil-protocol.md §1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,28 +162,68 @@ impl Session {
                     }
                 }
             }
-            let (n, line) = match next_line(rest) {
-                Ok(Some(framed)) => framed,
-                Ok(None) => {
+            if !self.handshaken {
+                let (n, line) = match next_line(rest) {
+                    Ok(Some(framed)) => framed,
+                    Ok(None) => {
+                        return Fed {
+                            consumed: pos,
+                            close: false,
+                        }
+                    }
+                    Err(LineError::TooLong) => {
+                        if self.too_long(log) {
+                            return Fed {
+                                consumed: input.len(),
+                                close: true,
+                            };
+                        }
+                        continue;
+                    }
+                };
+                pos += n;
+                if self.handshake(line, log).is_err() && !self.kind.fifo {
+                    return Fed {
+                        consumed: pos,
+                        close: true,
+                    };
+                }
+                continue;
+            }
+            // After the handshake: framing and parsing in one pass.
+            let result = match decode_request(rest) {
+                Ok((n, request)) => {
+                    pos += n;
+                    match request {
+                        Some(request) => self.execute(anvil, now, request, out, log),
+                        None => Ok(()), // an empty line
+                    }
+                }
+                Err(DecodeError::Incomplete) => {
                     return Fed {
                         consumed: pos,
                         close: false,
                     }
                 }
-                Err(LineError::TooLong) => {
-                    log.push((Level::Error, TOO_MUCH_DATA.into()));
-                    if self.kind.fifo {
-                        self.discarding = true;
-                        continue;
+                Err(DecodeError::Invalid(Err(LineError::TooLong))) => {
+                    if self.too_long(log) {
+                        return Fed {
+                            consumed: input.len(),
+                            close: true,
+                        };
                     }
-                    return Fed {
-                        consumed: input.len(),
-                        close: true,
+                    continue;
+                }
+                Err(DecodeError::Invalid(Ok(reason))) => {
+                    // Errors are rare: frame the line again for its length.
+                    pos += match next_line(rest) {
+                        Ok(Some((n, _))) => n,
+                        _ => rest.len(),
                     };
+                    request_error(log, reason)
                 }
             };
-            pos += n;
-            if self.handle_line(anvil, now, line, out, log).is_err() && !self.kind.fifo {
+            if result.is_err() && !self.kind.fifo {
                 return Fed {
                     consumed: pos,
                     close: true,
@@ -191,35 +232,40 @@ impl Session {
         }
     }
 
-    fn handle_line(
+    /// An oversized line: logged; a pipe discards it up to its LF, a socket must be closed
+    /// (true).
+    fn too_long(&mut self, log: &mut LogBuf) -> bool {
+        log.push((Level::Error, TOO_MUCH_DATA.into()));
+        if self.kind.fifo {
+            self.discarding = true;
+        }
+        !self.kind.fifo
+    }
+
+    /// A line before the handshake.
+    fn handshake(&mut self, line: &[u8], log: &mut LogBuf) -> Result<(), LineFailed> {
+        if is_compatible_version(line) {
+            self.handshaken = true;
+            self.skip_until_version = false;
+            return Ok(());
+        }
+        if self.skip_until_version {
+            return Ok(());
+        }
+        log.push((Level::Error, concat(NOT_COMPATIBLE, line)));
+        Err(LineFailed)
+    }
+
+    /// Runs one parsed request.
+    #[inline]
+    fn execute(
         &mut self,
         anvil: &mut Anvil,
         now: UnixMillis,
-        line: &[u8],
+        request: Request<'_>,
         out: &mut Vec<u8>,
         log: &mut LogBuf,
     ) -> Result<(), LineFailed> {
-        if !self.handshaken {
-            if is_compatible_version(line) {
-                self.handshaken = true;
-                self.skip_until_version = false;
-                return Ok(());
-            }
-            if self.skip_until_version {
-                return Ok(());
-            }
-            log.push((Level::Error, concat(NOT_COMPATIBLE, line)));
-            return Err(LineFailed);
-        }
-        let request = match parse_request(line) {
-            Ok(Some(request)) => request,
-            Ok(None) => return Ok(()),
-            Err(RequestError::UnknownCommand(name)) => {
-                // The name is logged raw, whatever its bytes.
-                return input_error(log, &concat("Unknown command: ", &name));
-            }
-            Err(e) => return input_error(log, e.to_string().as_bytes()),
-        };
         let command = request.command();
         if self.kind.fifo && needs_reply(command) {
             return input_error(
@@ -302,6 +348,14 @@ fn concat(prefix: &str, raw: &[u8]) -> BString {
     text.extend_from_slice(prefix.as_bytes());
     text.extend_from_slice(raw);
     BString::from(text)
+}
+
+fn request_error(log: &mut LogBuf, reason: RequestError) -> Result<(), LineFailed> {
+    match reason {
+        // The name is logged raw, whatever its bytes.
+        RequestError::UnknownCommand(name) => input_error(log, &concat("Unknown command: ", &name)),
+        e => input_error(log, e.to_string().as_bytes()),
+    }
 }
 
 fn input_error(log: &mut LogBuf, reason: &[u8]) -> Result<(), LineFailed> {
