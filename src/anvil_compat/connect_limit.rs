@@ -30,7 +30,7 @@
 
 use std::hash::BuildHasher as _;
 
-use hashbrown::hash_table::Entry;
+use hashbrown::hash_table::{Entry, OccupiedEntry};
 use hashbrown::HashTable;
 
 use crate::wire::anvil::Pid;
@@ -181,14 +181,17 @@ impl<T: SlabItem> Slab<T> {
         }
     }
 
+    #[inline]
     fn get(&self, i: u32) -> &T {
         &self.chunks[(i >> SLAB_CHUNK_SHIFT) as usize][i as usize & (SLAB_CHUNK - 1)]
     }
 
+    #[inline]
     fn get_mut(&mut self, i: u32) -> &mut T {
         &mut self.chunks[(i >> SLAB_CHUNK_SHIFT) as usize][i as usize & (SLAB_CHUNK - 1)]
     }
 
+    #[inline]
     fn insert(&mut self, v: T) -> u32 {
         self.live += 1;
         if self.free != NONE {
@@ -207,6 +210,7 @@ impl<T: SlabItem> Slab<T> {
         i
     }
 
+    #[inline]
     fn remove(&mut self, i: u32) -> T {
         let v = *self.get(i);
         *self.get_mut(i) = T::vacant(self.free);
@@ -258,6 +262,7 @@ struct Arena {
 }
 
 impl Arena {
+    #[inline]
     fn alloc(&mut self, bytes: &[u8]) -> Loc {
         self.live += bytes.len();
         if bytes.is_empty() {
@@ -291,6 +296,7 @@ impl Arena {
         }
     }
 
+    #[inline]
     fn get(&self, loc: Loc) -> &[u8] {
         if loc.len == BIG_LEN {
             &self.chunks[loc.chunk as usize]
@@ -302,6 +308,7 @@ impl Arena {
         }
     }
 
+    #[inline]
     fn free(&mut self, loc: Loc) {
         let len = if loc.len == BIG_LEN {
             std::mem::take(&mut self.chunks[loc.chunk as usize]).len()
@@ -542,11 +549,13 @@ pub struct ConnectLimit {
     pairs: usize,
 }
 
+#[inline(always)]
 fn ident_bytes<'a>(slots: &Slab<IdentSlot>, arena: &'a Arena, id: u32) -> &'a [u8] {
     arena.get(slots.get(id).loc)
 }
 
 /// The pid a pid-index entry belongs to.
+#[inline(always)]
 fn entry_pid(slots: &Slab<IdentSlot>, recs: &Slab<PidRec>, e: u32) -> u32 {
     if e & FLAG == 0 {
         slots.get(e).a
@@ -555,14 +564,75 @@ fn entry_pid(slots: &Slab<IdentSlot>, recs: &Slab<PidRec>, e: u32) -> u32 {
     }
 }
 
+/// Adds ident `id` to pid `p`'s existing index entry `e` (the pid has other idents).
+#[cold]
+fn add_to_pid_entry(
+    e: &mut u32,
+    p: u32,
+    id: u32,
+    recs: &mut Slab<PidRec>,
+    lists: &mut Pool<SmallMap<()>>,
+    hasher: &Hasher,
+) {
+    if *e & FLAG == 0 {
+        // Direct entry for another ident: the pid now needs a record with a set.
+        let li = lists.insert(SmallMap::pair((*e, ()), (id, ())));
+        *e = FLAG
+            | recs.insert(PidRec {
+                pid: p,
+                list: FLAG | li,
+            });
+    } else {
+        let rec = recs.get_mut(*e & !FLAG);
+        if rec.list & FLAG == 0 {
+            let li = lists.insert(SmallMap::pair((rec.list, ()), (id, ())));
+            rec.list = FLAG | li;
+        } else {
+            lists.get_mut(rec.list & !FLAG).insert_new(hasher, id, ());
+        }
+    }
+}
+
+/// Removes ident `id` from a pid's record entry.
+#[cold]
+fn remove_from_pid_entry(
+    entry: OccupiedEntry<'_, u32>,
+    id: u32,
+    recs: &mut Slab<PidRec>,
+    lists: &mut Pool<SmallMap<()>>,
+    hasher: &Hasher,
+) {
+    let r = *entry.get() & !FLAG;
+    let rec = *recs.get(r);
+    if rec.list & FLAG == 0 {
+        entry.remove();
+        recs.remove(r);
+    } else {
+        let li = rec.list & !FLAG;
+        let set = lists.get_mut(li);
+        set.remove(hasher, id);
+        if set.len() == 1 {
+            let (only, ()) = set.first().unwrap_or((NONE, ()));
+            lists.take(li);
+            recs.get_mut(r).list = only;
+        }
+    }
+}
+
 /// Shrinks a hash table that has become mostly empty (hashbrown never shrinks by itself).
 /// Hysteresis: a table shrinks to half load only below a quarter load, and never below
 /// [`SMALL_TABLE`] entries, so that sessions coming and going do not reallocate it.
+#[inline(always)]
 fn maybe_shrink(t: &mut HashTable<u32>, hasher: impl Fn(&u32) -> u64) {
     if t.capacity() > SMALL_TABLE && t.len() * 4 < t.capacity() {
-        let keep = t.len() * 2;
-        t.shrink_to(keep, hasher);
+        shrink(t, hasher);
     }
+}
+
+#[cold]
+fn shrink(t: &mut HashTable<u32>, hasher: impl Fn(&u32) -> u64) {
+    let keep = t.len() * 2;
+    t.shrink_to(keep, hasher);
 }
 
 impl ConnectLimit {
@@ -628,6 +698,7 @@ impl ConnectLimit {
     }
 
     /// Records the new pair (`id`, `p`) in the pid index.
+    #[inline]
     fn add_ident_to_pid(&mut self, p: u32, id: u32) {
         let hp = self.hasher.int(p);
         let (slots, recs, hasher) = (&self.slots, &self.pid_recs, self.hasher);
@@ -636,38 +707,21 @@ impl ConnectLimit {
             |&e| entry_pid(slots, recs, e) == p,
             |&e| hasher.int(entry_pid(slots, recs, e)),
         ) {
+            // A new pid whose ident has only this pid (the common case): a direct entry.
+            Entry::Vacant(place) if self.slots.get(id).a == p => {
+                place.insert(id);
+            }
             Entry::Vacant(place) => {
-                let e = if self.slots.get(id).a == p {
-                    id
-                } else {
-                    FLAG | self.pid_recs.insert(PidRec { pid: p, list: id })
-                };
-                place.insert(e);
+                place.insert(FLAG | self.pid_recs.insert(PidRec { pid: p, list: id }));
             }
-            Entry::Occupied(mut found) => {
-                let e = *found.get();
-                if e & FLAG == 0 {
-                    // Direct entry for another ident: the pid now needs a record with a set.
-                    let li = self.pid_lists.insert(SmallMap::pair((e, ()), (id, ())));
-                    let r = self.pid_recs.insert(PidRec {
-                        pid: p,
-                        list: FLAG | li,
-                    });
-                    *found.get_mut() = FLAG | r;
-                } else {
-                    let rec = self.pid_recs.get_mut(e & !FLAG);
-                    if rec.list & FLAG == 0 {
-                        let li = self
-                            .pid_lists
-                            .insert(SmallMap::pair((rec.list, ()), (id, ())));
-                        rec.list = FLAG | li;
-                    } else {
-                        self.pid_lists
-                            .get_mut(rec.list & !FLAG)
-                            .insert_new(&self.hasher, id, ());
-                    }
-                }
-            }
+            Entry::Occupied(found) => add_to_pid_entry(
+                found.into_mut(),
+                p,
+                id,
+                &mut self.pid_recs,
+                &mut self.pid_lists,
+                &self.hasher,
+            ),
         }
     }
 
@@ -681,6 +735,7 @@ impl ConnectLimit {
     }
 
     /// Removes ident `id` from pid `p`'s index entry (the pair is gone).
+    #[inline]
     fn remove_ident_from_pid(&mut self, p: u32, id: u32) {
         let hp = self.hasher.int(p);
         let (slots, recs) = (&self.slots, &self.pid_recs);
@@ -691,29 +746,22 @@ impl ConnectLimit {
             debug_assert!(false, "pid {p} missing from the pid index");
             return;
         };
-        let e = *entry.get();
-        if e & FLAG == 0 {
+        if *entry.get() & FLAG == 0 {
+            // A direct entry: the pid's only ident.
             entry.remove();
         } else {
-            let r = e & !FLAG;
-            let rec = *self.pid_recs.get(r);
-            if rec.list & FLAG == 0 {
-                entry.remove();
-                self.pid_recs.remove(r);
-            } else {
-                let li = rec.list & !FLAG;
-                let set = self.pid_lists.get_mut(li);
-                set.remove(&self.hasher, id);
-                if set.len() == 1 {
-                    let (only, ()) = set.first().unwrap_or((NONE, ()));
-                    self.pid_lists.take(li);
-                    self.pid_recs.get_mut(r).list = only;
-                }
-            }
+            remove_from_pid_entry(
+                entry,
+                id,
+                &mut self.pid_recs,
+                &mut self.pid_lists,
+                &self.hasher,
+            );
         }
         self.shrink_pid_index();
     }
 
+    #[inline]
     fn shrink_pid_index(&mut self) {
         let (slots, recs, hasher) = (&self.slots, &self.pid_recs, &self.hasher);
         maybe_shrink(&mut self.pid_index, |&e| {
@@ -733,6 +781,7 @@ impl ConnectLimit {
     }
 
     /// Frees slot `id` and its bytes; the ident index no longer refers to it.
+    #[inline]
     fn release_ident(&mut self, id: u32) {
         let slot = self.slots.remove(id);
         self.arena.free(slot.loc);
@@ -749,6 +798,7 @@ impl ConnectLimit {
 
     /// The last ident is gone. A table that was big gives all its memory back; a small one
     /// keeps its (empty) buffers, so that a table going 0 -> 1 -> 0 sessions allocates nothing.
+    #[cold]
     fn on_empty(&mut self) {
         let small = self.slots.chunks.len() <= 1
             && self.pid_recs.chunks.len() <= 1
