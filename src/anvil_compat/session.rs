@@ -147,6 +147,13 @@ impl Session {
         let mut pos = 0;
         loop {
             let rest = &input[pos..];
+            if rest.is_empty() {
+                // Everything consumed (the shell often feeds exactly one line).
+                return Fed {
+                    consumed: pos,
+                    close: false,
+                };
+            }
             if self.discarding {
                 match memchr::memchr(b'\n', rest) {
                     Some(lf) => {
