@@ -319,17 +319,6 @@ impl Arena {
         self.garbage += len.max(1);
     }
 
-    /// Forgets every ident, keeping the first chunk's buffer.
-    fn clear(&mut self) {
-        self.chunks.truncate(1);
-        if let Some(c) = self.chunks.first_mut() {
-            c.clear();
-        }
-        self.cur = self.chunks.first().map(|_| 0);
-        self.live = 0;
-        self.garbage = 0;
-    }
-
     fn wants_compaction(&self) -> bool {
         self.garbage > self.live && self.garbage >= ARENA_CHUNK
     }
@@ -798,27 +787,36 @@ impl ConnectLimit {
 
     /// The last ident is gone. A table that was big gives all its memory back; a small one
     /// keeps its (empty) buffers, so that a table going 0 -> 1 -> 0 sessions allocates nothing.
-    #[cold]
+    #[inline]
     fn on_empty(&mut self) {
+        // Small: at most one slab chunk of idents (so the ident index is small too), one
+        // of pid records, a small pid index and one regular arena chunk.
         let small = self.slots.chunks.len() <= 1
             && self.pid_recs.chunks.len() <= 1
-            && self.arena.chunks.len() <= 1
-            && self
-                .arena
-                .chunks
-                .iter()
-                .all(|c| c.capacity() == ARENA_CHUNK)
-            && self.ident_index.capacity() <= SMALL_TABLE
-            && self.pid_index.capacity() <= SMALL_TABLE;
+            && self.pid_index.capacity() <= SMALL_TABLE
+            && match self.arena.chunks.as_mut_slice() {
+                [] => true,
+                [only] if only.capacity() == ARENA_CHUNK => {
+                    only.clear();
+                    true
+                }
+                _ => false,
+            };
         if small {
-            self.arena.clear();
+            self.arena.live = 0;
+            self.arena.garbage = 0;
         } else {
-            self.slots = Slab::new();
-            self.pid_recs = Slab::new();
-            self.arena = Arena::default();
-            self.ident_index = HashTable::new();
-            self.pid_index = HashTable::new();
+            self.release_all();
         }
+    }
+
+    #[cold]
+    fn release_all(&mut self) {
+        self.slots = Slab::new();
+        self.pid_recs = Slab::new();
+        self.arena = Arena::default();
+        self.ident_index = HashTable::new();
+        self.pid_index = HashTable::new();
     }
 
     /// Copies every live ident into fresh chunks (amortised: runs after at least as many
