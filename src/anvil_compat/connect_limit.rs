@@ -250,25 +250,40 @@ struct Loc {
     len: u16,
 }
 
-/// Bump allocator for ident bytes. Freed bytes are counted as garbage; the owner compacts
-/// (copies every live ident into fresh chunks) once garbage exceeds the live bytes.
+/// Bump allocator for ident bytes, with a free list per length: a freed ident's bytes are
+/// reused by the next ident of the same length (sessions come and go with idents of a few
+/// typical lengths). The list link lives in the freed bytes themselves, so idents shorter
+/// than [`LINK`] bytes are not listed. Bytes neither live nor reused yet are garbage; the
+/// owner compacts (copies every live ident into fresh chunks) once garbage exceeds the live
+/// bytes.
 #[derive(Debug, Default)]
 struct Arena {
     chunks: Vec<Vec<u8>>,
     /// The chunk small idents are appended to.
     cur: Option<u32>,
+    /// `free[len]`: where the last freed ident of `len` bytes is (`chunk << 16 | pos`,
+    /// `NO_FREE`: none); its first [`LINK`] bytes hold the next one.
+    free: Vec<u32>,
     live: usize,
     garbage: usize,
 }
 
+/// Bytes of a free-list link.
+const LINK: usize = 4;
+/// Empty free list.
+const NO_FREE: u32 = u32::MAX;
+/// Free lists are made for lengths up to at least this at once.
+const FREE_LISTS: usize = 128;
+
 impl Arena {
     #[inline]
     fn alloc(&mut self, bytes: &[u8]) -> Loc {
-        self.live += bytes.len();
-        if bytes.is_empty() {
+        let len = bytes.len();
+        self.live += len;
+        if len == 0 {
             return Loc::default();
         }
-        if bytes.len() >= BIG_IDENT {
+        if len >= BIG_IDENT {
             self.chunks.push(bytes.to_vec());
             return Loc {
                 chunk: self.chunks.len() as u32 - 1,
@@ -276,8 +291,22 @@ impl Arena {
                 len: BIG_LEN,
             };
         }
+        if let Some(&head) = self.free.get(len) {
+            if head != NO_FREE {
+                let (chunk, pos) = (head >> 16, head as u16);
+                let slot = &mut self.chunks[chunk as usize][pos as usize..][..len];
+                self.free[len] = u32::from_le_bytes([slot[0], slot[1], slot[2], slot[3]]);
+                slot.copy_from_slice(bytes);
+                self.garbage -= len;
+                return Loc {
+                    chunk,
+                    pos,
+                    len: len as u16,
+                };
+            }
+        }
         let cur = match self.cur {
-            Some(c) if self.chunks[c as usize].len() + bytes.len() <= ARENA_CHUNK => c,
+            Some(c) if self.chunks[c as usize].len() + len <= ARENA_CHUNK => c,
             _ => {
                 self.chunks.push(Vec::with_capacity(ARENA_CHUNK));
                 let c = self.chunks.len() as u32 - 1;
@@ -292,7 +321,7 @@ impl Arena {
         Loc {
             chunk: cur,
             pos: pos as u16,
-            len: bytes.len() as u16,
+            len: len as u16,
         }
     }
 
@@ -310,13 +339,43 @@ impl Arena {
 
     #[inline]
     fn free(&mut self, loc: Loc) {
-        let len = if loc.len == BIG_LEN {
-            std::mem::take(&mut self.chunks[loc.chunk as usize]).len()
-        } else {
-            loc.len as usize
-        };
+        if loc.len == BIG_LEN {
+            let len = std::mem::take(&mut self.chunks[loc.chunk as usize]).len();
+            self.live -= len;
+            self.garbage += len;
+            return;
+        }
+        let len = loc.len as usize;
         self.live -= len;
         self.garbage += len.max(1);
+        // Chunks past 65535 (4 GiB of idents) cannot be linked; their bytes stay garbage.
+        if len >= LINK && loc.chunk < 1 << 16 {
+            if len >= self.free.len() {
+                self.free.resize((len + 1).max(FREE_LISTS), NO_FREE);
+            }
+            let slot = &mut self.chunks[loc.chunk as usize][loc.pos as usize..][..len];
+            slot[..LINK].copy_from_slice(&self.free[len].to_le_bytes());
+            self.free[len] = loc.chunk << 16 | u32::from(loc.pos);
+        }
+    }
+
+    /// Forgets every ident (none is live), keeping the first chunk if it is a regular one.
+    fn reset(&mut self) {
+        self.chunks.truncate(1);
+        if self
+            .chunks
+            .first()
+            .is_some_and(|c| c.capacity() != ARENA_CHUNK)
+        {
+            self.chunks.clear();
+        }
+        if let Some(c) = self.chunks.first_mut() {
+            c.clear();
+        }
+        self.cur = self.chunks.first().map(|_| 0);
+        self.free.clear();
+        self.live = 0;
+        self.garbage = 0;
     }
 
     fn wants_compaction(&self) -> bool {
@@ -326,6 +385,7 @@ impl Arena {
     fn heap_bytes(&self) -> usize {
         self.chunks.capacity() * std::mem::size_of::<Vec<u8>>()
             + self.chunks.iter().map(Vec::capacity).sum::<usize>()
+            + self.free.capacity() * 4
     }
 }
 
@@ -790,23 +850,15 @@ impl ConnectLimit {
     #[inline]
     fn on_empty(&mut self) {
         // Small: at most one slab chunk of idents (so the ident index is small too), one
-        // of pid records, a small pid index and one regular arena chunk.
+        // of pid records and a small pid index.
         let small = self.slots.chunks.len() <= 1
             && self.pid_recs.chunks.len() <= 1
-            && self.pid_index.capacity() <= SMALL_TABLE
-            && match self.arena.chunks.as_mut_slice() {
-                [] => true,
-                [only] if only.capacity() == ARENA_CHUNK => {
-                    only.clear();
-                    true
-                }
-                _ => false,
-            };
-        if small {
-            self.arena.live = 0;
-            self.arena.garbage = 0;
-        } else {
+            && self.pid_index.capacity() <= SMALL_TABLE;
+        if !small {
             self.release_all();
+        } else if self.arena.chunks.len() > 1 || self.arena.garbage >= ARENA_CHUNK {
+            // Freed bytes not reused (odd lengths) add up: start the arena afresh.
+            self.arena.reset();
         }
     }
 
@@ -1292,6 +1344,28 @@ mod tests {
         }
         t.check_invariants();
         assert_eq!(t.lookup(ident(5).as_bytes()), 0);
+        // With other sessions present, a freed ident's bytes are reused by the next ident
+        // of the same length.
+        for i in 0..100 {
+            t.connect(pid(i), format!("pop3/{i}").as_bytes());
+        }
+        let arena = t.arena.heap_bytes();
+        let mut most = 0;
+        for i in 10_000..40_000 {
+            t.connect(pid(1000 + i), ident(i).as_bytes());
+            t.disconnect(pid(1000 + i), ident(i).as_bytes()).unwrap();
+            assert_eq!(t.arena.heap_bytes(), arena, "pair {i} grew the arena");
+            // The index tables may grow once (hashbrown's tombstones), then stay.
+            if i == 20_000 {
+                most = t.memory_bytes();
+            }
+            assert!(
+                i < 20_000 || t.memory_bytes() == most,
+                "pair {i} changed the allocation"
+            );
+        }
+        t.check_invariants();
+        assert_eq!(t.pairs(), 100);
     }
 
     #[test]
