@@ -144,11 +144,24 @@ impl Session {
         out: &mut Vec<u8>,
         log: &mut LogBuf,
     ) -> Fed {
+        self.feed_bounded(anvil, now, input, out, log, usize::MAX)
+    }
+
+    /// [`Session::feed`] that also stops before a line once `out` holds `out_cap` bytes or
+    /// more (a shell bounding its unsent output); the rest is consumed by a later call.
+    pub fn feed_bounded(
+        &mut self,
+        anvil: &mut Anvil,
+        now: UnixMillis,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        log: &mut LogBuf,
+        out_cap: usize,
+    ) -> Fed {
         let mut pos = 0;
         loop {
             let rest = &input[pos..];
-            if rest.is_empty() {
-                // Everything consumed (the shell often feeds exactly one line).
+            if rest.is_empty() || out.len() >= out_cap {
                 return Fed {
                     consumed: pos,
                     close: false,
@@ -1027,6 +1040,30 @@ mod tests {
         }
         assert!(pending.is_empty());
         assert_eq!(out, b"1\n");
+    }
+
+    #[test]
+    fn feed_bounded_stops_before_a_line_once_the_output_is_full() {
+        let mut anvil = Anvil::default();
+        let mut s = Session::new(S, false);
+        let input = with_version(b"LOOKUP\tx\nCONNECT\t1\tx\nLOOKUP\tx\nLOOKUP\ty\n");
+        let (mut out, mut log) = (Vec::new(), LogBuf::new());
+        // 2 bytes of output reach the cap: the CONNECT waits for the next call.
+        let fed = s.feed_bounded(&mut anvil, NOW, &input, &mut out, &mut log, 2);
+        assert_eq!(out, b"0\n");
+        assert_eq!(
+            &input[fed.consumed..],
+            b"CONNECT\t1\tx\nLOOKUP\tx\nLOOKUP\ty\n"
+        );
+        assert_eq!(anvil.connect_limit.lookup(b"x"), 0);
+        // A full buffer takes nothing.
+        let rest = &input[fed.consumed..];
+        let again = s.feed_bounded(&mut anvil, NOW, rest, &mut out, &mut log, 2);
+        assert_eq!(again.consumed, 0);
+        out.clear();
+        let fed = s.feed_bounded(&mut anvil, NOW, rest, &mut out, &mut log, 3);
+        assert_eq!((out.as_slice(), fed.consumed), (&b"1\n0\n"[..], rest.len()));
+        assert!(log.is_empty() && !fed.close);
     }
 
     #[test]
