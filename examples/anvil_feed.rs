@@ -4,11 +4,11 @@
 //!
 //! ```text
 //! cargo build --release --example anvil_feed
-//! valgrind --tool=callgrind --toggle-collect='*Session::feed*' \
+//! valgrind --tool=callgrind --toggle-collect='*Session::feed_bounded*' \
 //!     target/release/examples/anvil_feed 200000 [BACKGROUND]
 //! ```
-//! Instructions per pair = the total Ir / N (only `Session::feed` and what it calls are
-//! counted). `BACKGROUND` sessions (distinct idents, one pid each) are connected first, so the
+//! Instructions per pair = the total Ir / N (only `Session::feed_bounded` and what it calls
+//! are counted). `BACKGROUND` sessions (distinct idents, one pid each) are connected first, so the
 //! tables are not empty while the pairs run (default 0: the table goes 0 -> 1 -> 0 per pair).
 //! Without valgrind it prints wall-clock pairs per second.
 

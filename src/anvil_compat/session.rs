@@ -149,6 +149,8 @@ impl Session {
 
     /// [`Session::feed`] that also stops before a line once `out` holds `out_cap` bytes or
     /// more (a shell bounding its unsent output); the rest is consumed by a later call.
+    // Never inlined: one call per read, and profiles can count it (examples/anvil_feed).
+    #[inline(never)]
     pub fn feed_bounded(
         &mut self,
         anvil: &mut Anvil,
