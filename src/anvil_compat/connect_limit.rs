@@ -159,7 +159,8 @@ trait SlabItem: Copy + Default {
 
 #[derive(Debug)]
 struct Slab<T> {
-    chunks: Vec<Box<[T]>>,
+    /// Fixed-size chunks: an index masked to the chunk size needs no bounds check.
+    chunks: Vec<Box<[T; SLAB_CHUNK]>>,
     len: u32,
     free: u32,
     live: u32,
@@ -202,8 +203,7 @@ impl<T: SlabItem> Slab<T> {
         }
         let i = self.len;
         if (i as usize).is_multiple_of(SLAB_CHUNK) {
-            self.chunks
-                .push(vec![T::default(); SLAB_CHUNK].into_boxed_slice());
+            self.chunks.push(Box::new([T::default(); SLAB_CHUNK]));
         }
         self.len += 1;
         *self.get_mut(i) = v;
@@ -226,7 +226,7 @@ impl<T: SlabItem> Slab<T> {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.chunks.capacity() * std::mem::size_of::<Box<[T]>>()
+        self.chunks.capacity() * std::mem::size_of::<Box<[T; SLAB_CHUNK]>>()
             + self.chunks.len() * SLAB_CHUNK * std::mem::size_of::<T>()
     }
 }
@@ -714,7 +714,7 @@ impl ConnectLimit {
                 let id = self.slots.insert(IdentSlot { loc, a: p, b: 1 });
                 place.insert(id);
                 self.pairs += 1;
-                self.add_ident_to_pid(p, id);
+                self.add_ident_to_pid(p, id, true);
                 return;
             }
         };
@@ -743,12 +743,13 @@ impl ConnectLimit {
             m.insert_new(&self.hasher, p, 1);
         }
         self.pairs += 1;
-        self.add_ident_to_pid(p, id);
+        self.add_ident_to_pid(p, id, false);
     }
 
-    /// Records the new pair (`id`, `p`) in the pid index.
+    /// Records the new pair (`id`, `p`) in the pid index. `new_ident`: `id` was just
+    /// created for this pair (so it is single with pid `p`).
     #[inline]
-    fn add_ident_to_pid(&mut self, p: u32, id: u32) {
+    fn add_ident_to_pid(&mut self, p: u32, id: u32, new_ident: bool) {
         let hp = self.hasher.int(p);
         let (slots, recs, hasher) = (&self.slots, &self.pid_recs, self.hasher);
         match self.pid_index.entry(
@@ -757,7 +758,7 @@ impl ConnectLimit {
             |&e| hasher.int(entry_pid(slots, recs, e)),
         ) {
             // A new pid whose ident has only this pid (the common case): a direct entry.
-            Entry::Vacant(place) if self.slots.get(id).a == p => {
+            Entry::Vacant(place) if new_ident => {
                 place.insert(id);
             }
             Entry::Vacant(place) => {
