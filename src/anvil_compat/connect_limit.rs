@@ -9,8 +9,9 @@
 //! killed pid's entries. See `docs/anvil.md` for the figures.
 //!
 //! - **Idents are interned** to `u32` ids. Their bytes live in an `Arena` of 64 KiB chunks
-//!   (no per-ident allocation, no allocator rounding); an `IdentSlot` (16 bytes, in a
-//!   chunked `Slab`) holds where the bytes are, plus the sessions:
+//!   (no per-ident allocation, no allocator rounding; freed bytes are reused by the next
+//!   ident of the same length); an `IdentSlot` (16 bytes, in a chunked `Slab`) holds where
+//!   the bytes are, plus the sessions:
 //!   - *single*: the ident has sessions in exactly one pid: `(pid, refcount)` inline. This
 //!     is the common case (one imap process per session) and costs no further memory.
 //!   - *multi*: several pids: a `SmallMap` pid -> refcount in the `multi` pool (a vector
@@ -22,6 +23,10 @@
 //!     ident (the pid is read from the slot, so the entry is 4 bytes); or
 //!   - `FLAG | r`: a `PidRec` `{pid, list}` where `list` is one ident id or `FLAG | l`, a
 //!     `SmallMap` set of ident ids in the `pid_lists` pool.
+//!
+//! - Hashing is the table's own seeded folded-multiply hash (`Hasher`); each operation
+//!   hashes its ident once and probes each index once. Tables and buffers follow the load
+//!   with hysteresis, so sessions coming and going do not allocate.
 //!
 //! Invariant kept by every operation: a direct entry `i` for pid `p` exists only while slot
 //! `i` is single with pid `p`; a slot is never changed away from that state (or freed)
