@@ -12,9 +12,10 @@
 //!   <raw line>` is logged. With `ANVIL_RESTARTED`, a pipe (the master pipe or the shared
 //!   pipe) silently skips lines until its first valid VERSION line (§1.4).
 //! - After the handshake every line is framed and parsed in one pass by
-//!   [`decode_request`]; an empty line is ignored. Any error logs `Anvil client input error: <reason>`; a socket is then closed at once, and
-//!   later lines of the same input are not executed, while effects and replies of the earlier
-//!   lines stay. A DISCONNECT without a session only logs
+//!   [`decode_request`]; an empty line is ignored. Any error logs
+//!   `Anvil client input error: <reason>`; a socket is then closed at once, and later lines
+//!   of the same input are not executed, while effects and replies of the earlier lines
+//!   stay. A DISCONNECT without a session only logs
 //!   `connect limit: disconnection for unknown pid <pid> + ident <ident>`.
 //! - KILL is checked in stock's order: not enough parameters, not the master pipe, invalid pid.
 //!
