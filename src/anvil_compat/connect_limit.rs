@@ -9,8 +9,9 @@
 //! killed pid's entries. See `docs/anvil.md` for the figures.
 //!
 //! - **Idents are interned** to `u32` ids. Their bytes live in an `Arena` of 64 KiB chunks
-//!   (no per-ident allocation, no allocator rounding); an `IdentSlot` (16 bytes, in a
-//!   chunked `Slab`) holds where the bytes are, plus the sessions:
+//!   (no per-ident allocation, no allocator rounding; freed bytes are reused by the next
+//!   ident of the same length); an `IdentSlot` (16 bytes, in a chunked `Slab`) holds where
+//!   the bytes are, plus the sessions:
 //!   - *single*: the ident has sessions in exactly one pid: `(pid, refcount)` inline. This
 //!     is the common case (one imap process per session) and costs no further memory.
 //!   - *multi*: several pids: a `SmallMap` pid -> refcount in the `multi` pool (a vector
@@ -23,14 +24,19 @@
 //!   - `FLAG | r`: a `PidRec` `{pid, list}` where `list` is one ident id or `FLAG | l`, a
 //!     `SmallMap` set of ident ids in the `pid_lists` pool.
 //!
+//! - Hashing is the table's own seeded folded-multiply hash (`Hasher`); each operation
+//!   hashes its ident once and probes each index once. Tables and buffers follow the load
+//!   with hysteresis, so sessions coming and going do not allocate.
+//!
 //! Invariant kept by every operation: a direct entry `i` for pid `p` exists only while slot
 //! `i` is single with pid `p`; a slot is never changed away from that state (or freed)
 //! before its direct entry is converted or removed, because the index resolves a direct
 //! entry's pid through the slot.
 
-use std::hash::BuildHasher;
+use std::hash::BuildHasher as _;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::hash_table::{Entry, OccupiedEntry};
+use hashbrown::HashTable;
 
 use crate::wire::anvil::Pid;
 
@@ -45,7 +51,107 @@ const FLAG: u32 = 1 << 31;
 /// "No index" (end of a free list, vacant marker).
 const NONE: u32 = u32::MAX;
 
-type Hasher = DefaultHashBuilder;
+// ---------------------------------------------------------------------------------------
+// Hashing.
+
+/// The table's hash functions, seeded at random per table.
+///
+/// Short byte strings and single integers are all the table hashes, so a few folded 64x64
+/// multiplications (the full 128-bit product's halves XORed) beat a general-purpose
+/// `Hasher` several times over: an ident of up to 16 bytes costs two multiplications, a
+/// pid two. Both halves of the result are well mixed, as hashbrown needs (it indexes with
+/// the low bits and tags with the top 7). The random seed keeps an ident's bucket
+/// unpredictable to whoever picks user names.
+#[derive(Debug, Clone, Copy)]
+struct Hasher {
+    seed: [u64; 3],
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        let state = std::collections::hash_map::RandomState::new();
+        Hasher {
+            seed: [
+                state.hash_one(1u8),
+                state.hash_one(2u8),
+                state.hash_one(3u8),
+            ],
+        }
+    }
+}
+
+/// The 128-bit product of `a` and `b`, its halves XORed.
+#[inline(always)]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+#[inline(always)]
+fn read8(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[inline(always)]
+fn read4(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes(
+        b[at..at + 4].try_into().expect("4 bytes"),
+    ))
+}
+
+/// Odd constants with well spread bits (digits of pi).
+const MIX: [u64; 3] = [
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7345,
+    0xa409_3822_299f_31d1,
+];
+
+impl Hasher {
+    /// Hash of an ident.
+    #[inline(always)]
+    fn bytes(&self, b: &[u8]) -> u64 {
+        let [s0, s1, s2] = self.seed;
+        let len = b.len();
+        let mut h = s2 ^ (len as u64).wrapping_mul(MIX[0]);
+        let (x, y) = if len > 16 && len <= 32 {
+            // The common ident length: the loop below, unrolled.
+            h = fold_mul(read8(b, 0) ^ s0 ^ h, read8(b, 8) ^ s1);
+            (read8(b, len - 16), read8(b, len - 8))
+        } else if len > 16 {
+            // 16 bytes a round; the last round overlaps the previous one.
+            let mut at = 0;
+            while at + 16 < len {
+                h = fold_mul(read8(b, at) ^ s0 ^ h, read8(b, at + 8) ^ s1);
+                at += 16;
+            }
+            (read8(b, len - 16), read8(b, len - 8))
+        } else if len >= 8 {
+            (read8(b, 0), read8(b, len - 8))
+        } else if len >= 4 {
+            (read4(b, 0), read4(b, len - 4))
+        } else if len > 0 {
+            let three = u64::from(b[0]) | u64::from(b[len / 2]) << 8 | u64::from(b[len - 1]) << 16;
+            (three, 0)
+        } else {
+            (0, 0)
+        };
+        h = fold_mul(x ^ s0 ^ h, y ^ s1);
+        fold_mul(h ^ MIX[1], MIX[2])
+    }
+
+    /// Hash of a pid or an ident id.
+    #[inline(always)]
+    fn int(&self, k: u32) -> u64 {
+        // One round leaves the low bits poorly mixed for keys that differ only in high bits.
+        fold_mul(
+            fold_mul(u64::from(k) ^ self.seed[0], MIX[1] ^ self.seed[1]),
+            MIX[2],
+        )
+    }
+}
+
+/// Hash tables up to this capacity are never shrunk (a few KiB at most).
+const SMALL_TABLE: usize = 1024;
 
 // ---------------------------------------------------------------------------------------
 // Chunked slab with a free list: stable u32 ids, no doubling waste.
@@ -62,7 +168,8 @@ trait SlabItem: Copy + Default {
 
 #[derive(Debug)]
 struct Slab<T> {
-    chunks: Vec<Box<[T]>>,
+    /// Fixed-size chunks: an index masked to the chunk size needs no bounds check.
+    chunks: Vec<Box<[T; SLAB_CHUNK]>>,
     len: u32,
     free: u32,
     live: u32,
@@ -84,14 +191,17 @@ impl<T: SlabItem> Slab<T> {
         }
     }
 
+    #[inline]
     fn get(&self, i: u32) -> &T {
         &self.chunks[(i >> SLAB_CHUNK_SHIFT) as usize][i as usize & (SLAB_CHUNK - 1)]
     }
 
+    #[inline]
     fn get_mut(&mut self, i: u32) -> &mut T {
         &mut self.chunks[(i >> SLAB_CHUNK_SHIFT) as usize][i as usize & (SLAB_CHUNK - 1)]
     }
 
+    #[inline]
     fn insert(&mut self, v: T) -> u32 {
         self.live += 1;
         if self.free != NONE {
@@ -102,23 +212,19 @@ impl<T: SlabItem> Slab<T> {
         }
         let i = self.len;
         if (i as usize).is_multiple_of(SLAB_CHUNK) {
-            self.chunks
-                .push(vec![T::default(); SLAB_CHUNK].into_boxed_slice());
+            self.chunks.push(Box::new([T::default(); SLAB_CHUNK]));
         }
         self.len += 1;
         *self.get_mut(i) = v;
         i
     }
 
+    #[inline]
     fn remove(&mut self, i: u32) -> T {
         let v = *self.get(i);
         *self.get_mut(i) = T::vacant(self.free);
         self.free = i;
         self.live -= 1;
-        if self.live == 0 {
-            // Everything is gone: give the chunks back.
-            *self = Slab::new();
-        }
         v
     }
 
@@ -129,7 +235,7 @@ impl<T: SlabItem> Slab<T> {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.chunks.capacity() * std::mem::size_of::<Box<[T]>>()
+        self.chunks.capacity() * std::mem::size_of::<Box<[T; SLAB_CHUNK]>>()
             + self.chunks.len() * SLAB_CHUNK * std::mem::size_of::<T>()
     }
 }
@@ -153,24 +259,40 @@ struct Loc {
     len: u16,
 }
 
-/// Bump allocator for ident bytes. Freed bytes are counted as garbage; the owner compacts
-/// (copies every live ident into fresh chunks) once garbage exceeds the live bytes.
+/// Bump allocator for ident bytes, with a free list per length: a freed ident's bytes are
+/// reused by the next ident of the same length (sessions come and go with idents of a few
+/// typical lengths). The list link lives in the freed bytes themselves, so idents shorter
+/// than [`LINK`] bytes are not listed. Bytes neither live nor reused yet are garbage; the
+/// owner compacts (copies every live ident into fresh chunks) once garbage exceeds the live
+/// bytes.
 #[derive(Debug, Default)]
 struct Arena {
     chunks: Vec<Vec<u8>>,
     /// The chunk small idents are appended to.
     cur: Option<u32>,
+    /// `free[len]`: where the last freed ident of `len` bytes is (`chunk << 16 | pos`,
+    /// `NO_FREE`: none); its first [`LINK`] bytes hold the next one.
+    free: Vec<u32>,
     live: usize,
     garbage: usize,
 }
 
+/// Bytes of a free-list link.
+const LINK: usize = 4;
+/// Empty free list.
+const NO_FREE: u32 = u32::MAX;
+/// Free lists are made for lengths up to at least this at once.
+const FREE_LISTS: usize = 128;
+
 impl Arena {
+    #[inline]
     fn alloc(&mut self, bytes: &[u8]) -> Loc {
-        self.live += bytes.len();
-        if bytes.is_empty() {
+        let len = bytes.len();
+        self.live += len;
+        if len == 0 {
             return Loc::default();
         }
-        if bytes.len() >= BIG_IDENT {
+        if len >= BIG_IDENT {
             self.chunks.push(bytes.to_vec());
             return Loc {
                 chunk: self.chunks.len() as u32 - 1,
@@ -178,8 +300,22 @@ impl Arena {
                 len: BIG_LEN,
             };
         }
+        if let Some(&head) = self.free.get(len) {
+            if head != NO_FREE {
+                let (chunk, pos) = (head >> 16, head as u16);
+                let slot = &mut self.chunks[chunk as usize][pos as usize..][..len];
+                self.free[len] = u32::from_le_bytes([slot[0], slot[1], slot[2], slot[3]]);
+                slot.copy_from_slice(bytes);
+                self.garbage -= len;
+                return Loc {
+                    chunk,
+                    pos,
+                    len: len as u16,
+                };
+            }
+        }
         let cur = match self.cur {
-            Some(c) if self.chunks[c as usize].len() + bytes.len() <= ARENA_CHUNK => c,
+            Some(c) if self.chunks[c as usize].len() + len <= ARENA_CHUNK => c,
             _ => {
                 self.chunks.push(Vec::with_capacity(ARENA_CHUNK));
                 let c = self.chunks.len() as u32 - 1;
@@ -194,10 +330,11 @@ impl Arena {
         Loc {
             chunk: cur,
             pos: pos as u16,
-            len: bytes.len() as u16,
+            len: len as u16,
         }
     }
 
+    #[inline]
     fn get(&self, loc: Loc) -> &[u8] {
         if loc.len == BIG_LEN {
             &self.chunks[loc.chunk as usize]
@@ -209,14 +346,45 @@ impl Arena {
         }
     }
 
+    #[inline]
     fn free(&mut self, loc: Loc) {
-        let len = if loc.len == BIG_LEN {
-            std::mem::take(&mut self.chunks[loc.chunk as usize]).len()
-        } else {
-            loc.len as usize
-        };
+        if loc.len == BIG_LEN {
+            let len = std::mem::take(&mut self.chunks[loc.chunk as usize]).len();
+            self.live -= len;
+            self.garbage += len;
+            return;
+        }
+        let len = loc.len as usize;
         self.live -= len;
         self.garbage += len.max(1);
+        // Chunks past 65535 (4 GiB of idents) cannot be linked; their bytes stay garbage.
+        if len >= LINK && loc.chunk < 1 << 16 {
+            if len >= self.free.len() {
+                self.free.resize((len + 1).max(FREE_LISTS), NO_FREE);
+            }
+            let slot = &mut self.chunks[loc.chunk as usize][loc.pos as usize..][..len];
+            slot[..LINK].copy_from_slice(&self.free[len].to_le_bytes());
+            self.free[len] = loc.chunk << 16 | u32::from(loc.pos);
+        }
+    }
+
+    /// Forgets every ident (none is live), keeping the first chunk if it is a regular one.
+    fn reset(&mut self) {
+        self.chunks.truncate(1);
+        if self
+            .chunks
+            .first()
+            .is_some_and(|c| c.capacity() != ARENA_CHUNK)
+        {
+            self.chunks.clear();
+        }
+        if let Some(c) = self.chunks.first_mut() {
+            c.clear();
+        }
+        self.cur = self.chunks.first().map(|_| 0);
+        self.free.clear();
+        self.live = 0;
+        self.garbage = 0;
     }
 
     fn wants_compaction(&self) -> bool {
@@ -226,6 +394,7 @@ impl Arena {
     fn heap_bytes(&self) -> usize {
         self.chunks.capacity() * std::mem::size_of::<Vec<u8>>()
             + self.chunks.iter().map(Vec::capacity).sum::<usize>()
+            + self.free.capacity() * 4
     }
 }
 
@@ -261,7 +430,7 @@ impl<V: Copy> SmallMap<V> {
     fn get_mut(&mut self, s: &Hasher, k: u32) -> Option<&mut V> {
         match self {
             SmallMap::Small(v) => v.iter_mut().find(|e| e.0 == k).map(|e| &mut e.1),
-            SmallMap::Big(t) => t.find_mut(s.hash_one(k), |e| e.0 == k).map(|e| &mut e.1),
+            SmallMap::Big(t) => t.find_mut(s.int(k), |e| e.0 == k).map(|e| &mut e.1),
         }
     }
 
@@ -272,12 +441,12 @@ impl<V: Copy> SmallMap<V> {
             SmallMap::Small(v) => {
                 let mut t = HashTable::with_capacity(SMALL_MAX * 2);
                 for e in v.drain(..).chain(std::iter::once((k, val))) {
-                    t.insert_unique(s.hash_one(e.0), e, |e| s.hash_one(e.0));
+                    t.insert_unique(s.int(e.0), e, |e| s.int(e.0));
                 }
                 *self = SmallMap::Big(t);
             }
             SmallMap::Big(t) => {
-                t.insert_unique(s.hash_one(k), (k, val), |e| s.hash_one(e.0));
+                t.insert_unique(s.int(k), (k, val), |e| s.int(e.0));
             }
         }
     }
@@ -289,12 +458,12 @@ impl<V: Copy> SmallMap<V> {
                 Some(v.swap_remove(i).1)
             }
             SmallMap::Big(t) => {
-                let ((_, val), _) = t.find_entry(s.hash_one(k), |e| e.0 == k).ok()?.remove();
+                let ((_, val), _) = t.find_entry(s.int(k), |e| e.0 == k).ok()?.remove();
                 if t.len() <= SMALL_MAX / 2 {
                     *self = SmallMap::Small(t.drain().collect());
                 } else if t.len() * 4 < t.capacity() {
                     let keep = t.len() * 2;
-                    t.shrink_to(keep, |e| s.hash_one(e.0));
+                    t.shrink_to(keep, |e| s.int(e.0));
                 }
                 Some(val)
             }
@@ -438,11 +607,13 @@ pub struct ConnectLimit {
     pairs: usize,
 }
 
+#[inline(always)]
 fn ident_bytes<'a>(slots: &Slab<IdentSlot>, arena: &'a Arena, id: u32) -> &'a [u8] {
     arena.get(slots.get(id).loc)
 }
 
 /// The pid a pid-index entry belongs to.
+#[inline(always)]
 fn entry_pid(slots: &Slab<IdentSlot>, recs: &Slab<PidRec>, e: u32) -> u32 {
     if e & FLAG == 0 {
         slots.get(e).a
@@ -451,14 +622,75 @@ fn entry_pid(slots: &Slab<IdentSlot>, recs: &Slab<PidRec>, e: u32) -> u32 {
     }
 }
 
-/// Shrinks a hash table that has become mostly empty (hashbrown never shrinks by itself).
-fn maybe_shrink(t: &mut HashTable<u32>, hasher: impl Fn(&u32) -> u64) {
-    if t.is_empty() {
-        *t = HashTable::new();
-    } else if t.capacity() > 64 && t.len() * 4 < t.capacity() {
-        let keep = t.len() * 2;
-        t.shrink_to(keep, hasher);
+/// Adds ident `id` to pid `p`'s existing index entry `e` (the pid has other idents).
+#[cold]
+fn add_to_pid_entry(
+    e: &mut u32,
+    p: u32,
+    id: u32,
+    recs: &mut Slab<PidRec>,
+    lists: &mut Pool<SmallMap<()>>,
+    hasher: &Hasher,
+) {
+    if *e & FLAG == 0 {
+        // Direct entry for another ident: the pid now needs a record with a set.
+        let li = lists.insert(SmallMap::pair((*e, ()), (id, ())));
+        *e = FLAG
+            | recs.insert(PidRec {
+                pid: p,
+                list: FLAG | li,
+            });
+    } else {
+        let rec = recs.get_mut(*e & !FLAG);
+        if rec.list & FLAG == 0 {
+            let li = lists.insert(SmallMap::pair((rec.list, ()), (id, ())));
+            rec.list = FLAG | li;
+        } else {
+            lists.get_mut(rec.list & !FLAG).insert_new(hasher, id, ());
+        }
     }
+}
+
+/// Removes ident `id` from a pid's record entry.
+#[cold]
+fn remove_from_pid_entry(
+    entry: OccupiedEntry<'_, u32>,
+    id: u32,
+    recs: &mut Slab<PidRec>,
+    lists: &mut Pool<SmallMap<()>>,
+    hasher: &Hasher,
+) {
+    let r = *entry.get() & !FLAG;
+    let rec = *recs.get(r);
+    if rec.list & FLAG == 0 {
+        entry.remove();
+        recs.remove(r);
+    } else {
+        let li = rec.list & !FLAG;
+        let set = lists.get_mut(li);
+        set.remove(hasher, id);
+        if set.len() == 1 {
+            let (only, ()) = set.first().unwrap_or((NONE, ()));
+            lists.take(li);
+            recs.get_mut(r).list = only;
+        }
+    }
+}
+
+/// Shrinks a hash table that has become mostly empty (hashbrown never shrinks by itself).
+/// Hysteresis: a table shrinks to half load only below a quarter load, and never below
+/// [`SMALL_TABLE`] entries, so that sessions coming and going do not reallocate it.
+#[inline(always)]
+fn maybe_shrink(t: &mut HashTable<u32>, hasher: impl Fn(&u32) -> u64) {
+    if t.capacity() > SMALL_TABLE && t.len() * 4 < t.capacity() {
+        shrink(t, hasher);
+    }
+}
+
+#[cold]
+fn shrink(t: &mut HashTable<u32>, hasher: impl Fn(&u32) -> u64) {
+    let keep = t.len() * 2;
+    t.shrink_to(keep, hasher);
 }
 
 impl ConnectLimit {
@@ -477,16 +709,23 @@ impl ConnectLimit {
     /// CONNECT: one more session of `ident` in `pid`.
     pub fn connect(&mut self, pid: Pid, ident: &[u8]) {
         let p = pid.get();
-        let h = self.hasher.hash_one(ident);
-        let Some(id) = self.find_ident(h, ident) else {
-            let loc = self.arena.alloc(ident);
-            let id = self.slots.insert(IdentSlot { loc, a: p, b: 1 });
-            let (slots, arena, hasher) = (&self.slots, &self.arena, &self.hasher);
-            self.ident_index
-                .insert_unique(h, id, |&i| hasher.hash_one(ident_bytes(slots, arena, i)));
-            self.pairs += 1;
-            self.add_ident_to_pid(p, id);
-            return;
+        let h = self.hasher.bytes(ident);
+        // One probe finds the ident or the place for it.
+        let (slots, arena, hasher) = (&self.slots, &self.arena, self.hasher);
+        let id = match self.ident_index.entry(
+            h,
+            |&id| ident_bytes(slots, arena, id) == ident,
+            |&id| hasher.bytes(ident_bytes(slots, arena, id)),
+        ) {
+            Entry::Occupied(found) => *found.get(),
+            Entry::Vacant(place) => {
+                let loc = self.arena.alloc(ident);
+                let id = self.slots.insert(IdentSlot { loc, a: p, b: 1 });
+                place.insert(id);
+                self.pairs += 1;
+                self.add_ident_to_pid(p, id, true);
+                return;
+            }
         };
         let slot = *self.slots.get(id);
         if slot.a & FLAG == 0 {
@@ -513,68 +752,51 @@ impl ConnectLimit {
             m.insert_new(&self.hasher, p, 1);
         }
         self.pairs += 1;
-        self.add_ident_to_pid(p, id);
+        self.add_ident_to_pid(p, id, false);
     }
 
-    /// Records the new pair (`id`, `p`) in the pid index.
-    fn add_ident_to_pid(&mut self, p: u32, id: u32) {
-        let hp = self.hasher.hash_one(p);
-        let (slots, recs) = (&self.slots, &self.pid_recs);
-        let found = self
-            .pid_index
-            .find(hp, |&e| entry_pid(slots, recs, e) == p)
-            .copied();
-        match found {
-            None => {
-                let e = if self.slots.get(id).a == p {
-                    id
-                } else {
-                    FLAG | self.pid_recs.insert(PidRec { pid: p, list: id })
-                };
-                let (slots, recs, hasher) = (&self.slots, &self.pid_recs, &self.hasher);
-                self.pid_index
-                    .insert_unique(hp, e, |&e| hasher.hash_one(entry_pid(slots, recs, e)));
+    /// Records the new pair (`id`, `p`) in the pid index. `new_ident`: `id` was just
+    /// created for this pair (so it is single with pid `p`).
+    #[inline]
+    fn add_ident_to_pid(&mut self, p: u32, id: u32, new_ident: bool) {
+        let hp = self.hasher.int(p);
+        let (slots, recs, hasher) = (&self.slots, &self.pid_recs, self.hasher);
+        match self.pid_index.entry(
+            hp,
+            |&e| entry_pid(slots, recs, e) == p,
+            |&e| hasher.int(entry_pid(slots, recs, e)),
+        ) {
+            // A new pid whose ident has only this pid (the common case): a direct entry.
+            Entry::Vacant(place) if new_ident => {
+                place.insert(id);
             }
-            Some(e) if e & FLAG == 0 => {
-                // Direct entry for another ident: the pid now needs a record with a set.
-                let li = self.pid_lists.insert(SmallMap::pair((e, ()), (id, ())));
-                let r = self.pid_recs.insert(PidRec {
-                    pid: p,
-                    list: FLAG | li,
-                });
-                // Entry values are unique (a direct id belongs to one pid only).
-                if let Some(slot) = self.pid_index.find_mut(hp, |&x| x == e) {
-                    *slot = FLAG | r;
-                }
+            Entry::Vacant(place) => {
+                place.insert(FLAG | self.pid_recs.insert(PidRec { pid: p, list: id }));
             }
-            Some(e) => {
-                let rec = self.pid_recs.get_mut(e & !FLAG);
-                if rec.list & FLAG == 0 {
-                    let li = self
-                        .pid_lists
-                        .insert(SmallMap::pair((rec.list, ()), (id, ())));
-                    rec.list = FLAG | li;
-                } else {
-                    self.pid_lists
-                        .get_mut(rec.list & !FLAG)
-                        .insert_new(&self.hasher, id, ());
-                }
-            }
+            Entry::Occupied(found) => add_to_pid_entry(
+                found.into_mut(),
+                p,
+                id,
+                &mut self.pid_recs,
+                &mut self.pid_lists,
+                &self.hasher,
+            ),
         }
     }
 
     /// If pid `q`'s index entry is direct to ident `id`, turns it into a record, because
     /// slot `id` is about to stop being single with pid `q`.
     fn undirect(&mut self, q: u32, id: u32) {
-        let hq = self.hasher.hash_one(q);
+        let hq = self.hasher.int(q);
         if let Some(e) = self.pid_index.find_mut(hq, |&e| e == id) {
             *e = FLAG | self.pid_recs.insert(PidRec { pid: q, list: id });
         }
     }
 
     /// Removes ident `id` from pid `p`'s index entry (the pair is gone).
+    #[inline]
     fn remove_ident_from_pid(&mut self, p: u32, id: u32) {
-        let hp = self.hasher.hash_one(p);
+        let hp = self.hasher.int(p);
         let (slots, recs) = (&self.slots, &self.pid_recs);
         let Ok(entry) = self
             .pid_index
@@ -583,57 +805,80 @@ impl ConnectLimit {
             debug_assert!(false, "pid {p} missing from the pid index");
             return;
         };
-        let e = *entry.get();
-        if e & FLAG == 0 {
+        if *entry.get() & FLAG == 0 {
+            // A direct entry: the pid's only ident.
             entry.remove();
         } else {
-            let r = e & !FLAG;
-            let rec = *self.pid_recs.get(r);
-            if rec.list & FLAG == 0 {
-                entry.remove();
-                self.pid_recs.remove(r);
-            } else {
-                let li = rec.list & !FLAG;
-                let set = self.pid_lists.get_mut(li);
-                set.remove(&self.hasher, id);
-                if set.len() == 1 {
-                    let (only, ()) = set.first().unwrap_or((NONE, ()));
-                    self.pid_lists.take(li);
-                    self.pid_recs.get_mut(r).list = only;
-                }
-            }
+            remove_from_pid_entry(
+                entry,
+                id,
+                &mut self.pid_recs,
+                &mut self.pid_lists,
+                &self.hasher,
+            );
         }
         self.shrink_pid_index();
     }
 
+    #[inline]
     fn shrink_pid_index(&mut self) {
         let (slots, recs, hasher) = (&self.slots, &self.pid_recs, &self.hasher);
         maybe_shrink(&mut self.pid_index, |&e| {
-            hasher.hash_one(entry_pid(slots, recs, e))
+            hasher.int(entry_pid(slots, recs, e))
         });
     }
 
     /// Frees an ident whose count reached 0 (no pid refers to it any more).
     /// `hash`: the ident's hash when the caller has it.
     fn free_ident(&mut self, id: u32, hash: Option<u64>) {
-        let h = hash.unwrap_or_else(|| {
-            self.hasher
-                .hash_one(ident_bytes(&self.slots, &self.arena, id))
-        });
+        let h =
+            hash.unwrap_or_else(|| self.hasher.bytes(ident_bytes(&self.slots, &self.arena, id)));
         if let Ok(entry) = self.ident_index.find_entry(h, |&x| x == id) {
             entry.remove();
         }
+        self.release_ident(id);
+    }
+
+    /// Frees slot `id` and its bytes; the ident index no longer refers to it.
+    #[inline]
+    fn release_ident(&mut self, id: u32) {
         let slot = self.slots.remove(id);
         self.arena.free(slot.loc);
         if self.slots.live == 0 {
-            self.arena = Arena::default();
+            self.on_empty();
         } else if self.arena.wants_compaction() {
             self.compact_arena();
         }
         let (slots, arena, hasher) = (&self.slots, &self.arena, &self.hasher);
         maybe_shrink(&mut self.ident_index, |&i| {
-            hasher.hash_one(ident_bytes(slots, arena, i))
+            hasher.bytes(ident_bytes(slots, arena, i))
         });
+    }
+
+    /// The last ident is gone. A table that was big gives all its memory back; a small one
+    /// keeps its (empty) buffers, so that a table going 0 -> 1 -> 0 sessions allocates nothing.
+    #[inline]
+    fn on_empty(&mut self) {
+        // Small: at most one slab chunk of idents (so the ident index is small too), one
+        // of pid records and a small pid index.
+        let small = self.slots.chunks.len() <= 1
+            && self.pid_recs.chunks.len() <= 1
+            && self.pid_index.capacity() <= SMALL_TABLE;
+        if !small {
+            self.release_all();
+        } else if self.arena.chunks.len() > 1 || self.arena.garbage >= ARENA_CHUNK {
+            // Freed bytes not reused (odd lengths) add up: start the arena afresh.
+            self.arena.reset();
+        }
+    }
+
+    #[cold]
+    fn release_all(&mut self) {
+        self.slots = Slab::new();
+        self.pid_recs = Slab::new();
+        self.arena = Arena::default();
+        self.ident_index = HashTable::new();
+        self.pid_index = HashTable::new();
     }
 
     /// Copies every live ident into fresh chunks (amortised: runs after at least as many
@@ -695,8 +940,13 @@ impl ConnectLimit {
     /// DISCONNECT: one session less; `Err` when (ident, pid) has none.
     pub fn disconnect(&mut self, pid: Pid, ident: &[u8]) -> Result<(), UnknownSession> {
         let p = pid.get();
-        let h = self.hasher.hash_one(ident);
-        let id = self.find_ident(h, ident).ok_or(UnknownSession)?;
+        let h = self.hasher.bytes(ident);
+        let (slots, arena) = (&self.slots, &self.arena);
+        let found = self
+            .ident_index
+            .find_entry(h, |&id| ident_bytes(slots, arena, id) == ident)
+            .map_err(|_| UnknownSession)?;
+        let id = *found.get();
         let slot = *self.slots.get(id);
         if slot.a & FLAG == 0 {
             if slot.a != p {
@@ -706,17 +956,23 @@ impl ConnectLimit {
                 self.slots.get_mut(id).b -= 1;
                 return Ok(());
             }
-        } else {
-            let r = self
-                .multi
-                .get_mut(slot.a & !FLAG)
-                .get_mut(&self.hasher, p)
-                .ok_or(UnknownSession)?;
-            if *r > 1 {
-                *r -= 1;
-                self.slots.get_mut(id).b -= 1;
-                return Ok(());
-            }
+            // The ident's last session (the common case): drop the index entry just found,
+            // then the pid's entry while the slot still resolves it, then the slot.
+            found.remove();
+            self.remove_ident_from_pid(p, id);
+            self.pairs -= 1;
+            self.release_ident(id);
+            return Ok(());
+        }
+        let r = self
+            .multi
+            .get_mut(slot.a & !FLAG)
+            .get_mut(&self.hasher, p)
+            .ok_or(UnknownSession)?;
+        if *r > 1 {
+            *r -= 1;
+            self.slots.get_mut(id).b -= 1;
+            return Ok(());
         }
         // The last session of this pair. Update the pid index while the slot still
         // resolves direct entries.
@@ -728,7 +984,7 @@ impl ConnectLimit {
     /// KILL: removes every session of `pid`; returns how many sessions were removed.
     pub fn kill(&mut self, pid: Pid) -> u64 {
         let p = pid.get();
-        let hp = self.hasher.hash_one(p);
+        let hp = self.hasher.int(p);
         let (slots, recs) = (&self.slots, &self.pid_recs);
         let Ok(entry) = self
             .pid_index
@@ -755,7 +1011,7 @@ impl ConnectLimit {
 
     /// LOOKUP: the total number of sessions of `ident` over all pids.
     pub fn lookup(&self, ident: &[u8]) -> u32 {
-        let h = self.hasher.hash_one(ident);
+        let h = self.hasher.bytes(ident);
         self.find_ident(h, ident)
             .map_or(0, |id| self.slots.get(id).b)
     }
@@ -821,10 +1077,7 @@ impl ConnectLimit {
         let mut pairs = 0usize;
         for (id, slot) in self.slots.iter() {
             let ident = self.arena.get(slot.loc);
-            assert_eq!(
-                self.find_ident(self.hasher.hash_one(ident), ident),
-                Some(id)
-            );
+            assert_eq!(self.find_ident(self.hasher.bytes(ident), ident), Some(id));
             if slot.a & FLAG == 0 {
                 assert!(slot.b > 0);
                 pairs += 1;
@@ -1041,6 +1294,102 @@ mod tests {
         t.kill(pid(1));
         assert_eq!(t.pairs(), 0);
         assert_eq!(t.memory_bytes(), 0, "an empty table gives its memory back");
+    }
+
+    /// hashbrown indexes with a hash's low bits and tags with its top 7: both must look
+    /// random for similar idents and consecutive pids (a weak hash shows here as many
+    /// collisions, and in the profile as long probe sequences).
+    #[test]
+    fn hashes_spread_low_and_top_bits() {
+        let h = Hasher::default();
+        let check = |hashes: Vec<u64>| {
+            let n = hashes.len();
+            let mut low = vec![false; n];
+            let mut tags = [0usize; 128];
+            for x in &hashes {
+                low[*x as usize % n] = true;
+                tags[(*x >> 57) as usize] += 1;
+            }
+            // n keys into n buckets: a random function fills 1 - 1/e of them (more is
+            // better: consecutive pids may fill almost all).
+            let filled = low.iter().filter(|&&b| b).count() as f64 / n as f64;
+            assert!(filled > 0.6, "low bits fill {filled:.3}");
+            let mean = n / 128;
+            for t in tags {
+                assert!(
+                    t > mean * 2 / 3 && t < mean * 3 / 2,
+                    "tag count {t}, mean {mean}"
+                );
+            }
+        };
+        let n = 1 << 16;
+        check((0..n).map(|i| h.int(i)).collect());
+        check((0..n).map(|i| h.int(i << 16)).collect());
+        // Idents that differ in their last (or first) 4 bytes only, at every read width.
+        let prefix = b"imap/10.0.0.1/user-with-a-long-name/x";
+        for len in [4usize, 5, 7, 8, 9, 15, 16, 17, 24, 33, 40] {
+            let at_end = |i: u32| [&prefix[..len - 4], &i.to_le_bytes()[..]].concat();
+            let at_start = |i: u32| [&i.to_be_bytes()[..], &prefix[..len - 4]].concat();
+            check((0..n).map(|i| h.bytes(&at_end(i))).collect());
+            check((0..n).map(|i| h.bytes(&at_start(i))).collect());
+        }
+        // Only the length tells empty from NULs, and the seed separates tables.
+        assert_ne!(h.bytes(b""), h.bytes(b"\0"));
+        assert_ne!(h.bytes(b"\0"), h.bytes(b"\0\0"));
+        assert_ne!(h.bytes(b"abc"), Hasher::default().bytes(b"abc"));
+    }
+
+    #[test]
+    fn sessions_coming_and_going_reuse_the_buffers() {
+        let mut t = ConnectLimit::new();
+        let ident = |i: u32| format!("imap/10.0.0.1/user{i}");
+        t.connect(pid(1), ident(0).as_bytes());
+        t.disconnect(pid(1), ident(0).as_bytes()).unwrap();
+        let kept = t.memory_bytes();
+        assert!(kept > 0, "a small empty table keeps its buffers");
+        for i in 1..10_000 {
+            t.connect(pid(1000 + i), ident(i).as_bytes());
+            t.disconnect(pid(1000 + i), ident(i).as_bytes()).unwrap();
+            assert_eq!(t.memory_bytes(), kept, "pair {i} changed the allocation");
+        }
+        t.check_invariants();
+        assert_eq!(t.lookup(ident(5).as_bytes()), 0);
+        // With other sessions present, a freed ident's bytes are reused by the next ident
+        // of the same length.
+        for i in 0..100 {
+            t.connect(pid(i), format!("pop3/{i}").as_bytes());
+        }
+        let arena = t.arena.heap_bytes();
+        let mut most = 0;
+        for i in 10_000..40_000 {
+            t.connect(pid(1000 + i), ident(i).as_bytes());
+            t.disconnect(pid(1000 + i), ident(i).as_bytes()).unwrap();
+            assert_eq!(t.arena.heap_bytes(), arena, "pair {i} grew the arena");
+            // The index tables may grow once (hashbrown's tombstones), then stay.
+            if i == 20_000 {
+                most = t.memory_bytes();
+            }
+            assert!(
+                i < 20_000 || t.memory_bytes() == most,
+                "pair {i} changed the allocation"
+            );
+        }
+        t.check_invariants();
+        assert_eq!(t.pairs(), 100);
+    }
+
+    #[test]
+    fn a_big_table_emptied_by_disconnect_gives_its_memory_back() {
+        let mut t = ConnectLimit::new();
+        let ident = |i: u32| format!("imap/10.0.0.1/user{i}");
+        for i in 0..5000 {
+            t.connect(pid(i), ident(i).as_bytes());
+        }
+        for i in 0..5000 {
+            t.disconnect(pid(i), ident(i).as_bytes()).unwrap();
+        }
+        t.check_invariants();
+        assert_eq!(t.memory_bytes(), 0);
     }
 
     #[derive(Debug, Clone)]

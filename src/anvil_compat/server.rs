@@ -784,7 +784,7 @@ fn step(shared: &Shared, conn: &mut Conn, io: &impl ConnIo, read: bool) -> Step 
     Step::Continue
 }
 
-/// Feeds `input` to the session one line at a time, stopping early once the unsent output
+/// Feeds `input` to the session in one call that stops early once the unsent output
 /// (`out`, or the connection's pending bytes) reaches [`OUTPUT_CAP`]: a pipelined batch of
 /// dump requests cannot make the server buffer more than one reply beyond the cap.
 /// Returns the bytes consumed and whether the connection must close.
@@ -802,36 +802,17 @@ fn feed_bounded(
         out.clear();
         return (fed.consumed, fed.close);
     }
-    let mut pos = 0;
-    // Line ends found in one SIMD pass over the buffer; the part after the last LF (a
-    // partial line, possibly too long) is fed last.
-    let ends = memchr::memchr_iter(b'\n', input)
-        .map(|lf| lf + 1)
-        .chain(std::iter::once(input.len()));
-    for end in ends {
-        if pos >= input.len() || out.len() + conn.pending.len() >= OUTPUT_CAP {
-            break;
-        }
-        if end <= pos {
-            continue;
-        }
-        // Replies go after anything still pending, in order.
-        let target = if conn.pending.is_empty() {
-            &mut *out
-        } else {
-            &mut conn.pending
-        };
-        let fed = conn.session.feed(anvil, now, &input[pos..end], target, log);
-        pos += fed.consumed;
-        if fed.close {
-            return (pos, true);
-        }
-        if pos < end {
-            // A partial line is left.
-            break;
-        }
-    }
-    (pos, false)
+    // Replies go after anything still pending, in order. Only one of `out` and `pending`
+    // grows during the call, so bounding the target bounds their sum.
+    let target = if conn.pending.is_empty() {
+        &mut *out
+    } else {
+        &mut conn.pending
+    };
+    let fed = conn
+        .session
+        .feed_bounded(anvil, now, input, target, log, OUTPUT_CAP);
+    (fed.consumed, fed.close)
 }
 
 /// Runs [`super::PenaltyTable::on_timer`] at the table's deadline.

@@ -11,10 +11,11 @@
 //!   otherwise `Anvil client not compatible with this server (mixed old and new binaries?)
 //!   <raw line>` is logged. With `ANVIL_RESTARTED`, a pipe (the master pipe or the shared
 //!   pipe) silently skips lines until its first valid VERSION line (§1.4).
-//! - After the handshake every line is parsed by [`parse_request`]; an empty line is ignored.
-//!   Any error logs `Anvil client input error: <reason>`; a socket is then closed at once, and
-//!   later lines of the same input are not executed, while effects and replies of the earlier
-//!   lines stay. A DISCONNECT without a session only logs
+//! - After the handshake every line is framed and parsed in one pass by
+//!   [`decode_request`]; an empty line is ignored. Any error logs
+//!   `Anvil client input error: <reason>`; a socket is then closed at once, and later lines
+//!   of the same input are not executed, while effects and replies of the earlier lines
+//!   stay. A DISCONNECT without a session only logs
 //!   `connect limit: disconnection for unknown pid <pid> + ident <ident>`.
 //! - KILL is checked in stock's order: not enough parameters, not the master pipe, invalid pid.
 //!
@@ -40,11 +41,12 @@ use bstr::BString;
 
 use super::{Anvil, UnixMillis};
 use crate::wire::anvil::{
-    encode_reply, is_compatible_version, parse_request, Command, ConnectRow, Reply, Request,
+    decode_request, encode_reply, is_compatible_version, Command, ConnectRow, Reply, Request,
     RequestError,
 };
 use crate::wire::line::{next_line, LineError};
 use crate::wire::log::Level;
+use crate::wire::DecodeError;
 
 /// What kind of connection this is (anvil-protocol.md §1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,9 +148,31 @@ impl Session {
         out: &mut Vec<u8>,
         log: &mut LogBuf,
     ) -> Fed {
+        self.feed_bounded(anvil, now, input, out, log, usize::MAX)
+    }
+
+    /// [`Session::feed`] that also stops before a line once `out` holds `out_cap` bytes or
+    /// more (a shell bounding its unsent output); the rest is consumed by a later call.
+    // Never inlined: one call per read, and profiles can count it (examples/anvil_feed).
+    #[inline(never)]
+    pub fn feed_bounded(
+        &mut self,
+        anvil: &mut Anvil,
+        now: UnixMillis,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        log: &mut LogBuf,
+        out_cap: usize,
+    ) -> Fed {
         let mut pos = 0;
         loop {
             let rest = &input[pos..];
+            if rest.is_empty() || out.len() >= out_cap {
+                return Fed {
+                    consumed: pos,
+                    close: false,
+                };
+            }
             if self.discarding {
                 match memchr::memchr(b'\n', rest) {
                     Some(lf) => {
@@ -164,28 +188,84 @@ impl Session {
                     }
                 }
             }
-            let (n, line) = match next_line(rest) {
-                Ok(Some(framed)) => framed,
-                Ok(None) => {
+            if !self.handshaken {
+                let (n, line) = match next_line(rest) {
+                    Ok(Some(framed)) => framed,
+                    Ok(None) => {
+                        return Fed {
+                            consumed: pos,
+                            close: false,
+                        }
+                    }
+                    Err(LineError::TooLong) => {
+                        if self.too_long(log) {
+                            return Fed {
+                                consumed: input.len(),
+                                close: true,
+                            };
+                        }
+                        continue;
+                    }
+                };
+                pos += n;
+                if self.handshake(line, out, log).is_err() && !self.kind.fifo {
+                    return Fed {
+                        consumed: pos,
+                        close: true,
+                    };
+                }
+                continue;
+            }
+            // A foreman-anvil connection: extension commands first (docs/anvil-extensions.md).
+            if self.ext {
+                if let Ok(Some((n, line))) = next_line(rest) {
+                    if let Some(done) = super::ext_session::handle_line(anvil, now, line, out, log)
+                    {
+                        pos += n;
+                        if done.is_err() {
+                            return Fed {
+                                consumed: pos,
+                                close: true,
+                            };
+                        }
+                        continue;
+                    }
+                }
+            }
+            // After the handshake: framing and parsing in one pass.
+            let result = match decode_request(rest) {
+                Ok((n, request)) => {
+                    pos += n;
+                    match request {
+                        Some(request) => self.execute(anvil, now, request, out, log),
+                        None => Ok(()), // an empty line
+                    }
+                }
+                Err(DecodeError::Incomplete) => {
                     return Fed {
                         consumed: pos,
                         close: false,
                     }
                 }
-                Err(LineError::TooLong) => {
-                    log.push((Level::Error, TOO_MUCH_DATA.into()));
-                    if self.kind.fifo {
-                        self.discarding = true;
-                        continue;
+                Err(DecodeError::Invalid(Err(LineError::TooLong))) => {
+                    if self.too_long(log) {
+                        return Fed {
+                            consumed: input.len(),
+                            close: true,
+                        };
                     }
-                    return Fed {
-                        consumed: input.len(),
-                        close: true,
+                    continue;
+                }
+                Err(DecodeError::Invalid(Ok(reason))) => {
+                    // Errors are rare: frame the line again for its length.
+                    pos += match next_line(rest) {
+                        Ok(Some((n, _))) => n,
+                        _ => rest.len(),
                     };
+                    request_error(log, reason)
                 }
             };
-            pos += n;
-            if self.handle_line(anvil, now, line, out, log).is_err() && !self.kind.fifo {
+            if result.is_err() && !self.kind.fifo {
                 return Fed {
                     consumed: pos,
                     close: true,
@@ -194,44 +274,49 @@ impl Session {
         }
     }
 
-    fn handle_line(
+    /// An oversized line: logged; a pipe discards it up to its LF, a socket must be closed
+    /// (true).
+    fn too_long(&mut self, log: &mut LogBuf) -> bool {
+        log.push((Level::Error, TOO_MUCH_DATA.into()));
+        if self.kind.fifo {
+            self.discarding = true;
+        }
+        !self.kind.fifo
+    }
+
+    /// A line before the handshake.
+    fn handshake(
         &mut self,
-        anvil: &mut Anvil,
-        now: UnixMillis,
         line: &[u8],
         out: &mut Vec<u8>,
         log: &mut LogBuf,
     ) -> Result<(), LineFailed> {
-        if !self.handshaken {
-            if is_compatible_version(line) {
-                self.handshaken = true;
-                self.skip_until_version = false;
-                return Ok(());
-            }
-            if super::ext_session::accept_handshake(self.kind, line, out) {
-                (self.handshaken, self.ext) = (true, true);
-                return Ok(());
-            }
-            if self.skip_until_version {
-                return Ok(());
-            }
-            log.push((Level::Error, concat(NOT_COMPATIBLE, line)));
-            return Err(LineFailed);
+        if is_compatible_version(line) {
+            self.handshaken = true;
+            self.skip_until_version = false;
+            return Ok(());
         }
-        if self.ext {
-            if let Some(done) = super::ext_session::handle_line(anvil, now, line, out, log) {
-                return done.map_err(|_| LineFailed);
-            }
+        if super::ext_session::accept_handshake(self.kind, line, out) {
+            (self.handshaken, self.ext) = (true, true);
+            return Ok(());
         }
-        let request = match parse_request(line) {
-            Ok(Some(request)) => request,
-            Ok(None) => return Ok(()),
-            Err(RequestError::UnknownCommand(name)) => {
-                // The name is logged raw, whatever its bytes.
-                return input_error(log, &concat("Unknown command: ", &name));
-            }
-            Err(e) => return input_error(log, e.to_string().as_bytes()),
-        };
+        if self.skip_until_version {
+            return Ok(());
+        }
+        log.push((Level::Error, concat(NOT_COMPATIBLE, line)));
+        Err(LineFailed)
+    }
+
+    /// Runs one parsed request.
+    #[inline]
+    fn execute(
+        &mut self,
+        anvil: &mut Anvil,
+        now: UnixMillis,
+        request: Request<'_>,
+        out: &mut Vec<u8>,
+        log: &mut LogBuf,
+    ) -> Result<(), LineFailed> {
         let command = request.command();
         if self.kind.fifo && needs_reply(command) {
             return input_error(
@@ -314,6 +399,14 @@ fn concat(prefix: &str, raw: &[u8]) -> BString {
     text.extend_from_slice(prefix.as_bytes());
     text.extend_from_slice(raw);
     BString::from(text)
+}
+
+fn request_error(log: &mut LogBuf, reason: RequestError) -> Result<(), LineFailed> {
+    match reason {
+        // The name is logged raw, whatever its bytes.
+        RequestError::UnknownCommand(name) => input_error(log, &concat("Unknown command: ", &name)),
+        e => input_error(log, e.to_string().as_bytes()),
+    }
 }
 
 fn input_error(log: &mut LogBuf, reason: &[u8]) -> Result<(), LineFailed> {
@@ -978,6 +1071,30 @@ mod tests {
         }
         assert!(pending.is_empty());
         assert_eq!(out, b"1\n");
+    }
+
+    #[test]
+    fn feed_bounded_stops_before_a_line_once_the_output_is_full() {
+        let mut anvil = Anvil::default();
+        let mut s = Session::new(S, false);
+        let input = with_version(b"LOOKUP\tx\nCONNECT\t1\tx\nLOOKUP\tx\nLOOKUP\ty\n");
+        let (mut out, mut log) = (Vec::new(), LogBuf::new());
+        // 2 bytes of output reach the cap: the CONNECT waits for the next call.
+        let fed = s.feed_bounded(&mut anvil, NOW, &input, &mut out, &mut log, 2);
+        assert_eq!(out, b"0\n");
+        assert_eq!(
+            &input[fed.consumed..],
+            b"CONNECT\t1\tx\nLOOKUP\tx\nLOOKUP\ty\n"
+        );
+        assert_eq!(anvil.connect_limit.lookup(b"x"), 0);
+        // A full buffer takes nothing.
+        let rest = &input[fed.consumed..];
+        let again = s.feed_bounded(&mut anvil, NOW, rest, &mut out, &mut log, 2);
+        assert_eq!(again.consumed, 0);
+        out.clear();
+        let fed = s.feed_bounded(&mut anvil, NOW, rest, &mut out, &mut log, 3);
+        assert_eq!((out.as_slice(), fed.consumed), (&b"1\n0\n"[..], rest.len()));
+        assert!(log.is_empty() && !fed.close);
     }
 
     #[test]
