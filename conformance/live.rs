@@ -60,34 +60,13 @@ impl Ctx {
         self.dovecot.pid().context("dovecot is not running")
     }
 
-    /// Pids of the master's children whose executable name is `comm`.
+    /// Pids of the live children of `parent` whose kernel command name is `comm`.
     pub fn children(&self, parent: u32, comm: &str) -> Vec<u32> {
-        let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return out;
-        };
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // "pid (comm) state ppid ..."; comm may hold spaces, so split at the last ')'.
-            let Some((head, tail)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let c = head.split_once('(').map(|x| x.1).unwrap_or("");
-            let ppid = tail
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u32>().ok());
-            if c == comm && ppid == Some(parent) {
-                out.push(pid);
-            }
-        }
-        out.sort();
-        out
+        crate::stock::procs::children_of(parent)
+            .into_iter()
+            .filter(|p| p.comm == comm)
+            .map(|p| p.pid)
+            .collect()
     }
 
     /// The single mail process of service `comm` (imap, pop3).

@@ -2,7 +2,6 @@
 //! configuration: which processes run after logins, and how a crash-looping service is
 //! throttled.
 
-use std::fs;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -21,26 +20,10 @@ fn both(configure: impl Fn(Builder) -> Builder) -> [(&'static str, StockDovecot)
 
 /// Service names (from the process titles) of the master's children, sorted.
 fn child_services(master: u32) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.first() == Some(&"Z") || fields.get(1) != Some(&master.to_string().as_str()) {
-            continue;
-        }
-        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let title = String::from_utf8_lossy(&cmd);
-        let a0 = title.split(['\0', ' ']).next().unwrap_or("");
-        out.push(a0.rsplit('/').next().unwrap_or(a0).to_owned());
-    }
+    let mut out: Vec<String> = foreman::stock::procs::children_of(master)
+        .iter()
+        .map(|p| p.title_name().to_owned())
+        .collect();
     out.sort();
     out
 }
@@ -201,9 +184,12 @@ fn login_processes_at_process_limit_are_told_the_service_is_full_like_stock() {
     }
     let (stock, foreman) = (&outcomes[0], &outcomes[1]);
     for (who, o) in [("stock", stock), ("foreman", foreman)] {
+        // Stock kicks the first pre-auth client at once; whether the second one is kicked too
+        // depends on how fast the replacement process starts (seen both ways with stock on
+        // this 2-core machine), so only the first kick is part of the comparison.
         assert!(
-            o.0.iter().all(|l| l.iter().any(|x| x.contains("BYE"))),
-            "{who}: first clients not kicked: {o:?}"
+            o.0.iter().any(|l| l.iter().any(|x| x.contains("BYE"))),
+            "{who}: no first client kicked: {o:?}"
         );
         assert!(
             o.1.iter()

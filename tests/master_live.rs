@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use foreman::stock::procs;
 use foreman::stock::{wait_for, StockDovecot};
 
 const FOREMAN: &str = env!("CARGO_BIN_EXE_foreman");
@@ -21,31 +22,9 @@ fn start() -> StockDovecot {
         .expect("start the stock stack under foreman master")
 }
 
-/// Pids whose parent is `parent` (from /proc).
+/// Pids of the live children of `parent`.
 fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Field 4 (after the parenthesised comm, which may hold spaces).
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let ppid: u32 = rest
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("0")
-            .parse()
-            .unwrap_or(0);
-        if ppid == parent {
-            out.push(pid);
-        }
-    }
-    out
+    procs::children_of(parent).iter().map(|p| p.pid).collect()
 }
 
 fn alive(pid: u32) -> bool {
@@ -166,13 +145,10 @@ fn killing_the_master_makes_every_child_exit() {
 
 /// The child of `master` whose process title names `service` (`…/anvil [..]`).
 fn service_pid(master: u32, service: &str) -> Option<u32> {
-    children_of(master).into_iter().find(|&p| {
-        let cmd = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        cmd.split(['\0', ' '])
-            .next()
-            .is_some_and(|a0| a0.ends_with(&format!("/{service}")))
-    })
+    procs::children_of(master)
+        .into_iter()
+        .find(|p| p.title_name() == service)
+        .map(|p| p.pid)
 }
 
 fn inode(path: &Path) -> u64 {

@@ -234,29 +234,8 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
 
 /// A child of `parent` whose command line contains `name`.
 fn find_child(parent: u32, name: &str) -> Option<u32> {
-    for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid …`: comm may contain spaces, so split after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid != Some(parent) {
-            continue;
-        }
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(name) {
-            return Some(pid);
-        }
-    }
-    None
+    crate::stock::procs::children_of(parent)
+        .into_iter()
+        .find(|p| p.cmdline.contains(name))
+        .map(|p| p.pid)
 }

@@ -18,6 +18,7 @@ pub mod anvil_client;
 pub mod imap;
 mod line_conn;
 pub mod pop3;
+pub mod procs;
 
 use std::fmt::Write as _;
 use std::fs;
