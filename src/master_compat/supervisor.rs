@@ -377,16 +377,7 @@ impl Supervisor {
             Event::Retire => {
                 if !self.retired && self.shutdown.is_none() {
                     self.retired = true;
-                    for s in 0..self.svcs.len() {
-                        if self.svcs[s].listening {
-                            self.svcs[s].listening = false;
-                            out.push(Action::Listen {
-                                service: s,
-                                on: false,
-                            });
-                        }
-                    }
-                    out.push(Action::CloseDeadPipes);
+                    self.stop_listening_and_close_dead_pipes(&mut out);
                 }
             }
         }
@@ -1007,16 +998,12 @@ impl Supervisor {
         });
     }
 
-    fn begin_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.shutdown.is_some() || self.retired {
-            return;
-        }
-        self.shutdown = Some(ShutdownPhase::Draining {
-            until: now + SHUTDOWN_WAIT,
-        });
-        for s in 0..self.svcs.len() {
-            if self.svcs[s].listening {
-                self.svcs[s].listening = false;
+    /// Stops listening on every service and closes the dead pipes, so that every child sees
+    /// "master gone" (shutdown, and retiring an old generation on reload).
+    fn stop_listening_and_close_dead_pipes(&mut self, out: &mut Vec<Action>) {
+        for (s, svc) in self.svcs.iter_mut().enumerate() {
+            if svc.listening {
+                svc.listening = false;
                 out.push(Action::Listen {
                     service: s,
                     on: false,
@@ -1024,6 +1011,16 @@ impl Supervisor {
             }
         }
         out.push(Action::CloseDeadPipes);
+    }
+
+    fn begin_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.shutdown.is_some() || self.retired {
+            return;
+        }
+        self.shutdown = Some(ShutdownPhase::Draining {
+            until: now + SHUTDOWN_WAIT,
+        });
+        self.stop_listening_and_close_dead_pipes(out);
     }
 
     fn check_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
