@@ -496,10 +496,30 @@ pub fn child_env(
     env
 }
 
+/// A small valid configuration (imap on 127.0.0.1:14300) plus `extra`, loaded with Foreman's
+/// extensions: the fixture of this module's and the supervisor's unit tests.
+#[cfg(test)]
+pub(crate) fn test_settings(extra: &str) -> MasterSettings {
+    use crate::master_compat::config::{load_str, LoadOptions};
+    let text = format!(
+        "base_dir = /b\nprotocols = imap\nlisten = 127.0.0.1\nssl = no\n\
+         service imap-login {{\n inet_listener imap {{\n port = 14300\n }}\n}}\n{extra}"
+    );
+    let loaded = load_str(
+        "t.conf",
+        &text,
+        LoadOptions {
+            foreman: true,
+            ..Default::default()
+        },
+    );
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    loaded.master_settings()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::master_compat::config::{load_str, LoadOptions};
 
     struct Table;
     impl Resolver for Table {
@@ -520,20 +540,7 @@ mod tests {
     }
 
     fn settings(extra: &str) -> MasterSettings {
-        let text = format!(
-            "base_dir = /b\ninstance_name = mref\nprotocols = imap\nlisten = 127.0.0.1\nssl = no\n\
-             service imap-login {{\n inet_listener imap {{\n port = 14300\n }}\n}}\n{extra}"
-        );
-        let loaded = load_str(
-            "t.conf",
-            &text,
-            LoadOptions {
-                foreman: true,
-                ..Default::default()
-            },
-        );
-        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-        loaded.master_settings()
+        test_settings(&format!("instance_name = mref\n{extra}"))
     }
 
     fn env_of(set: &ServiceSet, m: &MasterSettings, name: &str) -> Vec<(String, String)> {

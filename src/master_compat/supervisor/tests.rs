@@ -1,8 +1,7 @@
 //! Drives the supervisor without processes: a small service set resolved from a config text.
 
 use super::*;
-use crate::master_compat::config::{load_str, LoadOptions};
-use crate::master_compat::services::{resolve, Resolver, ServiceSet};
+use crate::master_compat::services::{resolve, test_settings, Resolver, ServiceSet};
 
 struct Table;
 impl Resolver for Table {
@@ -15,20 +14,7 @@ impl Resolver for Table {
 }
 
 fn set(extra: &str) -> ServiceSet {
-    let text = format!(
-        "base_dir = /b\nprotocols = imap\nlisten = 127.0.0.1\nssl = no\n\
-         service imap-login {{\n inet_listener imap {{\n port = 14300\n }}\n}}\n{extra}"
-    );
-    let loaded = load_str(
-        "t.conf",
-        &text,
-        LoadOptions {
-            foreman: true,
-            ..Default::default()
-        },
-    );
-    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-    resolve(&loaded.master_settings(), &Table, &[]).unwrap()
+    resolve(&test_settings(extra), &Table, &[]).unwrap()
 }
 
 fn id(set: &ServiceSet, name: &str) -> ServiceId {
