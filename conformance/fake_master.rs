@@ -174,13 +174,7 @@ impl FakeMaster {
         let Some(listeners) = &self.listeners else {
             return self.spawn_standalone(timeout);
         };
-        let null = || {
-            File::options()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .map(OwnedFd::from)
-        };
+        let null = crate::sys::dev_null;
         let (log_r, log_w) = pipe2(OFlag::O_CLOEXEC)?;
         let std_fds = [null()?, null()?, log_w];
         let plan = vec![

@@ -190,13 +190,7 @@ pub fn run(opts: &ProxyOptions) -> io::Result<ExitKind> {
     let (s_r, s_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (st_r, st_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (dead_r, dead_w) = pipe2(OFlag::O_CLOEXEC)?;
-    let null = || {
-        File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map(OwnedFd::from)
-    };
+    let null = crate::sys::dev_null;
     let std_fds = [null()?, null()?, io::stderr().as_fd().try_clone_to_owned()?];
     let plan = vec![
         (null()?, 3),

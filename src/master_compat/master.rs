@@ -394,12 +394,7 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
     let _ = fs::remove_file(&link);
     let _ = std::os::unix::fs::symlink(&config_path, &link);
 
-    let devnull: OwnedFd = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(io_err("open /dev/null"))?
-        .into();
+    let devnull: OwnedFd = crate::sys::dev_null().map_err(io_err("open /dev/null"))?;
     let (master_r, master_w) = pipe_pair(true, true)?;
     let (children_r, children_w) = pipe_pair(true, false)?;
     let (status_r, status_w) = pipe_pair(true, true)?;

@@ -178,6 +178,15 @@ pub fn accept_nonblocking(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     Ok(Some(unsafe { OwnedFd::from_raw_fd(r) }))
 }
 
+/// `/dev/null` opened read-write and close-on-exec: what a child gets on fds it must not use.
+pub fn dev_null() -> io::Result<OwnedFd> {
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into())
+}
+
 /// Sets or clears O_NONBLOCK.
 pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
     let raw = fd.as_raw_fd();
