@@ -14,15 +14,19 @@
 //!   the bytes are, plus the sessions:
 //!   - *single*: the ident has sessions in exactly one pid: `(pid, refcount)` inline. This
 //!     is the common case (one imap process per session) and costs no further memory.
-//!   - *multi*: several pids: a `SmallMap` pid -> refcount in the `multi` pool (a vector
-//!     up to 16 pids, a hash table above), and the total count inline.
+//!   - *multi*: the ident has had several pids at once: only the total count inline; each
+//!     pair's refcount is stored on the pid side (below), so an ident with a million pids
+//!     needs no per-ident map at all. A multi ident stays multi until its count reaches 0.
 //! - `ident_index` is a hash table of ident ids hashed by the ident bytes (4 bytes a bucket).
 //! - **pid -> idents index** for KILL and for the dump-free DISCONNECT bookkeeping:
 //!   `pid_index` is a hash table of `u32` entries hashed by pid. An entry is either
 //!   - *direct*: an ident id whose slot is *single* with this pid, and the pid has no other
 //!     ident (the pid is read from the slot, so the entry is 4 bytes); or
-//!   - `FLAG | r`: a `PidRec` `{pid, list}` where `list` is one ident id or `FLAG | l`, a
-//!     `SmallMap` set of ident ids in the `pid_lists` pool.
+//!   - `FLAG | r`: a `PidRec` `{pid, list, refs}` (12 bytes, in a chunked `Slab`) where
+//!     `list` is one ident id with the pair's refcount in `refs`, or `FLAG | l`, a
+//!     `SmallMap` ident id -> refcount in the `pid_lists` pool (a vector up to 16 idents, a
+//!     hash table above). A refcount stored on the pid side is meaningful only for a multi
+//!     ident; a single ident's refcount is its slot's count.
 //!
 //! - Hashing is the table's own seeded folded-multiply hash (`Hasher`); each operation
 //!   hashes its ident once and probes each index once. Tables and buffers follow the load
@@ -1370,6 +1374,50 @@ mod tests {
             dump(&t),
             rows(&[("imap/10.0.0.1/bob", 98, 1), ("imap/10.0.0.1/bob", 99, 1)])
         );
+    }
+
+    #[test]
+    fn a_multi_ident_back_to_one_pid_keeps_its_refcounts_on_the_pid_side() {
+        let mut t = ConnectLimit::new();
+        let bob = b"pop3/10.0.0.2/bob";
+        // bob: 3 sessions in pid 7 (single), then pid 8 makes it multi.
+        for _ in 0..3 {
+            t.connect(pid(7), bob);
+        }
+        t.connect(pid(7), b"imap/10.0.0.2/eve");
+        t.connect(pid(8), bob);
+        t.connect(pid(8), bob);
+        t.check_invariants();
+        assert_eq!(
+            dump(&t),
+            rows(&[
+                ("pop3/10.0.0.2/bob", 7, 3),
+                ("pop3/10.0.0.2/bob", 8, 2),
+                ("imap/10.0.0.2/eve", 7, 1),
+            ])
+        );
+        // Back to one pid: the refcount stays exact, the pair is still found by pid.
+        assert_eq!(t.kill(pid(8)), 2);
+        t.check_invariants();
+        assert_eq!(t.lookup(bob), 3);
+        assert_eq!(t.disconnect(pid(8), bob), Err(UnknownSession));
+        t.disconnect(pid(7), bob).unwrap();
+        t.connect(pid(9), bob);
+        t.check_invariants();
+        assert_eq!(
+            dump(&t),
+            rows(&[
+                ("pop3/10.0.0.2/bob", 7, 2),
+                ("pop3/10.0.0.2/bob", 9, 1),
+                ("imap/10.0.0.2/eve", 7, 1),
+            ])
+        );
+        // pid 7 holds a map {bob: 2, eve: -}; KILL counts eve from its slot.
+        assert_eq!(t.kill(pid(7)), 3);
+        t.disconnect(pid(9), bob).unwrap();
+        t.check_invariants();
+        assert_eq!((t.pairs(), t.idents(), t.pids()), (0, 0, 0));
+        assert_eq!(t.lookup(bob), 0);
     }
 
     #[test]
