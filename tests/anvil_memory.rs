@@ -1,6 +1,7 @@
 //! Heap bytes per tracked session of the connect-limit table, measured with a counting global
 //! allocator (requested sizes; the allocator's own per-block overhead is not included, and
-//! the table makes few, large blocks). Prints the figures; asserts only a generous bound.
+//! the table makes few, large blocks). Prints the figures; asserts a generous bound for
+//! distinct idents and the design bound (half of stock) for one ident with many pids.
 //!
 //! `cargo test --test anvil_memory -- --nocapture` shows the 100 k figures;
 //! add `--ignored` for the 1 M ones.
@@ -87,7 +88,9 @@ fn report(n: u32) {
         distinct < 100.0,
         "distinct idents: {distinct:.1} bytes per session"
     );
-    assert!(one < 100.0, "one ident: {one:.1} bytes per session");
+    // One ident with a pid per session: a 12-byte pid record and a pid-index bucket each;
+    // the target is half of stock's 56 bytes.
+    assert!(one < 28.0, "one ident: {one:.1} bytes per session");
 }
 
 #[test]

@@ -14,15 +14,19 @@
 //!   the bytes are, plus the sessions:
 //!   - *single*: the ident has sessions in exactly one pid: `(pid, refcount)` inline. This
 //!     is the common case (one imap process per session) and costs no further memory.
-//!   - *multi*: several pids: a `SmallMap` pid -> refcount in the `multi` pool (a vector
-//!     up to 16 pids, a hash table above), and the total count inline.
+//!   - *multi*: the ident has had several pids at once: only the total count inline; each
+//!     pair's refcount is stored on the pid side (below), so an ident with a million pids
+//!     needs no per-ident map at all. A multi ident stays multi until its count reaches 0.
 //! - `ident_index` is a hash table of ident ids hashed by the ident bytes (4 bytes a bucket).
 //! - **pid -> idents index** for KILL and for the dump-free DISCONNECT bookkeeping:
 //!   `pid_index` is a hash table of `u32` entries hashed by pid. An entry is either
 //!   - *direct*: an ident id whose slot is *single* with this pid, and the pid has no other
 //!     ident (the pid is read from the slot, so the entry is 4 bytes); or
-//!   - `FLAG | r`: a `PidRec` `{pid, list}` where `list` is one ident id or `FLAG | l`, a
-//!     `SmallMap` set of ident ids in the `pid_lists` pool.
+//!   - `FLAG | r`: a `PidRec` `{pid, list, refs}` (12 bytes, in a chunked `Slab`) where
+//!     `list` is one ident id with the pair's refcount in `refs`, or `FLAG | l`, a
+//!     `SmallMap` ident id -> refcount in the `pid_lists` pool (a vector up to 16 idents, a
+//!     hash table above). A refcount stored on the pid side is meaningful only for a multi
+//!     ident; a single ident's refcount is its slot's count.
 //!
 //! - Hashing is the table's own seeded folded-multiply hash (`Hasher`); each operation
 //!   hashes its ident once and probes each index once. Tables and buffers follow the load
@@ -544,7 +548,9 @@ impl<T: Default> Pool<T> {
 ///
 /// - vacant: `loc.chunk == NONE`, `a` = next free slot;
 /// - single: `a` = pid (no FLAG), `b` = refcount = count;
-/// - multi: `a` = `FLAG | index into multi`, `b` = count.
+/// - multi: `a` = `FLAG`, `b` = count; the per-pid refcounts are on the pid side (each pid's
+///   `PidRec`). A multi ident stays multi until its count reaches 0, even when it is back to
+///   one pid (it does not know which pid that is).
 #[derive(Debug, Clone, Copy, Default)]
 struct IdentSlot {
     loc: Loc,
@@ -569,12 +575,16 @@ impl SlabItem for IdentSlot {
     }
 }
 
-/// A pid whose idents cannot be a direct index entry. `list`: an ident id, or
-/// `FLAG | index into pid_lists`. Vacant: `pid == NONE`, `list` = next free.
+/// A pid whose idents cannot be a direct index entry (12 bytes). `list`: an ident id, or
+/// `FLAG | index into pid_lists` (a map ident id -> refcount). `refs`: the refcount of the
+/// pair (`list`, `pid`) when `list` is one multi ident. A refcount stored on the pid side
+/// is meaningful only for a multi ident: a single ident's refcount is its slot's count.
+/// Vacant: `pid == NONE`, `list` = next free.
 #[derive(Debug, Clone, Copy, Default)]
 struct PidRec {
     pid: u32,
     list: u32,
+    refs: u32,
 }
 
 impl SlabItem for PidRec {
@@ -582,6 +592,7 @@ impl SlabItem for PidRec {
         PidRec {
             pid: NONE,
             list: next,
+            refs: 0,
         }
     }
     fn next_vacant(&self) -> Option<u32> {
@@ -597,13 +608,11 @@ pub struct ConnectLimit {
     arena: Arena,
     /// Ident ids, hashed by ident bytes.
     ident_index: HashTable<u32>,
-    /// pid -> refcount of idents with several pids.
-    multi: Pool<SmallMap<u32>>,
     pid_recs: Slab<PidRec>,
     /// Direct ident ids or `FLAG | pid_recs index`, hashed by pid.
     pid_index: HashTable<u32>,
-    /// Ident id sets of pids with several idents.
-    pid_lists: Pool<SmallMap<()>>,
+    /// ident id -> refcount maps of pids with several idents.
+    pid_lists: Pool<SmallMap<u32>>,
     pairs: usize,
 }
 
@@ -622,42 +631,45 @@ fn entry_pid(slots: &Slab<IdentSlot>, recs: &Slab<PidRec>, e: u32) -> u32 {
     }
 }
 
-/// Adds ident `id` to pid `p`'s existing index entry `e` (the pid has other idents).
+/// Adds the new pair (`id`, `p`) with refcount `refs` (stored for a multi ident only) to
+/// pid `p`'s existing index entry `e` (the pid has other idents).
 #[cold]
 fn add_to_pid_entry(
     e: &mut u32,
     p: u32,
     id: u32,
+    refs: u32,
     recs: &mut Slab<PidRec>,
-    lists: &mut Pool<SmallMap<()>>,
+    lists: &mut Pool<SmallMap<u32>>,
     hasher: &Hasher,
 ) {
     if *e & FLAG == 0 {
-        // Direct entry for another ident: the pid now needs a record with a set.
-        let li = lists.insert(SmallMap::pair((*e, ()), (id, ())));
+        // Direct entry for another (single) ident: the pid now needs a record with a map.
+        let li = lists.insert(SmallMap::pair((*e, 0), (id, refs)));
         *e = FLAG
             | recs.insert(PidRec {
                 pid: p,
                 list: FLAG | li,
+                refs: 0,
             });
     } else {
         let rec = recs.get_mut(*e & !FLAG);
         if rec.list & FLAG == 0 {
-            let li = lists.insert(SmallMap::pair((rec.list, ()), (id, ())));
+            let li = lists.insert(SmallMap::pair((rec.list, rec.refs), (id, refs)));
             rec.list = FLAG | li;
+            rec.refs = 0;
         } else {
-            lists.get_mut(rec.list & !FLAG).insert_new(hasher, id, ());
+            lists.get_mut(rec.list & !FLAG).insert_new(hasher, id, refs);
         }
     }
 }
 
-/// Removes ident `id` from a pid's record entry.
-#[cold]
+/// Removes the pair (`id`, the entry's pid) from a pid's record entry.
 fn remove_from_pid_entry(
     entry: OccupiedEntry<'_, u32>,
     id: u32,
     recs: &mut Slab<PidRec>,
-    lists: &mut Pool<SmallMap<()>>,
+    lists: &mut Pool<SmallMap<u32>>,
     hasher: &Hasher,
 ) {
     let r = *entry.get() & !FLAG;
@@ -666,14 +678,43 @@ fn remove_from_pid_entry(
         entry.remove();
         recs.remove(r);
     } else {
-        let li = rec.list & !FLAG;
-        let set = lists.get_mut(li);
-        set.remove(hasher, id);
-        if set.len() == 1 {
-            let (only, ()) = set.first().unwrap_or((NONE, ()));
-            lists.take(li);
-            recs.get_mut(r).list = only;
-        }
+        remove_from_list(recs.get_mut(r), id, lists, hasher);
+    }
+}
+
+/// Removes ident `id` from a record's map; a map left with one ident becomes that ident.
+#[cold]
+fn remove_from_list(rec: &mut PidRec, id: u32, lists: &mut Pool<SmallMap<u32>>, hasher: &Hasher) {
+    let li = rec.list & !FLAG;
+    let set = lists.get_mut(li);
+    set.remove(hasher, id);
+    if set.len() == 1 {
+        let (only, refs) = set.first().unwrap_or((NONE, 0));
+        lists.take(li);
+        rec.list = only;
+        rec.refs = refs;
+    }
+}
+
+/// The refcount pid-side of the pair (`id`, the entry's pid), `id` a multi ident, if the
+/// pair exists.
+#[inline]
+fn multi_refs<'a>(
+    e: u32,
+    id: u32,
+    recs: &'a mut Slab<PidRec>,
+    lists: &'a mut Pool<SmallMap<u32>>,
+    hasher: &Hasher,
+) -> Option<&'a mut u32> {
+    if e & FLAG == 0 {
+        // A direct entry is for a single ident, never for the multi `id`.
+        return None;
+    }
+    let rec = recs.get_mut(e & !FLAG);
+    if rec.list & FLAG == 0 {
+        (rec.list == id).then_some(&mut rec.refs)
+    } else {
+        lists.get_mut(rec.list & !FLAG).get_mut(hasher, id)
     }
 }
 
@@ -723,7 +764,7 @@ impl ConnectLimit {
                 let id = self.slots.insert(IdentSlot { loc, a: p, b: 1 });
                 place.insert(id);
                 self.pairs += 1;
-                self.add_ident_to_pid(p, id, true);
+                self.add_ident_to_pid(p, id);
                 return;
             }
         };
@@ -733,32 +774,67 @@ impl ConnectLimit {
                 self.slots.get_mut(id).b = slot.b.wrapping_add(1);
                 return;
             }
-            // A second pid: the ident becomes multi. The old pid's direct entry resolves
-            // its pid through this slot, so convert it first.
-            self.undirect(slot.a, id);
-            let m = SmallMap::pair((slot.a, slot.b), (p, 1));
-            let mi = self.multi.insert(m);
+            // A second pid: the ident becomes multi, its refcounts move to the pid side.
+            // The old pid's direct entry resolves its pid through this slot, so convert it
+            // first.
+            self.make_multi(slot.a, id, slot.b);
             let s = self.slots.get_mut(id);
-            s.a = FLAG | mi;
-            s.b = slot.b.wrapping_add(1);
-        } else {
-            let s = self.slots.get_mut(id);
-            s.b = s.b.wrapping_add(1);
-            let m = self.multi.get_mut(slot.a & !FLAG);
-            if let Some(r) = m.get_mut(&self.hasher, p) {
-                *r = r.wrapping_add(1);
-                return;
-            }
-            m.insert_new(&self.hasher, p, 1);
+            s.a = FLAG;
         }
-        self.pairs += 1;
-        self.add_ident_to_pid(p, id, false);
+        let s = self.slots.get_mut(id);
+        s.b = s.b.wrapping_add(1);
+        self.add_multi_session(p, id);
     }
 
-    /// Records the new pair (`id`, `p`) in the pid index. `new_ident`: `id` was just
-    /// created for this pair (so it is single with pid `p`).
+    /// One more session of the pair (`id`, `p`), `id` a multi ident: the refcount lives in
+    /// pid `p`'s record.
     #[inline]
-    fn add_ident_to_pid(&mut self, p: u32, id: u32, new_ident: bool) {
+    fn add_multi_session(&mut self, p: u32, id: u32) {
+        let hp = self.hasher.int(p);
+        let (slots, recs, hasher) = (&self.slots, &self.pid_recs, self.hasher);
+        match self.pid_index.entry(
+            hp,
+            |&e| entry_pid(slots, recs, e) == p,
+            |&e| hasher.int(entry_pid(slots, recs, e)),
+        ) {
+            Entry::Vacant(place) => {
+                let r = self.pid_recs.insert(PidRec {
+                    pid: p,
+                    list: id,
+                    refs: 1,
+                });
+                place.insert(FLAG | r);
+            }
+            Entry::Occupied(found) => {
+                let e = found.into_mut();
+                if let Some(r) = multi_refs(
+                    *e,
+                    id,
+                    &mut self.pid_recs,
+                    &mut self.pid_lists,
+                    &self.hasher,
+                ) {
+                    *r = r.wrapping_add(1);
+                    return;
+                }
+                add_to_pid_entry(
+                    e,
+                    p,
+                    id,
+                    1,
+                    &mut self.pid_recs,
+                    &mut self.pid_lists,
+                    &self.hasher,
+                );
+            }
+        }
+        self.pairs += 1;
+    }
+
+    /// Records the new pair (`id`, `p`) in the pid index, `id` an ident just created for
+    /// this pair (so it is single with pid `p`).
+    #[inline]
+    fn add_ident_to_pid(&mut self, p: u32, id: u32) {
         let hp = self.hasher.int(p);
         let (slots, recs, hasher) = (&self.slots, &self.pid_recs, self.hasher);
         match self.pid_index.entry(
@@ -767,16 +843,14 @@ impl ConnectLimit {
             |&e| hasher.int(entry_pid(slots, recs, e)),
         ) {
             // A new pid whose ident has only this pid (the common case): a direct entry.
-            Entry::Vacant(place) if new_ident => {
-                place.insert(id);
-            }
             Entry::Vacant(place) => {
-                place.insert(FLAG | self.pid_recs.insert(PidRec { pid: p, list: id }));
+                place.insert(id);
             }
             Entry::Occupied(found) => add_to_pid_entry(
                 found.into_mut(),
                 p,
                 id,
+                0,
                 &mut self.pid_recs,
                 &mut self.pid_lists,
                 &self.hasher,
@@ -784,12 +858,35 @@ impl ConnectLimit {
         }
     }
 
-    /// If pid `q`'s index entry is direct to ident `id`, turns it into a record, because
-    /// slot `id` is about to stop being single with pid `q`.
-    fn undirect(&mut self, q: u32, id: u32) {
+    /// Slot `id`, single with pid `q` and `refs` sessions, is about to become multi: stores
+    /// the pair's refcount in pid `q`'s entry, turning a direct entry into a record (a
+    /// direct entry resolves its pid through the slot).
+    #[cold]
+    fn make_multi(&mut self, q: u32, id: u32, refs: u32) {
         let hq = self.hasher.int(q);
-        if let Some(e) = self.pid_index.find_mut(hq, |&e| e == id) {
-            *e = FLAG | self.pid_recs.insert(PidRec { pid: q, list: id });
+        let (slots, recs) = (&self.slots, &self.pid_recs);
+        let Some(e) = self
+            .pid_index
+            .find_mut(hq, |&e| entry_pid(slots, recs, e) == q)
+        else {
+            debug_assert!(false, "pid {q} missing from the pid index");
+            return;
+        };
+        if *e & FLAG == 0 {
+            *e = FLAG
+                | self.pid_recs.insert(PidRec {
+                    pid: q,
+                    list: id,
+                    refs,
+                });
+        } else if let Some(r) = multi_refs(
+            *e,
+            id,
+            &mut self.pid_recs,
+            &mut self.pid_lists,
+            &self.hasher,
+        ) {
+            *r = refs;
         }
     }
 
@@ -905,34 +1002,17 @@ impl ConnectLimit {
         }
     }
 
-    /// Removes pid `p` from ident `id` (a pair being deleted, with its refcount) and frees or
-    /// demotes the ident. The pid index is the caller's business.
-    fn drop_pair(&mut self, id: u32, p: u32, hash: Option<u64>) -> u32 {
+    /// Deletes a pair of ident `id` (`refs`: its refcount if `id` is multi) and frees or
+    /// updates the ident; returns the pair's refcount. The pid index is the caller's business.
+    fn drop_pair(&mut self, id: u32, refs: u32) -> u32 {
         let slot = *self.slots.get(id);
         self.pairs -= 1;
-        if slot.a & FLAG == 0 {
-            self.free_ident(id, hash);
-            return slot.b;
-        }
-        let mi = slot.a & !FLAG;
-        let m = self.multi.get_mut(mi);
-        let refs = m.remove(&self.hasher, p).unwrap_or(0);
+        let refs = if slot.a & FLAG == 0 { slot.b } else { refs };
         let count = slot.b.wrapping_sub(refs);
-        match m.len() {
-            0 => {
-                self.multi.take(mi);
-                self.free_ident(id, hash);
-            }
-            1 => {
-                // Back to single. No pid has a direct entry to a multi ident, so no index
-                // entry needs converting.
-                let (q, r) = m.first().unwrap_or((NONE, 0));
-                self.multi.take(mi);
-                let s = self.slots.get_mut(id);
-                s.a = q;
-                s.b = r;
-            }
-            _ => self.slots.get_mut(id).b = count,
+        if count == 0 {
+            self.free_ident(id, None);
+        } else {
+            self.slots.get_mut(id).b = count;
         }
         refs
     }
@@ -964,20 +1044,35 @@ impl ConnectLimit {
             self.release_ident(id);
             return Ok(());
         }
-        let r = self
-            .multi
-            .get_mut(slot.a & !FLAG)
-            .get_mut(&self.hasher, p)
+        // A multi ident: the pair's refcount is in pid `p`'s record.
+        let hp = self.hasher.int(p);
+        let (slots, recs) = (&self.slots, &self.pid_recs);
+        let entry = self
+            .pid_index
+            .find_entry(hp, |&e| entry_pid(slots, recs, e) == p)
+            .map_err(|_| UnknownSession)?;
+        let e = *entry.get();
+        let r = multi_refs(e, id, &mut self.pid_recs, &mut self.pid_lists, &self.hasher)
             .ok_or(UnknownSession)?;
-        if *r > 1 {
-            *r -= 1;
-            self.slots.get_mut(id).b -= 1;
-            return Ok(());
+        *r -= 1;
+        if *r == 0 {
+            remove_from_pid_entry(
+                entry,
+                id,
+                &mut self.pid_recs,
+                &mut self.pid_lists,
+                &self.hasher,
+            );
+            self.pairs -= 1;
         }
-        // The last session of this pair. Update the pid index while the slot still
-        // resolves direct entries.
-        self.remove_ident_from_pid(p, id);
-        self.drop_pair(id, p, Some(h));
+        let count = slot.b - 1;
+        if count == 0 {
+            found.remove();
+            self.release_ident(id);
+        } else {
+            self.slots.get_mut(id).b = count;
+        }
+        self.shrink_pid_index();
         Ok(())
     }
 
@@ -995,14 +1090,14 @@ impl ConnectLimit {
         let (e, _) = entry.remove();
         let mut removed = 0u64;
         if e & FLAG == 0 {
-            removed += u64::from(self.drop_pair(e, p, None));
+            removed += u64::from(self.drop_pair(e, 0));
         } else {
             let rec = self.pid_recs.remove(e & !FLAG);
             if rec.list & FLAG == 0 {
-                removed += u64::from(self.drop_pair(rec.list, p, None));
+                removed += u64::from(self.drop_pair(rec.list, rec.refs));
             } else {
                 let set = self.pid_lists.take(rec.list & !FLAG);
-                set.for_each(|id, ()| removed += u64::from(self.drop_pair(id, p, None)));
+                set.for_each(|id, refs| removed += u64::from(self.drop_pair(id, refs)));
             }
         }
         self.shrink_pid_index();
@@ -1024,12 +1119,28 @@ impl ConnectLimit {
                 if let Some(pid) = Pid::new(slot.a) {
                     row(ident, pid, slot.b);
                 }
+            }
+        }
+        // Multi idents' pairs are on the pid side.
+        let mut multi_row = |id: u32, p: u32, refs: u32| {
+            let slot = self.slots.get(id);
+            if slot.a & FLAG != 0 {
+                if let Some(pid) = Pid::new(p) {
+                    row(self.arena.get(slot.loc), pid, refs);
+                }
+            }
+        };
+        for &e in self.pid_index.iter() {
+            if e & FLAG == 0 {
+                continue;
+            }
+            let rec = self.pid_recs.get(e & !FLAG);
+            if rec.list & FLAG == 0 {
+                multi_row(rec.list, rec.pid, rec.refs);
             } else {
-                self.multi.get(slot.a & !FLAG).for_each(|p, r| {
-                    if let Some(pid) = Pid::new(p) {
-                        row(ident, pid, r);
-                    }
-                });
+                self.pid_lists
+                    .get(rec.list & !FLAG)
+                    .for_each(|id, refs| multi_row(id, rec.pid, refs));
             }
         }
     }
@@ -1052,20 +1163,14 @@ impl ConnectLimit {
     /// An estimate of the heap bytes this table holds (allocation sizes, without the
     /// allocator's own per-block overhead). `tests/anvil_memory.rs` measures the real figure.
     pub fn memory_bytes(&self) -> usize {
-        let pool = |p: &Pool<SmallMap<u32>>| {
+        let lists = |p: &Pool<SmallMap<u32>>| {
             p.items.capacity() * std::mem::size_of::<SmallMap<u32>>()
-                + p.items.iter().map(SmallMap::heap_bytes).sum::<usize>()
-                + p.free.capacity() * 4
-        };
-        let lists = |p: &Pool<SmallMap<()>>| {
-            p.items.capacity() * std::mem::size_of::<SmallMap<()>>()
                 + p.items.iter().map(SmallMap::heap_bytes).sum::<usize>()
                 + p.free.capacity() * 4
         };
         self.slots.heap_bytes()
             + self.arena.heap_bytes()
             + self.ident_index.allocation_size()
-            + pool(&self.multi)
             + self.pid_recs.heap_bytes()
             + self.pid_index.allocation_size()
             + lists(&self.pid_lists)
@@ -1074,57 +1179,65 @@ impl ConnectLimit {
     /// Checks the internal invariants (tests): every index entry resolves, counts add up.
     #[doc(hidden)]
     pub fn check_invariants(&self) {
-        let mut pairs = 0usize;
+        let mut singles = 0usize;
+        // Multi ident id -> (sum of its pid-side refcounts, number of pids).
+        let mut multi: std::collections::HashMap<u32, (u32, usize)> = Default::default();
         for (id, slot) in self.slots.iter() {
             let ident = self.arena.get(slot.loc);
             assert_eq!(self.find_ident(self.hasher.bytes(ident), ident), Some(id));
+            assert!(slot.b > 0);
             if slot.a & FLAG == 0 {
-                assert!(slot.b > 0);
-                pairs += 1;
+                singles += 1;
             } else {
-                let m = self.multi.get(slot.a & !FLAG);
-                assert!(m.len() >= 2, "multi ident with {} pids", m.len());
-                let mut sum = 0u32;
-                m.for_each(|_, r| {
-                    assert!(r > 0);
-                    sum += r;
-                });
-                assert_eq!(sum, slot.b);
-                pairs += m.len();
+                assert_eq!(slot.a, FLAG);
+                multi.insert(id, (0, 0));
             }
         }
-        assert_eq!(pairs, self.pairs);
         assert_eq!(self.slots.live as usize, self.ident_index.len());
-        // Every pid index entry: each of its idents has a pair with that pid.
+        // Every pid index entry: each of its idents has a pair with that pid; multi idents'
+        // refcounts add up to their counts.
         let mut pid_pairs = 0usize;
+        let mut single_pairs = 0usize;
         for &e in self.pid_index.iter() {
             let p = entry_pid(&self.slots, &self.pid_recs, e);
-            let has = |id: u32| {
+            let mut has = |id: u32, refs: u32| {
                 let s = self.slots.get(id);
                 assert!(s.next_vacant().is_none());
                 if s.a & FLAG == 0 {
-                    s.a == p
+                    assert_eq!(s.a, p);
+                    single_pairs += 1;
                 } else {
-                    let mut found = false;
-                    self.multi.get(s.a & !FLAG).for_each(|q, _| found |= q == p);
-                    found
+                    assert!(refs > 0);
+                    let m = multi.get_mut(&id).expect("a multi ident");
+                    m.0 += refs;
+                    m.1 += 1;
                 }
             };
             if e & FLAG == 0 {
-                assert!(has(e));
+                assert_eq!(
+                    self.slots.get(e).a & FLAG,
+                    0,
+                    "direct entry to a multi ident"
+                );
+                has(e, 0);
                 pid_pairs += 1;
             } else {
                 let rec = self.pid_recs.get(e & !FLAG);
                 if rec.list & FLAG == 0 {
-                    assert!(has(rec.list));
+                    has(rec.list, rec.refs);
                     pid_pairs += 1;
                 } else {
                     let set = self.pid_lists.get(rec.list & !FLAG);
                     assert!(set.len() >= 2);
-                    set.for_each(|id, ()| assert!(has(id)));
+                    set.for_each(&mut has);
                     pid_pairs += set.len();
                 }
             }
+        }
+        assert_eq!(single_pairs, singles);
+        for (id, (sum, pids)) in &multi {
+            assert_eq!(*sum, self.slots.get(*id).b, "multi ident {id}");
+            assert!(*pids >= 1);
         }
         assert_eq!(pid_pairs, self.pairs);
     }
@@ -1261,6 +1374,50 @@ mod tests {
             dump(&t),
             rows(&[("imap/10.0.0.1/bob", 98, 1), ("imap/10.0.0.1/bob", 99, 1)])
         );
+    }
+
+    #[test]
+    fn a_multi_ident_back_to_one_pid_keeps_its_refcounts_on_the_pid_side() {
+        let mut t = ConnectLimit::new();
+        let bob = b"pop3/10.0.0.2/bob";
+        // bob: 3 sessions in pid 7 (single), then pid 8 makes it multi.
+        for _ in 0..3 {
+            t.connect(pid(7), bob);
+        }
+        t.connect(pid(7), b"imap/10.0.0.2/eve");
+        t.connect(pid(8), bob);
+        t.connect(pid(8), bob);
+        t.check_invariants();
+        assert_eq!(
+            dump(&t),
+            rows(&[
+                ("pop3/10.0.0.2/bob", 7, 3),
+                ("pop3/10.0.0.2/bob", 8, 2),
+                ("imap/10.0.0.2/eve", 7, 1),
+            ])
+        );
+        // Back to one pid: the refcount stays exact, the pair is still found by pid.
+        assert_eq!(t.kill(pid(8)), 2);
+        t.check_invariants();
+        assert_eq!(t.lookup(bob), 3);
+        assert_eq!(t.disconnect(pid(8), bob), Err(UnknownSession));
+        t.disconnect(pid(7), bob).unwrap();
+        t.connect(pid(9), bob);
+        t.check_invariants();
+        assert_eq!(
+            dump(&t),
+            rows(&[
+                ("pop3/10.0.0.2/bob", 7, 2),
+                ("pop3/10.0.0.2/bob", 9, 1),
+                ("imap/10.0.0.2/eve", 7, 1),
+            ])
+        );
+        // pid 7 holds a map {bob: 2, eve: -}; KILL counts eve from its slot.
+        assert_eq!(t.kill(pid(7)), 3);
+        t.disconnect(pid(9), bob).unwrap();
+        t.check_invariants();
+        assert_eq!((t.pairs(), t.idents(), t.pids()), (0, 0, 0));
+        assert_eq!(t.lookup(bob), 0);
     }
 
     #[test]
