@@ -11,10 +11,13 @@
 //!   are synchronous tables with time passed in; [`anvil_compat::session`] is the per-connection
 //!   protocol state machine (handshake, framing, dispatch to the tables, replies and log lines);
 //!   [`anvil_compat::server`] is the thin tokio shell that owns sockets, pipes and timers.
+//!   [`anvil_compat::registry`] and [`anvil_compat::ext_session`] are Foreman's extension for
+//!   per-user reuse (per-user process registry, atomic claims; docs/anvil-extensions.md).
 //! - [`master_compat`]: what a Dovecot master gives its children ([`master_compat::child_env`]),
 //!   the dovecot.conf loader ([`master_compat::config`], see docs/config.md), and the master
 //!   ([`master_compat::supervisor`] core, [`master_compat::master`] shell, see docs/master.md).
-//! - [`sys`]: the only module with `unsafe` and raw syscalls (inherited fds, fd checks).
+//! - [`sys`]: the only module with `unsafe` and raw syscalls: inherited fds, fd placement,
+//!   SCM_RIGHTS, privilege drop, and the master's one fork/exec ([`sys::process`]).
 //! - [`logging`]: log lines in Dovecot's internal format on fd 2 under a master, plain text
 //!   on stderr standalone.
 //! - [`stock`]: runs a stock Dovecot 2.3 instance in a temporary directory (tests, benchmarks,
