@@ -596,7 +596,11 @@ impl ConnIo for SocketIo {
         Ok(guard.ready())
     }
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // try_io clears the read readiness on WouldBlock.
+        // try_io clears the read readiness on WouldBlock. A short read deliberately does not
+        // clear it (as tokio's own streams do): the loop's next read usually fails with
+        // EAGAIN, but under load it often finds the client's next request already there and
+        // skips a trip through epoll. Clearing on a short read was measured (server CPU per
+        // LOOKUP round trip, 8 clients): 3.1-3.45 us kept, 3.8-4.15 us cleared.
         self.with_fd(|fd| fd.try_io(Interest::READABLE, |s| recv(s, buf)))
     }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
