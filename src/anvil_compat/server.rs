@@ -736,6 +736,11 @@ async fn serve_conn(
             if let Step::Close = step(&shared, &mut conn, &io, true) {
                 return;
             }
+            // Let every other connection that is ready be served before this one reads
+            // again, as stock's epoll loop serves all ready fds once per wake-up: the
+            // immediate re-read made 8 clients' LOOKUP p99 1.5x stock's (137 vs 206 us),
+            // with this yield it is level (134-141 vs 139-142 us).
+            tokio::task::yield_now().await;
         }
     }
 }
