@@ -156,24 +156,7 @@ pub fn table<R: AsRef<[u8]>>(
 mod tests {
     use super::*;
 
-    const ONE: [Column; 4] = [
-        Column {
-            title: "username",
-            right: false,
-        },
-        Column {
-            title: "proto",
-            right: false,
-        },
-        Column {
-            title: "pid",
-            right: false,
-        },
-        Column {
-            title: "ip",
-            right: false,
-        },
-    ];
+    const ONE: [Column; 4] = crate::who::SESSION_COLUMNS;
 
     fn one(rows: &[[&str; 4]]) -> String {
         let rows: Vec<Vec<&[u8]>> = rows
