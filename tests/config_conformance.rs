@@ -128,40 +128,38 @@ fn corpus_is_large_enough() {
     assert!(broken >= 15, "{broken} broken configs");
 }
 
-#[test]
-fn changed_settings_match_doveconf() {
+/// The corpus configs that doveconf accepts.
+fn valid_corpus() -> Vec<String> {
+    corpus()
+        .into_iter()
+        .filter(|f| !f.contains("bad"))
+        .collect()
+}
+
+/// Compares every config of `files` with doveconf under `flags`; fails listing every difference.
+fn assert_all_match(files: &[String], flags: &[&str]) {
     require_doveconf();
-    let failures: Vec<String> = corpus()
+    let failures: Vec<String> = files
         .iter()
-        .filter_map(|f| compare(&fixtures(), f, &["-n"]))
+        .filter_map(|f| compare(&fixtures(), f, flags))
         .collect();
     assert!(
         failures.is_empty(),
         "{} of {} differ:\n{}",
         failures.len(),
-        corpus().len(),
+        files.len(),
         failures.join("")
     );
 }
 
 #[test]
+fn changed_settings_match_doveconf() {
+    assert_all_match(&corpus(), &["-n"]);
+}
+
+#[test]
 fn all_settings_match_doveconf() {
-    require_doveconf();
-    let ok: Vec<String> = corpus()
-        .into_iter()
-        .filter(|f| !f.contains("bad"))
-        .collect();
-    let failures: Vec<String> = ok
-        .iter()
-        .filter_map(|f| compare(&fixtures(), f, &["-a"]))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} differ:\n{}",
-        failures.len(),
-        ok.len(),
-        failures.join("")
-    );
+    assert_all_match(&valid_corpus(), &["-a"]);
 }
 
 #[test]
@@ -177,20 +175,5 @@ fn stock_debian_tree_matches_doveconf() {
 /// Expanding mode (`-x`: `$variables`, `$ENV:`, `<file` contents) on the valid configs.
 #[test]
 fn expanding_mode_matches_doveconf() {
-    require_doveconf();
-    let ok: Vec<String> = corpus()
-        .into_iter()
-        .filter(|f| !f.contains("bad"))
-        .collect();
-    let failures: Vec<String> = ok
-        .iter()
-        .filter_map(|f| compare(&fixtures(), f, &["-x", "-n"]))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} differ:\n{}",
-        failures.len(),
-        ok.len(),
-        failures.join("")
-    );
+    assert_all_match(&valid_corpus(), &["-x", "-n"]);
 }

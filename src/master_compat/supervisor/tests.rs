@@ -85,6 +85,12 @@ impl Harness {
     }
 }
 
+/// True when the master logged a line containing `text`.
+fn logged(acts: &[Action], text: &str) -> bool {
+    acts.iter()
+        .any(|a| matches!(a, Action::Log(_, m) if m.contains(text)))
+}
+
 fn spawns_of(acts: &[Action], s: ServiceId) -> usize {
     acts.iter()
         .filter(|a| matches!(a, Action::Spawn { service, .. } if *service == s))
@@ -185,9 +191,7 @@ fn death_before_first_status_throttles_with_doubling_interval() {
         pid,
         how: ExitHow::Code(84),
     });
-    assert!(acts
-        .iter()
-        .any(|a| matches!(a, Action::Log(_, m) if m.contains("throttling for 2.000 secs"))));
+    assert!(logged(&acts, "throttling for 2.000 secs"), "{acts:?}");
     // Throttled: not listening, readable events ignored.
     assert!(h.ev(Event::ListenerReadable(login)).is_empty());
     h.now += Duration::from_secs(2);
@@ -202,9 +206,7 @@ fn death_before_first_status_throttles_with_doubling_interval() {
         pid,
         how: ExitHow::Code(84),
     });
-    assert!(acts
-        .iter()
-        .any(|a| matches!(a, Action::Log(_, m) if m.contains("throttling for 4.000 secs"))));
+    assert!(logged(&acts, "throttling for 4.000 secs"), "{acts:?}");
 }
 
 #[test]
@@ -227,9 +229,10 @@ fn process_limit_reached_takes_the_drop_path() {
     }));
     let acts = h.ev(Event::ListenerReadable(login));
     assert_eq!(spawns_of(&acts, login), 0);
-    assert!(acts.iter().any(
-        |a| matches!(a, Action::Log(_, m) if m.contains("client connections are being dropped"))
-    ));
+    assert!(
+        logged(&acts, "client connections are being dropped"),
+        "{acts:?}"
+    );
     assert!(acts.contains(&Action::Listen {
         service: login,
         on: false
@@ -261,9 +264,7 @@ fn idle_kill_sigints_surplus_idle_process_and_detects_ignoring() {
     // No answer for a whole interval: "ignoring idle SIGINT", treated as busy.
     h.now += Duration::from_secs(61);
     let acts = h.ev(Event::Tick);
-    assert!(acts
-        .iter()
-        .any(|a| matches!(a, Action::Log(_, m) if m.contains("is ignoring idle SIGINT"))));
+    assert!(logged(&acts, "is ignoring idle SIGINT"), "{acts:?}");
 }
 
 #[test]
@@ -293,13 +294,9 @@ fn invalid_generation_is_ignored_with_a_message() {
     h.ev(Event::ListenerReadable(auth));
     let (g, pid) = h.last(auth);
     let acts = h.ev(Event::StatusData(auth, status(pid, g + 100, 0)));
-    assert!(acts
-        .iter()
-        .any(|a| matches!(a, Action::Log(_, m) if m.contains("Ignoring invalid update"))));
+    assert!(logged(&acts, "Ignoring invalid update"), "{acts:?}");
     let acts = h.ev(Event::StatusData(auth, vec![0; 5]));
-    assert!(acts
-        .iter()
-        .any(|a| matches!(a, Action::Log(_, m) if m.contains("partial status update (5 bytes)"))));
+    assert!(logged(&acts, "partial status update (5 bytes)"), "{acts:?}");
 }
 
 #[test]
@@ -529,9 +526,10 @@ fn busy_processes_are_never_evicted() {
     assert!(!acts
         .iter()
         .any(|a| matches!(a, Action::Kill { .. } | Action::Spawn { .. })));
-    assert!(acts.iter().any(
-        |a| matches!(a, Action::Log(_, m) if m.contains("client connections are being dropped"))
-    ));
+    assert!(
+        logged(&acts, "client connections are being dropped"),
+        "{acts:?}"
+    );
 }
 
 mod random_sequences {
