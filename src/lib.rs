@@ -26,6 +26,7 @@
 //! - [`bench`]: `foreman bench …`, side-by-side benchmarks against stock Dovecot.
 //! - [`conformance`]: the anvil conformance suite (recorder, replayer, transcript format),
 //!   source in `conformance/`.
+//! - [`dispatch`]: the per-user reuse dispatcher after stock imap-login (docs/reuse.md).
 //! - [`demo`]: `foreman demo`, the README's demo stack.
 //! - [`sim`]: `foreman sim eviction`, trace-driven eviction policy simulation.
 //! - [`cli`]: argument parsing for the `foreman` binary; `src/main.rs` only calls [`cli::main`].
@@ -36,6 +37,7 @@ pub mod cli;
 #[path = "../conformance/mod.rs"]
 pub mod conformance;
 pub mod demo;
+pub mod dispatch;
 pub mod logging;
 pub mod master_compat;
 pub mod sim;
