@@ -73,7 +73,10 @@ impl Reporter {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.base).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name.strip_prefix("imap-master-").and_then(|p| p.parse().ok()) {
+            if let Some(pid) = name
+                .strip_prefix("imap-master-")
+                .and_then(|p| p.parse().ok())
+            {
                 if let Ok(md) = e.metadata() {
                     out.push((pid, md.permissions().mode() & 0o777 != 0));
                 }
@@ -101,6 +104,26 @@ impl Reporter {
             .unwrap();
     }
 
+    /// `PROC-LIST imap <user>`: the pids bound to `user` in the registry.
+    fn bound_to(&mut self, user: &str) -> Vec<u32> {
+        self.conn
+            .write_all(format!("PROC-LIST\timap\t{user}\n").as_bytes())
+            .unwrap();
+        let mut r = BufReader::new(self.conn.try_clone().unwrap());
+        let mut pids = Vec::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                return pids;
+            }
+            let f: Vec<&str> = line.split('\t').collect();
+            assert_eq!(f[2], user, "{line}");
+            pids.push(f[0].parse().unwrap());
+        }
+    }
+
     fn is_idle(&self, pid: u32) -> bool {
         self.listeners().contains(&(pid, true))
     }
@@ -112,7 +135,10 @@ fn login_mpid(d: &StockDovecot, user: &str, n: usize) -> Option<u32> {
     let needle = format!("Login: user=<{user}>");
     let line = log.lines().filter(|l| l.contains(&needle)).nth(n)?;
     let rest = line.split("mpid=").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn login(d: &StockDovecot, user: &str, pw: &str) -> (ImapClient, String) {
@@ -141,6 +167,8 @@ fn same_user_gets_same_process_other_user_another() {
     let (mut c, ok1) = login(&d, "u1", "p1");
     session_works(&mut c);
     let p = wait_for(DEADLINE, || login_mpid(&d, "u1", 0)).expect("Login line of u1");
+    // The dispatcher claimed P for u1 in the registry.
+    assert_eq!(rep.bound_to("u1"), vec![p]);
     c.logout().unwrap();
     wait_for(DEADLINE, || rep.is_idle(p).then_some(())).expect("P idle again");
     rep.idle(p);
@@ -162,6 +190,8 @@ fn same_user_gets_same_process_other_user_another() {
     session_works(&mut c);
     let q = wait_for(DEADLINE, || login_mpid(&d, "u2", 0)).expect("Login line of u2");
     assert_ne!(q, p, "u2 was handed u1's process");
+    assert_eq!(rep.bound_to("u2"), vec![q]);
+    assert_eq!(rep.bound_to("u1"), vec![p]);
     if std::env::var_os("REUSE_LIVE_LOG").is_some() {
         eprintln!("{}", d.log_contents());
     }

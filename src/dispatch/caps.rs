@@ -79,9 +79,7 @@ impl CapSettings {
                 "mail_plugins" => {
                     s.mail_plugins = value.split_whitespace().map(str::to_owned).collect()
                 }
-                k if k.starts_with("namespace/") && k.contains("/mailbox/") => {
-                    s.special_use = true
-                }
+                k if k.starts_with("namespace/") && k.contains("/mailbox/") => s.special_use = true,
                 _ => {}
             }
         }
@@ -157,12 +155,27 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("imap_literal_minus=yes\n", "LITERAL- NOTIFY"),
             ("mailbox_list_index=no\n", "LITERAL+"),
-            ("namespace/inbox/mailbox/Sent/special_use=\\Sent\n", "LITERAL+ NOTIFY SPECIAL-USE"),
-            ("mail_plugins=quota imap_quota acl imap_acl\n", "LITERAL+ NOTIFY ACL RIGHTS=texk QUOTA"),
-            ("mail_plugins=zlib imap_zlib\n", "LITERAL+ NOTIFY COMPRESS=DEFLATE"),
+            (
+                "namespace/inbox/mailbox/Sent/special_use=\\Sent\n",
+                "LITERAL+ NOTIFY SPECIAL-USE",
+            ),
+            (
+                "mail_plugins=quota imap_quota acl imap_acl\n",
+                "LITERAL+ NOTIFY ACL RIGHTS=texk QUOTA",
+            ),
+            (
+                "mail_plugins=zlib imap_zlib\n",
+                "LITERAL+ NOTIFY COMPRESS=DEFLATE",
+            ),
             ("imap_metadata=yes\n", "LITERAL+ NOTIFY"),
-            ("imap_metadata=yes\nmail_attribute_dict=file:/x\n", "LITERAL+ NOTIFY METADATA"),
-            ("imap_urlauth_host=h\nmail_attribute_dict=file:/x\n", "LITERAL+ NOTIFY URLAUTH URLAUTH=BINARY"),
+            (
+                "imap_metadata=yes\nmail_attribute_dict=file:/x\n",
+                "LITERAL+ NOTIFY METADATA",
+            ),
+            (
+                "imap_urlauth_host=h\nmail_attribute_dict=file:/x\n",
+                "LITERAL+ NOTIFY URLAUTH URLAUTH=BINARY",
+            ),
         ];
         for (reply, tail) in cases {
             let (c, _) = CapSettings::from_config_reply(format!("\n{reply}\n").as_bytes())
@@ -173,10 +186,15 @@ mod tests {
 
     #[test]
     fn explicit_and_appended_capability() {
-        let s = CapSettings::from_config_reply(b"imap_capability=IMAP4rev1 IDLE\nmail_plugins=imap_quota\n");
+        let s = CapSettings::from_config_reply(
+            b"imap_capability=IMAP4rev1 IDLE\nmail_plugins=imap_quota\n",
+        );
         assert_eq!(s.capability_string().0, "IMAP4rev1 IDLE");
         let s = CapSettings::from_config_reply(b"imap_capability=+XFOO\n");
-        assert_eq!(s.capability_string().0, format!("{BUILTIN} XFOO LITERAL+ NOTIFY"));
+        assert_eq!(
+            s.capability_string().0,
+            format!("{BUILTIN} XFOO LITERAL+ NOTIFY")
+        );
     }
 
     #[test]

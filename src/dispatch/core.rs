@@ -34,7 +34,9 @@ pub enum UserError {
     #[error("user name {0:?} contains a control character")]
     ControlByte(BString),
     /// No `uid=` field and no fallback.
-    #[error("userdb returned no uid for {0:?} (reuse groups processes by uid; set uid in the userdb)")]
+    #[error(
+        "userdb returned no uid for {0:?} (reuse groups processes by uid; set uid in the userdb)"
+    )]
     NoUid(BString),
     /// `uid=` not a number.
     #[error("userdb returned an invalid uid {1:?} for {0:?}")]
@@ -215,21 +217,72 @@ mod tests {
                 uid,
             })
         };
-        let cases: Vec<(&[u8], Vec<BString>, Option<u32>, Result<ValidUser, UserError>)> = vec![
+        type Case = (
+            &'static [u8],
+            Vec<BString>,
+            Option<u32>,
+            Result<ValidUser, UserError>,
+        );
+        let cases: Vec<Case> = vec![
             (b"u1", f(&["uid=1000", "gid=1"]), None, ok("u1", 1000)),
             (b"u1", f(&["gid=1"]), Some(7), ok("u1", 7)),
             (b"u1", f(&["uid=1000"]), Some(7), ok("u1", 1000)),
             (b"", f(&["uid=1"]), None, Err(UserError::EmptyUser)),
-            (b"a\tb", f(&["uid=1"]), None, Err(UserError::ControlByte("a\tb".into()))),
-            (b"a\x01", f(&["uid=1"]), None, Err(UserError::ControlByte("a\x01".into()))),
+            (
+                b"a\tb",
+                f(&["uid=1"]),
+                None,
+                Err(UserError::ControlByte("a\tb".into())),
+            ),
+            (
+                b"a\x01",
+                f(&["uid=1"]),
+                None,
+                Err(UserError::ControlByte("a\x01".into())),
+            ),
             (b"u", f(&["gid=1"]), None, Err(UserError::NoUid("u".into()))),
-            (b"u", f(&["uid=0"]), None, Err(UserError::RootUid("u".into()))),
-            (b"u", f(&["gid=1"]), Some(0), Err(UserError::RootUid("u".into()))),
-            (b"u", f(&["uid=vmail"]), None, Err(UserError::BadUid("u".into(), "vmail".into()))),
-            (b"u", f(&["uid="]), None, Err(UserError::BadUid("u".into(), "".into()))),
-            (b"u", f(&["uid=4294967296"]), None, Err(UserError::BadUid("u".into(), "4294967296".into()))),
-            (b"u", f(&["uid=-1"]), None, Err(UserError::BadUid("u".into(), "-1".into()))),
-            (b"user@example.com", f(&["uid=5000"]), None, ok("user@example.com", 5000)),
+            (
+                b"u",
+                f(&["uid=0"]),
+                None,
+                Err(UserError::RootUid("u".into())),
+            ),
+            (
+                b"u",
+                f(&["gid=1"]),
+                Some(0),
+                Err(UserError::RootUid("u".into())),
+            ),
+            (
+                b"u",
+                f(&["uid=vmail"]),
+                None,
+                Err(UserError::BadUid("u".into(), "vmail".into())),
+            ),
+            (
+                b"u",
+                f(&["uid="]),
+                None,
+                Err(UserError::BadUid("u".into(), "".into())),
+            ),
+            (
+                b"u",
+                f(&["uid=4294967296"]),
+                None,
+                Err(UserError::BadUid("u".into(), "4294967296".into())),
+            ),
+            (
+                b"u",
+                f(&["uid=-1"]),
+                None,
+                Err(UserError::BadUid("u".into(), "-1".into())),
+            ),
+            (
+                b"user@example.com",
+                f(&["uid=5000"]),
+                None,
+                ok("user@example.com", 5000),
+            ),
         ];
         for (user, fields, fallback, want) in cases {
             assert_eq!(validate(user, &fields, fallback), want, "{:?}", show(user));
@@ -266,8 +319,18 @@ mod tests {
             (Attempt::ConnectBusy, (Unused, ClaimAgain)),
             (Attempt::NoVersion, (Unused, ClaimAgain)),
             (Attempt::Accepted, (Served, ReplyOk)),
-            (Attempt::Failed { client_untouched: true }, (Failed, ClaimAgain)),
-            (Attempt::Failed { client_untouched: false }, (Failed, FailLogin)),
+            (
+                Attempt::Failed {
+                    client_untouched: true,
+                },
+                (Failed, ClaimAgain),
+            ),
+            (
+                Attempt::Failed {
+                    client_untouched: false,
+                },
+                (Failed, FailLogin),
+            ),
         ];
         for (a, want) in cases {
             assert_eq!(decide(&a), want, "{a:?}");
@@ -283,9 +346,18 @@ mod tests {
             unread: 0,
         };
         assert!(client_untouched(Some(p), Some(p)));
-        assert!(!client_untouched(Some(p), Some(TcpProgress { bytes_sent: 2, ..p })));
-        assert!(!client_untouched(Some(p), Some(TcpProgress { notsent: 3, ..p })));
-        assert!(!client_untouched(Some(p), Some(TcpProgress { unread: 1, ..p })));
+        assert!(!client_untouched(
+            Some(p),
+            Some(TcpProgress { bytes_sent: 2, ..p })
+        ));
+        assert!(!client_untouched(
+            Some(p),
+            Some(TcpProgress { notsent: 3, ..p })
+        ));
+        assert!(!client_untouched(
+            Some(p),
+            Some(TcpProgress { unread: 1, ..p })
+        ));
         assert!(!client_untouched(None, Some(p)));
         assert!(!client_untouched(Some(p), None));
         assert!(!client_untouched(None, None));

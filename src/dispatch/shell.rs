@@ -16,8 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::caps::CapSettings;
 use super::core::{
-    client_untouched, decide, failure_output, login_output, show, validate, Attempt, Backoff,
-    Next,
+    client_untouched, decide, failure_output, login_output, show, validate, Attempt, Backoff, Next,
 };
 use crate::logging::{LogFormat, Logger};
 use crate::master_compat::child_env::ChildEnv;
@@ -129,7 +128,10 @@ pub fn run(mut opts: Options) -> Result<(), DispatchError> {
         .encode();
         let status = std::fs::File::from(fds.status);
         if let Err(e) = io::Write::write(&mut &status, &rec) {
-            logger.log(Level::Error, format!("write(status) failed: {e}").as_bytes());
+            logger.log(
+                Level::Error,
+                format!("write(status) failed: {e}").as_bytes(),
+            );
         }
         let ctx = Rc::new(Ctx::new(opts, logger));
         for l in listeners {
@@ -268,7 +270,9 @@ async fn login_connection(ctx: Rc<Ctx>, mut stream: UnixStream) {
             }
             let mut chunk = [0u8; 2048];
             let r = stream
-                .async_io(Interest::READABLE, || recv_with_fd(stream.as_fd(), &mut chunk))
+                .async_io(Interest::READABLE, || {
+                    recv_with_fd(stream.as_fd(), &mut chunk)
+                })
                 .await;
             match r {
                 Ok((0, _)) => {
@@ -297,7 +301,10 @@ async fn login_connection(ctx: Rc<Ctx>, mut stream: UnixStream) {
         };
         buf.drain(..used);
         let Some(fd) = client_fd.take() else {
-            ctx.log(Level::Error, "login client: Auth request missing a file descriptor");
+            ctx.log(
+                Level::Error,
+                "login client: Auth request missing a file descriptor",
+            );
             return;
         };
         match fd_inode(fd.as_fd()) {
@@ -305,18 +312,27 @@ async fn login_connection(ctx: Rc<Ctx>, mut stream: UnixStream) {
             Ok(ino) => {
                 ctx.log(
                     Level::Error,
-                    format!("login client: Auth request inode mismatch: {ino} != {}", req.ino),
+                    format!(
+                        "login client: Auth request inode mismatch: {ino} != {}",
+                        req.ino
+                    ),
                 );
                 return;
             }
             Err(e) => {
-                ctx.log(Level::Error, format!("login client: fstat(client fd) failed: {e}"));
+                ctx.log(
+                    Level::Error,
+                    format!("login client: fstat(client fd) failed: {e}"),
+                );
                 return;
             }
         }
         let reply = login(&ctx, &req, &data, fd).await;
         if let Err(e) = stream.write_all(&reply.encode()).await {
-            ctx.log(Level::Error, format!("login client: write(reply) failed: {e}"));
+            ctx.log(
+                Level::Error,
+                format!("login client: write(reply) failed: {e}"),
+            );
             return;
         }
     }
@@ -335,19 +351,20 @@ async fn login(ctx: &Ctx, req: &AuthRequest, data: &LoginData, client: OwnedFd) 
         mail_pid: pid,
     };
     let my_pid = std::process::id() as i32;
-    let (user, fields) = match tokio::time::timeout(ctx.opts.auth_timeout, auth_lookup(ctx, req)).await {
-        Ok(Ok(x)) => x,
-        Ok(Err(LoginFailure(why))) => {
-            ctx.log(Level::Error, format!("login failed: {why}"));
-            write_failure(&client, prefix);
-            return fail(my_pid);
-        }
-        Err(_) => {
-            ctx.log(Level::Error, "login failed: auth-master lookup timed out");
-            write_failure(&client, prefix);
-            return fail(my_pid);
-        }
-    };
+    let (user, fields) =
+        match tokio::time::timeout(ctx.opts.auth_timeout, auth_lookup(ctx, req)).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(LoginFailure(why))) => {
+                ctx.log(Level::Error, format!("login failed: {why}"));
+                write_failure(&client, prefix);
+                return fail(my_pid);
+            }
+            Err(_) => {
+                ctx.log(Level::Error, "login failed: auth-master lookup timed out");
+                write_failure(&client, prefix);
+                return fail(my_pid);
+            }
+        };
     let valid = match validate(&user, &fields, None) {
         Ok(v) => v,
         Err(e) => {
@@ -420,7 +437,10 @@ async fn login(ctx: &Ctx, req: &AuthRequest, data: &LoginData, client: OwnedFd) 
                         if attempts >= ctx.opts.backoff.max_attempts {
                             ctx.log(
                                 Level::Error,
-                                format!("login failed: user {}: {attempts} attempts failed", show(&valid.user)),
+                                format!(
+                                    "login failed: user {}: {attempts} attempts failed",
+                                    show(&valid.user)
+                                ),
                             );
                             write_failure(&client, prefix);
                             return fail(my_pid);
@@ -491,12 +511,17 @@ fn write_failure(client: &OwnedFd, prefix: Option<&master_auth::ImapLoginPrefix>
 }
 
 /// The auth-master lookup: user name and userdb fields.
-async fn auth_lookup(ctx: &Ctx, req: &AuthRequest) -> Result<(BString, Vec<BString>), LoginFailure> {
+async fn auth_lookup(
+    ctx: &Ctx,
+    req: &AuthRequest,
+) -> Result<(BString, Vec<BString>), LoginFailure> {
     let path = ctx.path("auth-master");
     let err = |what: &str, e: &dyn std::fmt::Display| {
         LoginFailure(format!("auth-master ({}): {what}: {e}", path.display()))
     };
-    let mut conn = LineConn::connect(&path).await.map_err(|e| err("connect", &e))?;
+    let mut conn = LineConn::connect(&path)
+        .await
+        .map_err(|e| err("connect", &e))?;
     let id = ctx.next_auth_id.get();
     ctx.next_auth_id.set(id.wrapping_add(1).max(1));
     let mut out = auth_master::CLIENT_VERSION.to_vec();
@@ -510,7 +535,10 @@ async fn auth_lookup(ctx: &Ctx, req: &AuthRequest) -> Result<(BString, Vec<BStri
         },
         &mut out,
     );
-    conn.stream.write_all(&out).await.map_err(|e| err("write", &e))?;
+    conn.stream
+        .write_all(&out)
+        .await
+        .map_err(|e| err("write", &e))?;
     loop {
         let line = conn
             .read(auth_master::decode_reply)
@@ -519,7 +547,10 @@ async fn auth_lookup(ctx: &Ctx, req: &AuthRequest) -> Result<(BString, Vec<BStri
         match line {
             AuthReplyLine::Version { major: 1, .. } => {}
             AuthReplyLine::Version { major, .. } => {
-                return Err(err("handshake", &format!("unsupported major version {major}")))
+                return Err(err(
+                    "handshake",
+                    &format!("unsupported major version {major}"),
+                ))
             }
             AuthReplyLine::Spid(pid) if pid == req.auth_pid => {}
             AuthReplyLine::Spid(pid) => {
@@ -528,9 +559,15 @@ async fn auth_lookup(ctx: &Ctx, req: &AuthRequest) -> Result<(BString, Vec<BStri
                     req.auth_pid
                 )))
             }
-            AuthReplyLine::User { id: rid, user, fields } if rid == id => return Ok((user, fields)),
+            AuthReplyLine::User {
+                id: rid,
+                user,
+                fields,
+            } if rid == id => return Ok((user, fields)),
             AuthReplyLine::NotFound { id: rid } if rid == id => {
-                return Err(LoginFailure("auth-master: user not found (cookie expired?)".into()))
+                return Err(LoginFailure(
+                    "auth-master: user not found (cookie expired?)".into(),
+                ))
             }
             AuthReplyLine::Fail { id: rid, reason } if rid == id => {
                 return Err(LoginFailure(format!(
@@ -623,12 +660,18 @@ impl Ctx {
     /// Tells the master how many logins wait (`FOREMAN-NEED`). Errors are logged at most
     /// every 10 s: an older master does not know the command.
     async fn need(&self) {
-        let line = format!("FOREMAN-NEED\t{}\t{}\n", self.opts.service, self.waiting.get());
+        let line = format!(
+            "FOREMAN-NEED\t{}\t{}\n",
+            self.opts.service,
+            self.waiting.get()
+        );
         let mut guard = self.master.lock().await;
         let r = async {
             if guard.is_none() {
                 let mut c = LineConn::connect(&self.path("master")).await?;
-                c.stream.write_all(b"VERSION\tmaster-client\t1\t0\n").await?;
+                c.stream
+                    .write_all(b"VERSION\tmaster-client\t1\t0\n")
+                    .await?;
                 let v = c.read(simple_line).await?;
                 if !v.starts_with(b"VERSION\tmaster-server\t1\t") {
                     return Err(io::Error::new(
@@ -657,7 +700,10 @@ impl Ctx {
                 .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
             {
                 self.need_warned.set(Some(now));
-                self.log(Level::Warning, format!("FOREMAN-NEED to the master failed: {e}"));
+                self.log(
+                    Level::Warning,
+                    format!("FOREMAN-NEED to the master failed: {e}"),
+                );
             }
         }
     }
@@ -665,7 +711,9 @@ impl Ctx {
 
 async fn connect_anvil(path: &Path) -> io::Result<LineConn> {
     let mut c = LineConn::connect(path).await?;
-    c.stream.write_all(b"VERSION\tforeman-anvil\t1\t0\n").await?;
+    c.stream
+        .write_all(b"VERSION\tforeman-anvil\t1\t0\n")
+        .await?;
     let v = c.read(simple_line).await.map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -691,7 +739,10 @@ async fn try_process(ctx: &Ctx, pid: u32, handoff: &Handoff, client: &OwnedFd) -
                 e.raw_os_error(),
                 Some(libc::EACCES | libc::ECONNREFUSED | libc::ENOENT | libc::EAGAIN)
             ) {
-                ctx.log(Level::Warning, format!("connect({}) failed: {e}", path.display()));
+                ctx.log(
+                    Level::Warning,
+                    format!("connect({}) failed: {e}", path.display()),
+                );
             }
             return Attempt::ConnectBusy;
         }
@@ -704,7 +755,10 @@ async fn try_process(ctx: &Ctx, pid: u32, handoff: &Handoff, client: &OwnedFd) -
     {
         Ok(Ok(ServerLine::Version { major: 1, .. })) => {}
         Ok(Ok(other)) => {
-            ctx.log(Level::Error, format!("{}: unexpected first line {other:?}", path.display()));
+            ctx.log(
+                Level::Error,
+                format!("{}: unexpected first line {other:?}", path.display()),
+            );
             return Attempt::NoVersion;
         }
         Ok(Err(_)) | Err(_) => return Attempt::NoVersion,
@@ -739,7 +793,11 @@ async fn try_process(ctx: &Ctx, pid: u32, handoff: &Handoff, client: &OwnedFd) -
             format!(
                 "hand-off of user {} to imap pid {pid} failed: {why}{}",
                 show(&handoff.user),
-                if untouched { " (client untouched, retrying)" } else { "" }
+                if untouched {
+                    " (client untouched, retrying)"
+                } else {
+                    ""
+                }
             ),
         );
         Attempt::Failed {
@@ -765,7 +823,10 @@ async fn capabilities(ctx: &Ctx) -> String {
             Err(e) => {
                 ctx.log(
                     Level::Warning,
-                    format!("config lookup ({}) failed, using default capabilities: {e}", p.display()),
+                    format!(
+                        "config lookup ({}) failed, using default capabilities: {e}",
+                        p.display()
+                    ),
                 );
                 CapSettings::default()
             }
@@ -776,7 +837,9 @@ async fn capabilities(ctx: &Ctx) -> String {
     if !unknown.is_empty() {
         ctx.log(
             Level::Warning,
-            format!("capabilities of plugins {unknown:?} are not known; the LOGIN reply may lack them"),
+            format!(
+                "capabilities of plugins {unknown:?} are not known; the LOGIN reply may lack them"
+            ),
         );
     }
     *ctx.caps.borrow_mut() = Some(caps.clone());

@@ -24,7 +24,9 @@ static SERVICE_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
 /// Validates and takes fds 5, 6 and the `socket_count` listeners from 7 on, once per process.
 /// (A process takes either these or [`super::take_anvil_fds`], never both.)
 pub fn take_service_fds(socket_count: u32) -> Result<ServiceFds, SysError> {
-    use crate::master_compat::child_env::{MASTER_DEAD_FD, MASTER_LISTEN_FD_FIRST, MASTER_STATUS_FD};
+    use crate::master_compat::child_env::{
+        MASTER_DEAD_FD, MASTER_LISTEN_FD_FIRST, MASTER_STATUS_FD,
+    };
     if fd_type(MASTER_STATUS_FD).ok().flatten() != Some(FdType::Fifo) {
         return Err(SysError::NotStartedByMaster);
     }
@@ -92,7 +94,10 @@ pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, 
 /// Returns how many bytes went out; the caller writes the rest without the fd.
 pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
     if bytes.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "an fd needs a byte to ride on"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an fd needs a byte to ride on",
+        ));
     }
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
@@ -111,7 +116,11 @@ pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> i
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
         (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd.as_raw_fd());
-        let n = libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+        let n = libc::sendmsg(
+            sock.as_raw_fd(),
+            &msg,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        );
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

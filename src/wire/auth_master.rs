@@ -36,11 +36,7 @@ pub struct Request {
 /// Appends a REQUEST line.
 pub fn encode_request(req: &Request, out: &mut Vec<u8>) {
     out.extend_from_slice(
-        format!(
-            "REQUEST\t{}\t{}\t{}\t",
-            req.id, req.client_pid, req.auth_id
-        )
-        .as_bytes(),
+        format!("REQUEST\t{}\t{}\t{}\t", req.id, req.client_pid, req.auth_id).as_bytes(),
     );
     for b in req.cookie {
         out.extend_from_slice(format!("{b:02x}").as_bytes());
@@ -215,7 +211,13 @@ mod tests {
                 },
             ),
             (b"NOTFOUND\t7\n", Reply::NotFound { id: 7 }),
-            (b"FAIL\t7\n", Reply::Fail { id: 7, reason: None }),
+            (
+                b"FAIL\t7\n",
+                Reply::Fail {
+                    id: 7,
+                    reason: None,
+                },
+            ),
             (
                 b"FAIL\t7\treason=gone away\n",
                 Reply::Fail {

@@ -74,10 +74,18 @@ pub fn encode_handoff(h: &Handoff, out: &mut Vec<u8>) {
         push_field(out, "userdb_fields", &nested);
     }
     if !h.client_output.is_empty() {
-        push_field(out, "client_output", base64_encode(&h.client_output).as_bytes());
+        push_field(
+            out,
+            "client_output",
+            base64_encode(&h.client_output).as_bytes(),
+        );
     }
     if !h.client_input.is_empty() {
-        push_field(out, "client_input", base64_encode(&h.client_input).as_bytes());
+        push_field(
+            out,
+            "client_input",
+            base64_encode(&h.client_input).as_bytes(),
+        );
     }
     out.push(b'\n');
 }
@@ -129,8 +137,20 @@ pub fn decode_handoff(buf: &[u8]) -> Result<(usize, Handoff), DecodeError<ImapMa
             b"session" => h.session = Some(v.into()),
             b"lip" => h.lip = Some(text().ok_or_else(|| bad("lip"))?),
             b"rip" => h.rip = Some(text().ok_or_else(|| bad("rip"))?),
-            b"lport" => h.lport = Some(text().and_then(|t| t.parse().ok()).ok_or_else(|| bad("lport"))?),
-            b"rport" => h.rport = Some(text().and_then(|t| t.parse().ok()).ok_or_else(|| bad("rport"))?),
+            b"lport" => {
+                h.lport = Some(
+                    text()
+                        .and_then(|t| t.parse().ok())
+                        .ok_or_else(|| bad("lport"))?,
+                )
+            }
+            b"rport" => {
+                h.rport = Some(
+                    text()
+                        .and_then(|t| t.parse().ok())
+                        .ok_or_else(|| bad("rport"))?,
+                )
+            }
             b"userdb_fields" => {
                 h.userdb_fields = if v.is_empty() {
                     Vec::new()
@@ -232,7 +252,7 @@ pub fn base64_encode(data: &[u8]) -> String {
 
 /// Decodes standard padded base64; `None` on any invalid input.
 pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 4 != 0 {
+    if !text.len().is_multiple_of(4) {
         return None;
     }
     let val = |c: u8| B64.iter().position(|&x| x == c).map(|p| p as u32);
@@ -269,7 +289,11 @@ mod tests {
             lport: Some(51587),
             rip: Some("127.0.0.1".into()),
             rport: Some(38332),
-            userdb_fields: vec!["uid=999".into(), "gid=995".into(), "home=/srv/mail/u1".into()],
+            userdb_fields: vec![
+                "uid=999".into(),
+                "gid=995".into(),
+                "home=/srv/mail/u1".into(),
+            ],
             client_output: Vec::new(),
             client_input: Vec::new(),
         };
@@ -330,11 +354,22 @@ mod tests {
             encode_server_line(want, &mut out);
             assert_eq!(&out[..], *bytes);
             for n in 0..bytes.len() {
-                assert_eq!(decode_server_line(&bytes[..n]), Err(DecodeError::Incomplete));
+                assert_eq!(
+                    decode_server_line(&bytes[..n]),
+                    Err(DecodeError::Incomplete)
+                );
             }
         }
-        for bad in [&b"VERSION\tanvil\t1\t0\n"[..], b"ok\n", b"\n", b"VERSION\timap-master\tx\t0\n"] {
-            assert!(matches!(decode_server_line(bad), Err(DecodeError::Invalid(_))));
+        for bad in [
+            &b"VERSION\tanvil\t1\t0\n"[..],
+            b"ok\n",
+            b"\n",
+            b"VERSION\timap-master\tx\t0\n",
+        ] {
+            assert!(matches!(
+                decode_server_line(bad),
+                Err(DecodeError::Invalid(_))
+            ));
         }
     }
 

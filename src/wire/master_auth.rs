@@ -230,7 +230,11 @@ pub fn encode_login_data(data: &LoginData, out: &mut Vec<u8>) {
     out.extend_from_slice(&data.session_id);
     out.push(0);
     if let Some(p) = &data.imap {
-        out.push(if p.send_untagged_capability { b'1' } else { b'0' });
+        out.push(if p.send_untagged_capability {
+            b'1'
+        } else {
+            b'0'
+        });
         out.extend_from_slice(&p.tag);
         out.push(0);
         out.extend_from_slice(&p.input);
@@ -312,7 +316,9 @@ mod tests {
             b.extend_from_slice(&[2, 0, 0, 0, 0x7f, 0, 0, 1]);
             b.extend_from_slice(&[0; 12]);
         }
-        b.extend_from_slice(&[0xdc, 0x37, 0x04, 0xc8, 2, 0, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0]);
+        b.extend_from_slice(&[
+            0xdc, 0x37, 0x04, 0xc8, 2, 0, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0,
+        ]);
         b.extend_from_slice(&[0xa6, 0x43, 0, 0, 0, 0, 0, 0]);
         b.extend_from_slice(b"Hp251FphBMh/AAAB\x001BBDE2\x00");
         b
@@ -397,7 +403,12 @@ mod tests {
 
     #[test]
     fn login_data_table() {
-        let cases: &[(&[u8], &str, Option<(bool, &str, &[u8])>)] = &[
+        type Case = (
+            &'static [u8],
+            &'static str,
+            Option<(bool, &'static str, &'static [u8])>,
+        );
+        let cases: &[Case] = &[
             (b"", "", None),
             (b"no-nul-at-all", "", None),
             (b"sess\0", "sess", None),
@@ -413,10 +424,13 @@ mod tests {
         for (data, session, imap) in cases {
             let d = parse_login_data(data);
             assert_eq!(d.session_id, *session, "{data:?}");
-            let got = d
-                .imap
-                .as_ref()
-                .map(|p| (p.send_untagged_capability, p.tag.to_string(), p.input.clone()));
+            let got = d.imap.as_ref().map(|p| {
+                (
+                    p.send_untagged_capability,
+                    p.tag.to_string(),
+                    p.input.clone(),
+                )
+            });
             let want = imap.map(|(u, t, i)| (u, t.to_owned(), i.to_vec()));
             assert_eq!(got, want, "{data:?}");
         }

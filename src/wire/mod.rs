@@ -14,8 +14,8 @@
 //! Design note: `docs/wire.md`.
 
 pub mod anvil;
-pub mod auth_master;
 pub mod anvil_ext;
+pub mod auth_master;
 pub mod escape;
 pub mod imap_master;
 pub mod line;
