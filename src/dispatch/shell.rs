@@ -23,7 +23,7 @@ use crate::master_compat::child_env::ChildEnv;
 use crate::sys;
 use crate::sys::service::{fd_inode, recv_with_fd, send_with_fd, tcp_progress};
 use crate::wire::anvil_ext::{
-    decode_claim_reply, encode_ext_request, ExtReply, ExtRequest, ReleaseOutcome,
+    decode_claim_reply, encode_ext_request, ClaimedKind, ExtReply, ExtRequest, ReleaseOutcome,
 };
 use crate::wire::auth_master::{self, Reply as AuthReplyLine};
 use crate::wire::imap_master::{self, Handoff, ServerLine};
@@ -52,8 +52,11 @@ pub struct Options {
     /// The reuse pool (service) name.
     pub service: String,
     pub backoff: Backoff,
-    /// How long a claimed process has to send its VERSION line.
+    /// How long a reused (idle) process has to send its VERSION line: an idle process
+    /// answers at once; a silent one is busy (our connect sits in its backlog).
     pub version_timeout: Duration,
+    /// The same for a fresh process, which may still be starting up (exec, config).
+    pub fresh_version_timeout: Duration,
     /// How long imap has to answer the hand-off.
     pub reply_timeout: Duration,
     /// How long the auth lookup may take.
@@ -71,6 +74,7 @@ impl Default for Options {
             service: "imap".to_owned(),
             backoff: Backoff::default(),
             version_timeout: Duration::from_millis(300),
+            fresh_version_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(30),
             auth_timeout: Duration::from_secs(30),
             config_socket: None,
@@ -408,10 +412,14 @@ async fn login(ctx: &Ctx, req: &AuthRequest, data: &LoginData, client: OwnedFd) 
                 waiting.enter();
                 ctx.need().await;
             }
-            Some((pid, token)) => {
+            Some((pid, token, kind)) => {
                 waiting.leave();
                 attempts += 1;
-                let attempt = try_process(ctx, pid, &handoff, &client).await;
+                let version_timeout = match kind {
+                    ClaimedKind::Fresh => ctx.opts.fresh_version_timeout,
+                    ClaimedKind::Reuse => ctx.opts.version_timeout,
+                };
+                let attempt = try_process(ctx, pid, version_timeout, &handoff, &client).await;
                 let (outcome, next) = decide(&attempt);
                 ctx.release(pid, token, outcome).await;
                 match next {
@@ -588,7 +596,7 @@ async fn auth_lookup(
 
 impl Ctx {
     /// CLAIM on the persistent anvil connection; reconnects once after an error.
-    async fn claim(&self, user: &[u8], uid: u32) -> io::Result<Option<(u32, u64)>> {
+    async fn claim(&self, user: &[u8], uid: u32) -> io::Result<Option<(u32, u64, ClaimedKind)>> {
         let mut req = Vec::new();
         encode_ext_request(
             &ExtRequest::Claim {
@@ -600,7 +608,7 @@ impl Ctx {
         );
         let reply = self.anvil_call(&req, true).await?;
         Ok(match reply {
-            Some(ExtReply::Claimed { pid, token, .. }) => Some((pid.get(), token)),
+            Some(ExtReply::Claimed { pid, token, kind }) => Some((pid.get(), token, kind)),
             _ => None,
         })
     }
@@ -730,7 +738,13 @@ async fn connect_anvil(path: &Path) -> io::Result<LineConn> {
 }
 
 /// One attempt on a claimed process.
-async fn try_process(ctx: &Ctx, pid: u32, handoff: &Handoff, client: &OwnedFd) -> Attempt {
+async fn try_process(
+    ctx: &Ctx,
+    pid: u32,
+    version_timeout: Duration,
+    handoff: &Handoff,
+    client: &OwnedFd,
+) -> Attempt {
     let path = ctx.path(&format!("{}-master-{pid}", ctx.opts.service));
     let mut conn = match LineConn::connect(&path).await {
         Ok(c) => c,
@@ -747,12 +761,7 @@ async fn try_process(ctx: &Ctx, pid: u32, handoff: &Handoff, client: &OwnedFd) -
             return Attempt::ConnectBusy;
         }
     };
-    match tokio::time::timeout(
-        ctx.opts.version_timeout,
-        conn.read(imap_master::decode_server_line),
-    )
-    .await
-    {
+    match tokio::time::timeout(version_timeout, conn.read(imap_master::decode_server_line)).await {
         Ok(Ok(ServerLine::Version { major: 1, .. })) => {}
         Ok(Ok(other)) => {
             ctx.log(
