@@ -7,7 +7,9 @@
 //! URLAUTH=BINARY` (imap_urlauth_host and mail_attribute_dict set), `METADATA`
 //! (imap_metadata and mail_attribute_dict), `SPECIAL-USE` (any namespace has a mailbox
 //! section), then the plugins' capabilities, last-loaded plugin first (each plugin's hook
-//! adds its own, then calls the one registered before it). Known plugins: imap_acl → `ACL
+//! adds its own, then calls the one registered before it; plugins load sorted by their module
+//! file names, `lib02_imap_acl_plugin.so` < `lib11_imap_quota_plugin.so` <
+//! `lib30_imap_zlib_plugin.so`, so the order of `mail_plugins` does not matter). Known plugins: imap_acl → `ACL
 //! RIGHTS=texk`, imap_quota → `QUOTA`, imap_zlib → `COMPRESS=DEFLATE`. Not modelled:
 //! `SEARCH=FUZZY` (depends on the fts backend at run time).
 //!
@@ -22,6 +24,13 @@ THREAD=REFERENCES THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATE
 CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES \
 WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE \
 SAVEDATE";
+
+/// Plugins that add capabilities: (name, module file sort key, capabilities in order).
+const PLUGIN_CAPS: &[(&str, &str, &[&str])] = &[
+    ("imap_acl", "02_imap_acl", &["ACL", "RIGHTS=texk"]),
+    ("imap_quota", "11_imap_quota", &["QUOTA"]),
+    ("imap_zlib", "30_imap_zlib", &["COMPRESS=DEFLATE"]),
+];
 
 /// The settings the capability string depends on (stock defaults in [`Default`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,17 +131,22 @@ impl CapSettings {
         if self.special_use {
             add("SPECIAL-USE");
         }
-        for p in self.mail_plugins.iter().rev() {
+        // Plugins initialise in the order of their module file names (`lib02_imap_acl_plugin.so`
+        // before `lib11_imap_quota_plugin.so`); the hook of the last one runs first.
+        let mut known: Vec<(&str, &[&str])> = Vec::new();
+        for p in &self.mail_plugins {
             let name = p.strip_suffix("_plugin").unwrap_or(p);
-            match name {
-                "imap_acl" => {
-                    add("ACL");
-                    add("RIGHTS=texk");
-                }
-                "imap_quota" => add("QUOTA"),
-                "imap_zlib" => add("COMPRESS=DEFLATE"),
-                n if n.starts_with("imap_") => unknown.push(p.clone()),
-                _ => {}
+            match PLUGIN_CAPS.iter().find(|(n, _, _)| *n == name) {
+                Some((_, key, c)) if !known.iter().any(|(k, _)| k == key) => known.push((key, c)),
+                Some(_) => {}
+                None if name.starts_with("imap_") => unknown.push(p.clone()),
+                None => {}
+            }
+        }
+        known.sort_by(|a, b| b.0.cmp(a.0));
+        for (_, c) in known {
+            for cap in c {
+                add(cap);
             }
         }
         (caps, unknown)
@@ -161,7 +175,15 @@ mod tests {
             ),
             (
                 "mail_plugins=quota imap_quota acl imap_acl\n",
-                "LITERAL+ NOTIFY ACL RIGHTS=texk QUOTA",
+                "LITERAL+ NOTIFY QUOTA ACL RIGHTS=texk",
+            ),
+            (
+                "mail_plugins=acl imap_acl quota imap_quota\n",
+                "LITERAL+ NOTIFY QUOTA ACL RIGHTS=texk",
+            ),
+            (
+                "mail_plugins=imap_acl imap_zlib imap_quota\n",
+                "LITERAL+ NOTIFY COMPRESS=DEFLATE QUOTA ACL RIGHTS=texk",
             ),
             (
                 "mail_plugins=zlib imap_zlib\n",
