@@ -10,6 +10,8 @@
 pub mod caps;
 pub mod core;
 pub mod shell;
+#[cfg(test)]
+mod tests;
 
 pub use shell::{run, serve, DispatchError, Options};
 
