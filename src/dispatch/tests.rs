@@ -405,3 +405,52 @@ fn busy_process_without_version_is_released_unused() {
         ]
     );
 }
+
+#[test]
+fn anvil_restart_costs_only_a_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_owned();
+    // An anvil that serves one login per connection, then "restarts" (closes).
+    let l = StdListener::bind(base.join("anvil")).unwrap();
+    let (tx, anvil) = mpsc::channel::<String>();
+    thread::spawn(move || {
+        for (n, s) in l.incoming().enumerate() {
+            let s = s.unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            assert_eq!(read_line(&mut r), "VERSION\tforeman-anvil\t1\t0\n");
+            w.write_all(b"VERSION\tforeman-anvil\t1\t0\n").unwrap();
+            let claim = read_line(&mut r);
+            w.write_all(format!("{}\t{n}\tfresh\n", 12 + n).as_bytes())
+                .unwrap();
+            let release = read_line(&mut r);
+            let _ = tx.send(format!("conn {n}: {}", claim.trim_end()));
+            let _ = tx.send(format!("conn {n}: {}", release.trim_end()));
+        }
+    });
+    fake_auth(&base, "USER\t{id}\tu1\tuid=1000\thome=/h/u1");
+    let _a = fake_imap(&base, 12, Imap::Accept);
+    let _b = fake_imap(&base, 13, Imap::Accept);
+    let b = base.clone();
+    let replies = with_dispatcher(base, move || {
+        let (_c1, s1) = tcp_pair();
+        let r1 = login_request(&b, &s1);
+        let (_c2, s2) = tcp_pair();
+        let r2 = login_request(&b, &s2);
+        (r1, r2)
+    });
+    assert_eq!(
+        (replies.0.mail_pid, replies.1.mail_pid),
+        (12, 13),
+        "{replies:?}"
+    );
+    assert_eq!(
+        lines(&anvil, 4),
+        [
+            "conn 0: CLAIM\timap\tu1\t1000",
+            "conn 0: RELEASE\t12\t0\tserved",
+            "conn 1: CLAIM\timap\tu1\t1000",
+            "conn 1: RELEASE\t13\t1\tserved",
+        ]
+    );
+}
