@@ -402,6 +402,14 @@ async fn login(ctx: &Ctx, req: &AuthRequest, data: &LoginData, client: OwnedFd) 
     loop {
         let claimed = match ctx.claim(&valid.user, valid.uid).await {
             Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                ctx.log(
+                    Level::Error,
+                    format!("login failed: anvil CLAIM failed: {e}"),
+                );
+                write_failure(&client, prefix);
+                return fail(my_pid);
+            }
             Err(e) => {
                 ctx.log(Level::Error, format!("anvil CLAIM failed: {e}"));
                 None
@@ -723,9 +731,14 @@ async fn connect_anvil(path: &Path) -> io::Result<LineConn> {
         .write_all(b"VERSION\tforeman-anvil\t1\t0\n")
         .await?;
     let v = c.read(simple_line).await.map_err(|e| {
+        // Stock anvil closes the connection on a handshake it does not know.
+        let kind = match e.kind() {
+            io::ErrorKind::UnexpectedEof => io::ErrorKind::Unsupported,
+            k => k,
+        };
         io::Error::new(
-            e.kind(),
-            format!("anvil did not accept the foreman-anvil handshake (stock anvil?): {e}"),
+            kind,
+            format!("anvil did not accept the foreman-anvil handshake (stock anvil? reuse needs Foreman's anvil): {e}"),
         )
     })?;
     if v.as_slice() != b"VERSION\tforeman-anvil\t1\t0" {

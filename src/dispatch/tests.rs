@@ -454,3 +454,22 @@ fn anvil_restart_costs_only_a_reconnect() {
         ]
     );
 }
+
+#[test]
+fn stock_anvil_fails_the_login_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_owned();
+    // Stock anvil: reads the unknown handshake and closes.
+    let l = StdListener::bind(base.join("anvil")).unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let mut r = BufReader::new(s.unwrap());
+            read_line(&mut r);
+        }
+    });
+    fake_auth(&base, "USER\t{id}\tu1\tuid=1000\thome=/h/u1");
+    let (_client, server_side) = tcp_pair();
+    let b = base.clone();
+    let reply = with_dispatcher(base, move || login_request(&b, &server_side));
+    assert_eq!(reply.status, AuthStatus::InternalError);
+}
