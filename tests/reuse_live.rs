@@ -3,9 +3,9 @@
 //!
 //! Until the master reports its imap processes to anvil itself (branch `mreg`), the test
 //! plays that part: it watches `$BASE/imap-master-<pid>` (the per-process listeners; mode 0 =
-//! busy) and sends PROC-BIRTH / PROC-IDLE over a foreman-anvil connection. Extra reports once
-//! the master reports too are harmless (a second PROC-BIRTH of a registered pid only replaces
-//! the entry while it is fresh; the test reports births before any login).
+//! busy) and sends PROC-BIRTH (only for pids the registry does not know: a second birth would
+//! wipe a binding) and PROC-IDLE after a logout (harmless when the master sends it too) over
+//! a foreman-anvil connection.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -91,11 +91,13 @@ impl Reporter {
         out
     }
 
-    /// Reports every process not reported yet; returns how many exist.
+    /// Reports every process the registry does not know yet (once the master reports its
+    /// processes itself, this reports nothing); returns how many processes exist.
     fn births(&mut self) -> usize {
         let all = self.listeners();
+        let known: BTreeSet<u32> = self.rows("PROC-DUMP").into_iter().map(|r| r.0).collect();
         for (pid, _) in &all {
-            if self.born.insert(*pid) {
+            if !known.contains(pid) && self.born.insert(*pid) {
                 self.conn
                     .write_all(format!("PROC-BIRTH\timap\t{pid}\t0\n").as_bytes())
                     .unwrap();
@@ -123,21 +125,31 @@ impl Reporter {
 
     /// `PROC-LIST imap <user>`: (pid, claim column) of the processes bound to `user`.
     fn claims_of(&mut self, user: &str) -> Vec<(u32, String)> {
+        let rows = self.rows(&format!("PROC-LIST\timap\t{user}"));
+        rows.into_iter()
+            .map(|(pid, u, claim)| {
+                assert_eq!(u, user);
+                (pid, claim)
+            })
+            .collect()
+    }
+
+    /// (pid, user, claim) of each row a PROC-LIST / PROC-DUMP returns.
+    fn rows(&mut self, command: &str) -> Vec<(u32, String, String)> {
         self.conn
-            .write_all(format!("PROC-LIST\timap\t{user}\n").as_bytes())
+            .write_all(format!("{command}\n").as_bytes())
             .unwrap();
         let mut r = BufReader::new(self.conn.try_clone().unwrap());
-        let mut pids = Vec::new();
+        let mut rows = Vec::new();
         loop {
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
             let line = line.trim_end_matches('\n');
             if line.is_empty() {
-                return pids;
+                return rows;
             }
             let f: Vec<&str> = line.split('\t').collect();
-            assert_eq!(f[2], user, "{line}");
-            pids.push((f[0].parse().unwrap(), f[6].to_owned()));
+            rows.push((f[0].parse().unwrap(), f[2].to_owned(), f[6].to_owned()));
         }
     }
 
