@@ -1024,6 +1024,7 @@ impl Shell {
                 }
             }
             Action::Exit => self.exit = true,
+            Action::Registry(_) | Action::AskEvict { .. } => {}
         }
     }
 
