@@ -20,8 +20,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use crate::master_compat::config::{self, LoadOptions, MasterSettings, Mode, ServiceType};
 use crate::master_compat::control::{ControlConn, ControlView};
 use crate::master_compat::listeners;
+use crate::master_compat::registry_client::{self, RegistryClient};
 use crate::master_compat::services::{self, ProcessEnv, ServiceSet, SystemResolver};
-use crate::master_compat::supervisor::{Action, Event, LogLevel, ServiceId, Supervisor};
+use crate::master_compat::supervisor::{Action, Event, LogLevel, Report, ServiceId, Supervisor};
 use crate::sys;
 use crate::sys::process::{ExecPlan, PerPidSocket};
 use crate::wire::anvil::VERSION_LINE as ANVIL_VERSION_LINE;
@@ -248,6 +249,11 @@ impl ControlView for SupView<'_> {
     fn has_service(&self, name: &str) -> bool {
         self.0.service_id(name).is_some()
     }
+    fn is_reuse_pool(&self, name: &str) -> bool {
+        self.0
+            .service_id(name)
+            .is_some_and(|s| self.0.is_reuse_pool(s))
+    }
 }
 
 struct Shell {
@@ -263,6 +269,16 @@ struct Shell {
     log: MasterLog,
     queue: VecDeque<(u64, Event)>,
     exit: bool,
+    /// The foreman-anvil connection (reuse pools only).
+    registry: RegistryClient,
+}
+
+/// Unix milliseconds of a monotonic instant (for registry reports).
+fn unix_ms(t: Instant) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_sub(Instant::now().saturating_duration_since(t).as_millis() as u64)
 }
 
 fn make_dir(path: &str, mode: u32, gid: Option<u32>) -> Result<(), MasterError> {
@@ -427,6 +443,7 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
         log,
         queue: VecDeque::from([(0, Event::Start)]),
         exit: false,
+        registry: RegistryClient::new(format!("{base}/anvil")),
     };
     shell.run_loop(sigfd)
 }
@@ -526,6 +543,7 @@ enum Src {
     ControlAccept,
     ControlClient(usize),
     LogControlWritable(u64),
+    Registry,
 }
 
 impl Shell {
@@ -598,6 +616,14 @@ impl Shell {
                 for (i, c) in self.control_clients.iter().enumerate() {
                     srcs.push(Src::ControlClient(i));
                     pfds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                }
+                if let Some(fd) = self.registry.fd() {
+                    let mut flags = PollFlags::POLLIN;
+                    if self.registry.wants_write() {
+                        flags |= PollFlags::POLLOUT;
+                    }
+                    srcs.push(Src::Registry);
+                    pfds.push(PollFd::new(fd, flags));
                 }
                 if !self.anvil_running() {
                     srcs.push(Src::AnvilDrain(true));
@@ -675,6 +701,7 @@ impl Shell {
                             closed_clients.push(i);
                         }
                     }
+                    Src::Registry => self.registry_input(),
                 }
             }
             for i in closed_clients.into_iter().rev() {
@@ -709,6 +736,17 @@ impl Shell {
         for name in &out.stop {
             if let Some(s) = g.sup.service_id(name) {
                 self.queue.push_back((gid, Event::StopService(s)));
+            }
+        }
+        for (name, waiting) in &out.need {
+            if let Some(service) = g.sup.service_id(name) {
+                self.queue.push_back((
+                    gid,
+                    Event::NeedFresh {
+                        service,
+                        waiting: *waiting,
+                    },
+                ));
             }
         }
         if let Some(e) = &out.error {
@@ -881,7 +919,19 @@ impl Shell {
             gen.sup.adopt_anvil(moved);
         }
         let old_id = self.gens[old_i].id;
+        if self.registry.is_up() {
+            // Before Start: the new list has no process yet, so nothing is re-reported.
+            let _ = gen
+                .sup
+                .handle(Instant::now(), Event::RegistryConnected(true));
+        }
+        let connect = gen.sup.has_reuse_pool()
+            && self.registry.state() == registry_client::State::Off
+            && self.anvil_running();
         self.gens.push(gen);
+        if connect {
+            self.registry_connect();
+        }
         self.queue.push_back((old_id, Event::Retire));
         self.queue.push_back((id, Event::Start));
     }
@@ -921,6 +971,7 @@ impl Shell {
                         if Some(service) == self.gens[gi].set.anvil {
                             write_all_fd(self.anvil.master_w.as_fd(), ANVIL_VERSION_LINE);
                             write_all_fd(self.anvil.children_w.as_fd(), ANVIL_VERSION_LINE);
+                            self.registry_connect();
                         }
                         // Registered before anything is reaped again.
                         let acts = self.gens[gi]
@@ -1024,7 +1075,143 @@ impl Shell {
                 }
             }
             Action::Exit => self.exit = true,
-            Action::Registry(_) | Action::AskEvict { .. } => {}
+            Action::Registry(report) => {
+                let req = self.report_request(gi, report);
+                if let Err(e) = req.map_or(Ok(()), |r| self.registry.report(&r)) {
+                    self.log
+                        .log(LogLevel::Error, &format!("anvil registry: {e}"));
+                    self.registry_down();
+                }
+            }
+            Action::AskEvict { service, pid } => {
+                let name = self.gens[gi].set.services[service].name.clone();
+                let answer = match self.registry.evict(name.as_bytes(), pid) {
+                    Ok(answer) => answer,
+                    Err(registry_client::EvictError::Timeout) => {
+                        self.log.log(
+                            LogLevel::Warning,
+                            &format!(
+                                "anvil registry: no EVICT reply for {name} in {} ms: nothing evicted",
+                                registry_client::EVICT_WAIT.as_millis()
+                            ),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.log
+                            .log(LogLevel::Error, &format!("anvil registry: {e}"));
+                        // The supervisor's pending questions fall back to its own choice.
+                        self.registry_down();
+                        return;
+                    }
+                };
+                let acts = self.gens[gi].sup.handle(
+                    Instant::now(),
+                    Event::EvictAnswer {
+                        service,
+                        pid: answer,
+                    },
+                );
+                for a in acts {
+                    self.execute(gid, a);
+                }
+            }
+        }
+    }
+
+    /// The wire request of a report; `None` for a pid out of range (never happens).
+    fn report_request(
+        &self,
+        gi: usize,
+        report: Report,
+    ) -> Option<crate::wire::anvil_ext::ExtRequest> {
+        use crate::wire::anvil::Pid;
+        use crate::wire::anvil_ext::ExtRequest;
+        Some(match report {
+            Report::Birth { service, pid, uid } => ExtRequest::ProcBirth {
+                service: self.gens[gi].set.services[service].name.as_bytes().into(),
+                pid: Pid::new(pid)?,
+                uid,
+            },
+            Report::Idle { pid, since } => ExtRequest::ProcIdle {
+                pid: Pid::new(pid)?,
+                since: unix_ms(since),
+            },
+            Report::Busy { pid, since } => ExtRequest::ProcBusy {
+                pid: Pid::new(pid)?,
+                since: unix_ms(since),
+            },
+            Report::Death { pid } => ExtRequest::ProcDeath {
+                pid: Pid::new(pid)?,
+            },
+        })
+    }
+
+    /// A new anvil process runs: (re)connect to its registry if a reuse pool is configured.
+    fn registry_connect(&mut self) {
+        if !self.gens.iter().any(|g| g.sup.has_reuse_pool()) {
+            return;
+        }
+        if self.registry.is_up() {
+            self.registry_down();
+        }
+        if let Err(e) = self.registry.connect() {
+            self.log.log(
+                LogLevel::Error,
+                &format!("anvil registry: connect(anvil) failed: {e}"),
+            );
+        }
+    }
+
+    /// The registry connection is gone: every supervisor falls back to its own choices.
+    fn registry_down(&mut self) {
+        self.registry.close();
+        self.registry_event(false);
+    }
+
+    /// Tells every supervisor (now, not queued) that the registry is up or down.
+    fn registry_event(&mut self, up: bool) {
+        let ids: Vec<u64> = self.gens.iter().map(|g| g.id).collect();
+        for id in ids {
+            let Some(gi) = self.gen_index(id) else {
+                continue;
+            };
+            let acts = self.gens[gi]
+                .sup
+                .handle(Instant::now(), Event::RegistryConnected(up));
+            for a in acts {
+                self.execute(id, a);
+            }
+        }
+    }
+
+    fn registry_input(&mut self) {
+        if let Err(e) = self.registry.flush() {
+            self.log.log(
+                LogLevel::Error,
+                &format!("anvil registry: write failed: {e}"),
+            );
+            self.registry_down();
+            return;
+        }
+        match self.registry.on_readable() {
+            registry_client::Input::Nothing => {}
+            registry_client::Input::Up => {
+                self.log.log(
+                    LogLevel::Info,
+                    "anvil registry: connected (foreman-anvil 1.0), reporting reuse pools",
+                );
+                self.registry_event(true);
+            }
+            registry_client::Input::Stock => self.log.log(
+                LogLevel::Info,
+                "anvil registry: anvil does not speak foreman-anvil: no process reports",
+            ),
+            registry_client::Input::Down => {
+                self.log
+                    .log(LogLevel::Warning, "anvil registry: connection lost");
+                self.registry_event(false);
+            }
         }
     }
 

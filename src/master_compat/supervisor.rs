@@ -1321,13 +1321,12 @@ impl Supervisor {
             // The slot was freed for a waiting connection: fill it now.
             Some(Purpose::MakeRoom { listener: true }) => self.need_process(now, s, out),
             // The slot was freed for a FOREMAN-NEED: the owed spawn.
-            Some(Purpose::MakeRoom { listener: false }) => {
+            Some(Purpose::MakeRoom { listener: false })
                 if self.svcs[s].process_count < self.svcs[s].process_limit
                     && !self.throttled(now, s)
-                    && !self.svcs[s].stopped
-                {
-                    self.spawn(now, s, out);
-                }
+                    && !self.svcs[s].stopped =>
+            {
+                self.spawn(now, s, out);
             }
             _ => {}
         }
