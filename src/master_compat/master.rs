@@ -491,6 +491,7 @@ fn build_gen(
         });
     }
     let mut sup = Supervisor::new(&set);
+    sup.set_shutdown_clients(m.shutdown_clients);
     sup.set_next_generation(first_generation);
     Ok(Gen {
         id,

@@ -33,6 +33,9 @@ pub const DROP_DELAY: Duration = Duration::from_secs(10);
 pub const LOGIN_NOTIFY_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest throttle interval.
 pub const MAX_THROTTLE: Duration = Duration::from_secs(60);
+/// `shutdown_clients = yes`: interval of the signal rounds for a retired list's processes
+/// (SIGTERM first, SIGKILL after; the log process last).
+pub const RELOAD_KILL_INTERVAL: Duration = Duration::from_secs(6);
 
 /// Inputs of the state machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,6 +297,10 @@ pub struct Supervisor {
     retired: bool,
     /// The foreman-anvil registry connection is up.
     registry: bool,
+    /// `shutdown_clients`: retired processes are signalled after a reload.
+    shutdown_clients: bool,
+    /// Retired with `shutdown_clients = yes`: the next signal round.
+    reload_kill: Option<ReloadKill>,
     /// `EVICT` questions in the order they were asked.
     asks: VecDeque<Ask>,
 }
@@ -303,6 +310,14 @@ pub struct Supervisor {
 pub struct MovedProcess {
     pid: u32,
     proc_: Proc,
+}
+
+/// The signal rounds after a reload (master-interface.md §16.2 step 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReloadKill {
+    at: Instant,
+    term_sent: bool,
+    log_term_sent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,8 +390,17 @@ impl Supervisor {
             shutdown: None,
             retired: false,
             registry: false,
+            shutdown_clients: false,
+            reload_kill: None,
             asks: VecDeque::new(),
         }
+    }
+
+    /// `shutdown_clients` (stock default yes): after a reload, processes of the retired list
+    /// still alive get SIGTERM 6 s later, SIGKILL every 6 s after that (the log process only
+    /// when nothing else is left).
+    pub fn set_shutdown_clients(&mut self, on: bool) {
+        self.shutdown_clients = on;
     }
 
     /// The GENERATION the next process gets (carried over to the next service list).
@@ -480,6 +504,13 @@ impl Supervisor {
                 if !self.retired && self.shutdown.is_none() {
                     self.retired = true;
                     self.stop_listening_and_close_dead_pipes(&mut out);
+                    if self.shutdown_clients {
+                        self.reload_kill = Some(ReloadKill {
+                            at: now + RELOAD_KILL_INTERVAL,
+                            term_sent: false,
+                            log_term_sent: false,
+                        });
+                    }
                 }
             }
         }
@@ -510,7 +541,12 @@ impl Supervisor {
             Some(ShutdownPhase::Quitting { at }) => Some(at),
             _ => None,
         };
-        procs.chain(svcs).chain([shutdown]).flatten().min()
+        let reload_kill = self.reload_kill.map(|k| k.at);
+        procs
+            .chain(svcs)
+            .chain([shutdown, reload_kill])
+            .flatten()
+            .min()
     }
 
     /// True while an anvil process exists (else the shell drains the anvil pipes).
@@ -1355,7 +1391,60 @@ impl Supervisor {
         }
     }
 
+    /// One signal round for a retired list (`shutdown_clients = yes`).
+    fn reload_kill_round(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(mut k) = self.reload_kill.filter(|k| now >= k.at) else {
+            return;
+        };
+        let sig = if k.term_sent {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
+        k.term_sent = true;
+        let mut signalled: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.service != self.log)
+            .map(|(&pid, _)| pid)
+            .collect();
+        let mut sig_used = sig;
+        if signalled.is_empty() {
+            // The log process last, so that the others could still log.
+            sig_used = if k.log_term_sent {
+                libc::SIGKILL
+            } else {
+                libc::SIGTERM
+            };
+            k.log_term_sent = true;
+            signalled = self.pids(self.log);
+        }
+        for &pid in &signalled {
+            out.push(Action::Kill {
+                pid,
+                signal: sig_used,
+            });
+        }
+        if !signalled.is_empty() {
+            out.push(Action::Log(
+                LogLevel::Warning,
+                format!(
+                    "Processes aren't dying after reload, sent {} to {} processes.",
+                    if sig_used == libc::SIGTERM {
+                        "SIGTERM"
+                    } else {
+                        "SIGKILL"
+                    },
+                    signalled.len()
+                ),
+            ));
+        }
+        k.at = now + RELOAD_KILL_INTERVAL;
+        self.reload_kill = (!self.procs.is_empty()).then_some(k);
+    }
+
     fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.reload_kill_round(now, out);
         // First status timeouts and idle kills.
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {

@@ -437,6 +437,67 @@ fn retired_list_reaps_but_never_spawns_and_anvil_moves_to_the_new_list() {
     assert_eq!(new.sup.service_of(anvil_pid), Some(anvil));
 }
 
+#[test]
+fn shutdown_clients_signals_retired_processes_term_then_kill_log_last() {
+    let set = set("service imap {\n service_count = 0\n}\n");
+    let imap = id(&set, "imap");
+    let log = id(&set, "log");
+    let mut h = Harness::new(&set);
+    h.sup.set_shutdown_clients(true);
+    h.ev(Event::Start);
+    h.init_all(&set);
+    h.ev(Event::ListenerReadable(imap));
+    let (_, pid) = h.last(imap);
+    let (_, log_pid) = h.last(log);
+    h.ev(Event::Retire);
+    let signals = |acts: &[Action]| -> Vec<(u32, i32)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Kill { pid, signal } => Some((*pid, *signal)),
+                _ => None,
+            })
+            .collect()
+    };
+    h.now += Duration::from_secs(5);
+    assert!(signals(&h.ev(Event::Tick)).is_empty(), "not before 6 s");
+    h.now += Duration::from_secs(1);
+    assert_eq!(h.sup.next_deadline(), Some(h.now), "the round is due");
+    let acts = h.ev(Event::Tick);
+    let sent = signals(&acts);
+    assert!(sent.contains(&(pid, libc::SIGTERM)));
+    assert!(!sent.iter().any(|&(p, _)| p == log_pid), "log last");
+    assert!(logged(
+        &acts,
+        "Processes aren't dying after reload, sent SIGTERM to"
+    ));
+    h.now += Duration::from_secs(6);
+    let acts = h.ev(Event::Tick);
+    assert!(signals(&acts).contains(&(pid, libc::SIGKILL)));
+    // Only the log process is left: SIGTERM, then SIGKILL.
+    for p in h.sup.all_pids() {
+        if p != log_pid {
+            h.ev(Event::ChildExited {
+                pid: p,
+                how: ExitHow::Signal {
+                    signal: 9,
+                    core_dumped: false,
+                },
+            });
+        }
+    }
+    h.now += Duration::from_secs(6);
+    assert_eq!(signals(&h.ev(Event::Tick)), vec![(log_pid, libc::SIGTERM)]);
+    h.now += Duration::from_secs(6);
+    assert_eq!(signals(&h.ev(Event::Tick)), vec![(log_pid, libc::SIGKILL)]);
+    // Without shutdown_clients nothing is signalled.
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    h.init_all(&set);
+    h.ev(Event::Retire);
+    h.now += Duration::from_secs(30);
+    assert!(signals(&h.ev(Event::Tick)).is_empty());
+}
+
 fn eviction_set() -> ServiceSet {
     // imap processes that stay after their client leaves (service_count = 0), one client
     // each; eviction starts at 3 - 1 = 2 processes.
