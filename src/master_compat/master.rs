@@ -75,6 +75,42 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> MasterError {
 pub struct Options {
     pub config: PathBuf,
     pub foreground: bool,
+    /// `-p`: ask for the SSL key password at start (given to services with inet listeners
+    /// as `SSL_KEY_PASSWORD`).
+    pub ask_key_password: bool,
+}
+
+/// Asks for a password on the terminal (echo off; stdin when there is no terminal).
+fn askpass(prompt: &str) -> Result<String, MasterError> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::io::BufRead;
+    let tty = fs::OpenOptions::new().read(true).write(true).open("/dev/tty");
+    let mut line = String::new();
+    match tty {
+        Ok(mut tty) => {
+            let saved = tcgetattr(&tty).ok();
+            if let Some(t) = &saved {
+                let mut quiet = t.clone();
+                quiet.local_flags.remove(LocalFlags::ECHO);
+                let _ = tcsetattr(&tty, SetArg::TCSAFLUSH, &quiet);
+            }
+            let _ = tty.write_all(prompt.as_bytes());
+            let read = io::BufReader::new(&tty).read_line(&mut line);
+            if let Some(t) = &saved {
+                let _ = tcsetattr(&tty, SetArg::TCSAFLUSH, t);
+            }
+            let _ = tty.write_all(b"\n");
+            read.map_err(io_err("read password"))?;
+        }
+        Err(_) => {
+            sys::write_stderr(prompt.as_bytes());
+            io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(io_err("read password"))?;
+        }
+    }
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// Loads and checks the configuration the way the master needs it.
@@ -271,6 +307,8 @@ struct Shell {
     exit: bool,
     /// The foreman-anvil connection (reuse pools only).
     registry: RegistryClient,
+    /// `-p`: the SSL key password.
+    ssl_key_password: Option<String>,
 }
 
 /// Unix milliseconds of a monotonic instant (for registry reports).
@@ -362,6 +400,11 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
             });
         }
     }
+    let ssl_key_password = if opts.ask_key_password {
+        Some(askpass("Give the password for SSL keys: ")?)
+    } else {
+        None
+    };
     prepare_dirs(&m, &set)?;
     let stock_config = write_stock_config(&m, &loaded)?;
     let mut all_listeners = Vec::new();
@@ -444,6 +487,7 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
         queue: VecDeque::from([(0, Event::Start)]),
         exit: false,
         registry: RegistryClient::new(format!("{base}/anvil")),
+        ssl_key_password,
     };
     shell.run_loop(sigfd)
 }
@@ -1230,6 +1274,7 @@ impl Shell {
                 anvil_restarted,
                 hostname: &self.hostname,
                 config_file: &g.stock_config,
+                ssl_key_password: self.ssl_key_password.as_deref(),
             },
         );
         let devnull = self.devnull.as_raw_fd();

@@ -404,6 +404,8 @@ pub struct ProcessEnv<'a> {
     pub hostname: &'a str,
     /// Path of the stock-acceptable config copy (the config service's CONFIG_FILE).
     pub config_file: &'a str,
+    /// `foreman master -p`: the SSL key password, given to services with inet listeners.
+    pub ssl_key_password: Option<&'a str>,
 }
 
 /// The child's complete environment, in stock's order (master-interface.md §5.2).
@@ -458,6 +460,9 @@ pub fn child_env(
             absolute(&m.base_dir, &m.stats_writer_socket_path)
         };
         put("STATS_WRITER_SOCKET_PATH", v);
+    }
+    if let (Some(pw), false) = (p.ssl_key_password, s.inet.is_empty()) {
+        put("SSL_KEY_PASSWORD", pw.to_owned());
     }
     if p.anvil_restarted && s.kind == ServiceType::Anvil {
         put("ANVIL_RESTARTED", "1".into());
@@ -554,6 +559,7 @@ mod tests {
                 anvil_restarted: false,
                 hostname: "h",
                 config_file: "/c.conf",
+                ssl_key_password: Some("pw"),
             },
         )
     }
@@ -578,6 +584,9 @@ mod tests {
         assert_eq!(get(&env, "RESTRICT_SETGID"), Some("104"));
         assert_eq!(get(&env, "STATS_WRITER_SOCKET_PATH"), Some("stats-writer"));
         assert_eq!(get(&env, "GENERATION"), Some("7"));
+        // `-p`: only services with inet listeners get the SSL key password.
+        assert_eq!(get(&env, "SSL_KEY_PASSWORD"), Some("pw"));
+        assert_eq!(get(&env_of(&set, &m, "auth"), "SSL_KEY_PASSWORD"), None);
         let def = set
             .services
             .iter()
