@@ -64,3 +64,58 @@ fn dash_p_gives_the_ssl_key_password_to_inet_services_only() {
     assert!(without.iter().any(|v| v.starts_with("SERVICE_NAME=")));
     assert!(!without.iter().any(|v| v.starts_with("SSL_KEY_PASSWORD")));
 }
+
+/// The socket inode behind a process's fd.
+fn fd_inode(pid: u32, fd: u32) -> Option<String> {
+    fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+fn login_pids(d: &StockDovecot) -> Vec<u32> {
+    foreman::stock::procs::children_of(d.pid().unwrap())
+        .into_iter()
+        .filter(|p| p.title_name() == "imap-login")
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// fd 7 (the `imap` inet listener) of two preforked imap-login processes.
+fn login_sockets(reuse_port: bool) -> (Vec<String>, bool) {
+    let d = StockDovecot::builder()
+        .master_command(FOREMAN, &["master"])
+        .user("alice", "pw")
+        .config_line(format!(
+            "service imap-login {{\n  process_min_avail = 2\n  inet_listener imap {{\n    \
+             reuse_port = {}\n  }}\n}}",
+            if reuse_port { "yes" } else { "no" }
+        ))
+        .start()
+        .expect("start");
+    let pids = wait_for(DEADLINE, || {
+        let p = login_pids(&d);
+        (p.len() == 2).then_some(p)
+    })
+    .expect("two imap-login processes");
+    let socks: Vec<String> = pids.iter().filter_map(|&p| fd_inode(p, 7)).collect();
+    // (Not with reuse_port: as with stock, the master's own socket stays in the group and a
+    // connection the kernel puts there waits until the master polls it.)
+    let ok = reuse_port || d.imap().unwrap().login("alice", "pw").unwrap().is_ok();
+    (socks, ok)
+}
+
+#[test]
+fn reuse_port_gives_each_process_its_own_socket() {
+    let (socks, ok) = login_sockets(true);
+    assert_eq!(socks.len(), 2, "{socks:?}");
+    assert!(socks.iter().all(|s| s.starts_with("socket:")), "{socks:?}");
+    assert_ne!(socks[0], socks[1], "own accept queues");
+    assert!(ok);
+    let (socks, ok) = login_sockets(false);
+    assert_eq!(socks.len(), 2, "{socks:?}");
+    assert_eq!(
+        socks[0], socks[1],
+        "without reuse_port the one shared socket"
+    );
+    assert!(ok);
+}

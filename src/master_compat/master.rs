@@ -84,7 +84,10 @@ pub struct Options {
 fn askpass(prompt: &str) -> Result<String, MasterError> {
     use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
     use std::io::BufRead;
-    let tty = fs::OpenOptions::new().read(true).write(true).open("/dev/tty");
+    let tty = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty");
     let mut line = String::new();
     match tty {
         Ok(mut tty) => {
@@ -1010,8 +1013,15 @@ impl Shell {
                 generation,
                 anvil_restarted,
             } => {
-                let plan = self.plan(gi, service, generation, anvil_restarted);
-                match sys::process::fork_exec(&plan) {
+                let (plan, own_sockets, errors) =
+                    self.plan(gi, service, generation, anvil_restarted);
+                for e in errors {
+                    self.log.log(LogLevel::Error, &e);
+                }
+                let forked = sys::process::fork_exec(&plan);
+                // The child has its own copies of its reuse_port sockets.
+                drop(own_sockets);
+                match forked {
                     Ok(pid) => {
                         if Some(service) == self.gens[gi].set.anvil {
                             write_all_fd(self.anvil.master_w.as_fd(), ANVIL_VERSION_LINE);
@@ -1261,7 +1271,15 @@ impl Shell {
     }
 
     /// The fd table, argv and environment of one new process (§5.1–§5.3).
-    fn plan(&self, gi: usize, s: ServiceId, generation: u32, anvil_restarted: bool) -> ExecPlan {
+    /// Also returns the process's own `reuse_port` sockets (to close after the spawn) and
+    /// errors creating them (the shared socket is passed instead).
+    fn plan(
+        &self,
+        gi: usize,
+        s: ServiceId,
+        generation: u32,
+        anvil_restarted: bool,
+    ) -> (ExecPlan, Vec<OwnedFd>, Vec<String>) {
         let g = &self.gens[gi];
         let def = &g.set.services[s];
         let f = &g.fds[s];
@@ -1327,8 +1345,30 @@ impl Shell {
                 }
             }
         }
-        for (_, l) in &f.listeners {
-            put(&mut fds, l.as_raw_fd());
+        let mut own = Vec::new();
+        let mut errors = Vec::new();
+        for (key, l) in &f.listeners {
+            let fresh = match key {
+                ListenerKey::Inet(address, port) => def
+                    .inet
+                    .iter()
+                    .find(|i| i.reuse_port && i.address == *address && i.port == *port)
+                    .and_then(|i| match listeners::bind_inet_for_child(i, def.backlog) {
+                        Ok(fd) => Some(fd),
+                        Err(e) => {
+                            errors.push(format!("service({}): {e}", def.name));
+                            None
+                        }
+                    }),
+                ListenerKey::Unix(_) => None,
+            };
+            match fresh {
+                Some(fd) => {
+                    put(&mut fds, fd.as_raw_fd());
+                    own.push(fd);
+                }
+                None => put(&mut fds, l.as_raw_fd()),
+            }
         }
         let per_pid = def
             .per_pid
@@ -1353,7 +1393,7 @@ impl Shell {
                 }
             })
             .collect();
-        ExecPlan {
+        let plan = ExecPlan {
             path: c(&def.binary),
             argv: def.argv.iter().map(|a| c(a)).collect(),
             env: env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect(),
@@ -1361,7 +1401,8 @@ impl Shell {
             vsz_limit: def.vsz_limit,
             nonblock_stderr: s != g.set.log,
             per_pid,
-        }
+        };
+        (plan, own, errors)
     }
 
     fn cleanup(&mut self) {

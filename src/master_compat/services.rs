@@ -58,6 +58,8 @@ pub struct InetSpec {
     pub port: u16,
     pub ssl: bool,
     pub haproxy: bool,
+    /// `reuse_port = yes`: SO_REUSEPORT, and each process gets its own socket.
+    pub reuse_port: bool,
 }
 
 /// One service as the master runs it.
@@ -303,6 +305,7 @@ fn resolve_service(
                 port: l.port,
                 ssl: l.ssl,
                 haproxy: l.haproxy,
+                reuse_port: l.reuse_port,
             });
         }
     }
