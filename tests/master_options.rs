@@ -10,16 +10,25 @@ use foreman::stock::{wait_for, StockDovecot};
 const FOREMAN: &str = env!("CARGO_BIN_EXE_foreman");
 const DEADLINE: Duration = Duration::from_secs(15);
 
-/// A service whose process writes its environment to `<dir>/<name>.env` and waits.
+/// A service whose process writes its environment and `id -u` to `<dir>/<name>.env` and
+/// waits.
 fn env_service(dir: &std::path::Path, name: &str, inet_port: Option<u16>) -> String {
+    env_service_with(dir, name, inet_port, "")
+}
+
+fn env_service_with(
+    dir: &std::path::Path,
+    name: &str,
+    inet_port: Option<u16>,
+    settings: &str,
+) -> String {
     let script = dir.join(format!("{name}.sh"));
+    let d = dir.display();
     fs::write(
         &script,
         format!(
-            "#!/bin/sh\nenv > {}/{name}.env.tmp && mv {}/{name}.env.tmp {}/{name}.env\nexec sleep 30\n",
-            dir.display(),
-            dir.display(),
-            dir.display()
+            "#!/bin/sh\n(env; echo \"ID_U=$(id -u)\") > {d}/{name}.env.tmp && \
+             mv {d}/{name}.env.tmp {d}/{name}.env\nexec sleep 30\n"
         ),
     )
     .unwrap();
@@ -28,7 +37,7 @@ fn env_service(dir: &std::path::Path, name: &str, inet_port: Option<u16>) -> Str
         .map(|p| format!("  inet_listener {name} {{\n    port = {p}\n  }}\n"))
         .unwrap_or_default();
     format!(
-        "service {name} {{\n  executable = {}\n  process_min_avail = 1\n{inet}}}",
+        "service {name} {{\n  executable = {}\n  process_min_avail = 1\n{settings}{inet}}}",
         script.display()
     )
 }
@@ -118,4 +127,41 @@ fn reuse_port_gives_each_process_its_own_socket() {
         "without reuse_port the one shared socket"
     );
     assert!(ok);
+}
+
+#[test]
+fn drop_priv_before_exec_runs_the_binary_as_the_service_user() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let dovecot = nix::unistd::User::from_name("dovecot").unwrap().unwrap();
+    let _d = StockDovecot::builder()
+        .master_command(FOREMAN, &["master"])
+        .config_line(env_service_with(
+            dir.path(),
+            "dropped",
+            None,
+            "  user = dovecot\n  drop_priv_before_exec = yes\n",
+        ))
+        .config_line(env_service_with(
+            dir.path(),
+            "kept",
+            None,
+            "  user = dovecot\n",
+        ))
+        .start()
+        .expect("start");
+    let dropped = env_of(dir.path(), "dropped");
+    assert!(
+        dropped.contains(&format!("ID_U={}", dovecot.uid)),
+        "{dropped:?}"
+    );
+    assert!(dropped.contains(&format!("RESTRICT_SETUID={}", dovecot.uid)));
+    // Without it the master only sets RESTRICT_* and the binary drops privileges itself
+    // (this script does not, so it still runs as root).
+    let kept = env_of(dir.path(), "kept");
+    assert!(kept.contains(&"ID_U=0".to_owned()), "{kept:?}");
 }

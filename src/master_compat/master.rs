@@ -1401,6 +1401,7 @@ impl Shell {
             vsz_limit: def.vsz_limit,
             nonblock_stderr: s != g.set.log,
             per_pid,
+            drop_priv: def.drop_priv(),
         };
         (plan, own, errors)
     }

@@ -92,6 +92,9 @@ pub struct ServiceDef {
     pub log_fd: Option<i32>,
     /// Relative chroot given (for STATS_WRITER_SOCKET_PATH).
     pub chrooted: bool,
+    /// `drop_priv_before_exec = yes`: the master sets the `RESTRICT_*` credentials in the
+    /// child before exec (the child gets the variables too, as stock).
+    pub drop_priv_before_exec: bool,
 }
 
 impl ServiceDef {
@@ -331,7 +334,41 @@ fn resolve_service(
         restrict_env: restrict,
         log_fd: None,
         chrooted: chroot.is_some(),
+        drop_priv_before_exec: s.drop_priv_before_exec,
     })
+}
+
+impl ServiceDef {
+    /// The credentials a `drop_priv_before_exec` child takes before exec, from its
+    /// `RESTRICT_*` values (gid, then the privileged and extra groups as supplementary).
+    pub fn drop_priv(&self) -> Option<crate::sys::process::DropPriv> {
+        if !self.drop_priv_before_exec {
+            return None;
+        }
+        let get = |k: &str| {
+            self.restrict_env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let num = |k: &str| get(k).and_then(|v| v.parse::<u32>().ok());
+        let gid = num("RESTRICT_SETGID");
+        let mut groups: Vec<u32> = gid.into_iter().collect();
+        groups.extend(num("RESTRICT_SETGID_PRIV"));
+        groups.extend(
+            get("RESTRICT_SETEXTRAGROUPS")
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|g| g.trim().parse::<u32>().ok()),
+        );
+        groups.sort_unstable();
+        groups.dedup();
+        Some(crate::sys::process::DropPriv {
+            uid: num("RESTRICT_SETUID"),
+            gid,
+            groups,
+        })
+    }
 }
 
 /// Resolves every service that runs (has an executable, protocol enabled).
@@ -587,6 +624,23 @@ mod tests {
         assert_eq!(get(&env, "RESTRICT_SETGID"), Some("104"));
         assert_eq!(get(&env, "STATS_WRITER_SOCKET_PATH"), Some("stats-writer"));
         assert_eq!(get(&env, "GENERATION"), Some("7"));
+        let def = set
+            .services
+            .iter()
+            .find(|s| s.name == "imap-login")
+            .unwrap();
+        assert_eq!(def.drop_priv(), None, "drop_priv_before_exec = no");
+        let m2 = settings("service imap {\n drop_priv_before_exec = yes\n user = dovecot\n}\n");
+        let set2 = resolve(&m2, &Table, &[]).unwrap();
+        let imap = set2.services.iter().find(|s| s.name == "imap").unwrap();
+        assert_eq!(
+            imap.drop_priv(),
+            Some(crate::sys::process::DropPriv {
+                uid: Some(101),
+                gid: Some(102),
+                groups: vec![102],
+            })
+        );
         // `-p`: only services with inet listeners get the SSL key password.
         assert_eq!(get(&env, "SSL_KEY_PASSWORD"), Some("pw"));
         assert_eq!(get(&env_of(&set, &m, "auth"), "SSL_KEY_PASSWORD"), None);
