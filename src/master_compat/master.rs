@@ -165,10 +165,12 @@ pub fn reload(config: &Path) -> Result<(), MasterError> {
     sys::process::send_signal(pid as u32, libc::SIGHUP).map_err(io_err("kill"))
 }
 
-/// The master's own log: `<timestamp>master: <Level>: <text>` to `log_path` (stderr when
-/// `log_path` is syslog or cannot be opened).
+/// The master's own log: `<timestamp>master: <Level>: <text>` to `log_path`; with
+/// `log_path = syslog` to syslog ([`crate::master_compat::syslog`]); stderr when neither can
+/// be opened.
 struct MasterLog {
     file: Option<fs::File>,
+    syslog: Option<crate::master_compat::syslog::Syslog>,
     timestamp: String,
 }
 
@@ -183,13 +185,36 @@ impl MasterLog {
                     .ok()
             })
             .flatten();
+        let syslog = (m.log_path == "syslog")
+            .then(|| {
+                crate::master_compat::syslog::Syslog::connect(
+                    Path::new(crate::master_compat::syslog::DEV_LOG),
+                    &m.syslog_facility,
+                    &m.instance_name,
+                )
+                .ok()
+            })
+            .flatten();
         MasterLog {
             file,
+            syslog,
             timestamp: m.log_timestamp.clone(),
         }
     }
 
     fn log(&mut self, level: LogLevel, text: &str) {
+        if let Some(s) = &self.syslog {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            if s.send(
+                &sys::process::strftime_local("%b %e %H:%M:%S", now),
+                level,
+                text,
+            ) {
+                return;
+            }
+        }
         let level = match level {
             LogLevel::Info => "Info",
             LogLevel::Warning => "Warning",

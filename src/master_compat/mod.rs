@@ -11,6 +11,7 @@
 //!   Foreman's `FOREMAN-NEED`).
 //! - [`registry_client`]: the master's foreman-anvil connection (process registry reports,
 //!   `EVICT`).
+//! - [`syslog`]: the master's own lines to syslog (`log_path = syslog`).
 //! - [`master`]: `foreman master`, the poll-loop shell that owns fds and children and runs the
 //!   supervisor's actions (fork/exec lives in `crate::sys::process`).
 
@@ -22,3 +23,4 @@ pub mod master;
 pub mod registry_client;
 pub mod services;
 pub mod supervisor;
+pub mod syslog;
