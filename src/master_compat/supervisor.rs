@@ -504,6 +504,7 @@ impl Supervisor {
                 if !self.retired && self.shutdown.is_none() {
                     self.retired = true;
                     self.stop_listening_and_close_dead_pipes(&mut out);
+                    self.report_all_leaving(now, &mut out);
                     if self.shutdown_clients {
                         self.reload_kill = Some(ReloadKill {
                             at: now + RELOAD_KILL_INTERVAL,
@@ -973,7 +974,7 @@ impl Supervisor {
                 pid,
                 uid: self.svcs[s].birth_uid,
             }));
-            let leaving = dying(p);
+            let leaving = dying(p) || self.retired;
             if p.served || leaving {
                 out.push(Action::Registry(Report::Busy {
                     pid,
@@ -986,6 +987,20 @@ impl Supervisor {
                     since: p.idle_start.unwrap_or(now),
                 }));
                 self.ask_about(s, pid, Purpose::Retire, out);
+            }
+        }
+    }
+
+    /// A retired list's processes are on their way out: reported busy, so the registry never
+    /// hands them a client again (they stop accepting once their dead pipe closes).
+    fn report_all_leaving(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if !self.registry {
+            return;
+        }
+        for (&pid, p) in self.procs.iter_mut() {
+            if self.svcs[p.service].reuse && !p.reported_busy {
+                p.reported_busy = true;
+                out.push(Action::Registry(Report::Busy { pid, since: now }));
             }
         }
     }
@@ -1192,7 +1207,7 @@ impl Supervisor {
         let old = p.available;
         let new = rec.available_count;
         let client_limit = self.svcs[s].client_limit;
-        if self.svcs[s].reuse {
+        if self.svcs[s].reuse && !self.retired {
             if new < client_limit && !p.reported_busy {
                 p.reported_busy = true;
                 p.served = true;

@@ -999,6 +999,45 @@ fn after_an_anvil_restart_every_process_is_reported_again_and_served_idle_ones_r
     assert_eq!(sigints(&acts), vec![idle]);
 }
 
+#[test]
+fn a_retired_list_reports_its_processes_busy_and_never_idle_again() {
+    let set = reuse_set("");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let (served, (fg, fresh)) = pool(&mut h, &set, 1, true);
+    let acts = h.ev(Event::Retire);
+    let mut busy: Vec<u32> = reports(&acts)
+        .iter()
+        .filter_map(|r| match r {
+            Report::Busy { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    busy.sort_unstable();
+    assert_eq!(busy, vec![served[0].1, fresh]);
+    // A status record (its client left) does not make it claimable again.
+    h.ev(Event::StatusData(imap, status(fresh, fg, 0)));
+    let acts = h.ev(Event::StatusData(imap, status(fresh, fg, 1)));
+    assert!(reports(&acts).is_empty(), "{acts:?}");
+    // Reconnected: born again, busy, never asked to retire (it is leaving anyway).
+    h.ev(Event::RegistryConnected(false));
+    let acts = h.ev(Event::RegistryConnected(true));
+    assert!(asks(&acts).is_empty());
+    assert_eq!(
+        reports(&acts)
+            .iter()
+            .filter(|r| matches!(r, Report::Busy { .. }))
+            .count(),
+        2
+    );
+    // Deaths are still reported.
+    let acts = h.ev(Event::ChildExited {
+        pid: fresh,
+        how: ExitHow::Code(0),
+    });
+    assert_eq!(reports(&acts), vec![Report::Death { pid: fresh }]);
+}
+
 mod random_sequences {
     use super::*;
     use proptest::prelude::*;
