@@ -340,7 +340,8 @@ fn resolve_service(
 
 impl ServiceDef {
     /// The credentials a `drop_priv_before_exec` child takes before exec, from its
-    /// `RESTRICT_*` values (gid, then the privileged and extra groups as supplementary).
+    /// `RESTRICT_*` values, as stock's restrict_access: supplementary groups = the gid and the
+    /// extra groups, the privileged group as the saved gid.
     pub fn drop_priv(&self) -> Option<crate::sys::process::DropPriv> {
         if !self.drop_priv_before_exec {
             return None;
@@ -354,7 +355,6 @@ impl ServiceDef {
         let num = |k: &str| get(k).and_then(|v| v.parse::<u32>().ok());
         let gid = num("RESTRICT_SETGID");
         let mut groups: Vec<u32> = gid.into_iter().collect();
-        groups.extend(num("RESTRICT_SETGID_PRIV"));
         groups.extend(
             get("RESTRICT_SETEXTRAGROUPS")
                 .unwrap_or("")
@@ -366,6 +366,7 @@ impl ServiceDef {
         Some(crate::sys::process::DropPriv {
             uid: num("RESTRICT_SETUID"),
             gid,
+            saved_gid: num("RESTRICT_SETGID_PRIV"),
             groups,
         })
     }
@@ -638,6 +639,11 @@ mod tests {
             Some(crate::sys::process::DropPriv {
                 uid: Some(101),
                 gid: Some(102),
+                saved_gid: imap
+                    .restrict_env
+                    .iter()
+                    .find(|(k, _)| k == "RESTRICT_SETGID_PRIV")
+                    .map(|(_, v)| v.parse().unwrap()),
                 groups: vec![102],
             })
         );

@@ -105,8 +105,10 @@ pub struct ExecPlan {
 pub struct DropPriv {
     /// setresuid to this (none: keep).
     pub uid: Option<u32>,
-    /// setresgid to this (none: keep).
+    /// setresgid(gid, gid, saved_gid) (none: keep).
     pub gid: Option<u32>,
+    /// The saved gid (`privileged_group`); `gid` when none.
+    pub saved_gid: Option<u32>,
     /// setgroups to these (set whenever `gid` is).
     pub groups: Vec<u32>,
 }
@@ -254,7 +256,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             // (the child shares its memory until exec).
             if let Some(gid) = d.gid {
                 if libc::syscall(libc::SYS_setgroups, d.groups.len(), d.groups.as_ptr()) < 0
-                    || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
+                    || libc::syscall(libc::SYS_setresgid, gid, gid, d.saved_gid.unwrap_or(gid)) < 0
                 {
                     die(ChildFailure::DropPriv);
                 }
