@@ -64,6 +64,9 @@ pub enum Command {
         /// Stay in the foreground.
         #[arg(short = 'F')]
         foreground: bool,
+        /// Ask for the SSL key password (passed to services with inet listeners).
+        #[arg(short = 'p')]
+        ask_key_password: bool,
         /// `stop` or `reload` a running master instead of starting one.
         action: Option<MasterAction>,
     },
@@ -221,11 +224,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Master {
             config,
             foreground,
+            ask_key_password,
             action,
         } => {
             use crate::master_compat::master;
             let res = match action {
-                None => master::run(&master::Options { config, foreground }),
+                None => master::run(&master::Options {
+                    config,
+                    foreground,
+                    ask_key_password,
+                }),
                 Some(MasterAction::Stop) => master::stop(&config),
                 Some(MasterAction::Reload) => master::reload(&config),
             };
