@@ -60,7 +60,10 @@ fn now_ms() -> u64 {
 
 impl Reporter {
     fn new(base: &Path) -> Reporter {
-        let mut conn = UnixStream::connect(base.join("anvil")).unwrap();
+        // The harness waits for the socket file; the master may not listen on it yet.
+        let path = base.join("anvil");
+        let mut conn = wait_for(DEADLINE, || UnixStream::connect(&path).ok())
+            .unwrap_or_else(|| panic!("connect {}", path.display()));
         conn.write_all(b"VERSION\tforeman-anvil\t1\t0\n").unwrap();
         let mut line = String::new();
         BufReader::new(conn.try_clone().unwrap())
@@ -132,6 +135,25 @@ impl Reporter {
                 (pid, claim)
             })
             .collect()
+    }
+
+    /// The registry's state column (`fresh`, `idle`, `busy`) of `pid`.
+    fn state(&mut self, pid: u32) -> Option<String> {
+        self.conn.write_all(b"PROC-DUMP\n").unwrap();
+        let mut r = BufReader::new(self.conn.try_clone().unwrap());
+        let mut found = None;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                return found;
+            }
+            let f: Vec<&str> = line.split('\t').collect();
+            if f[0] == pid.to_string() {
+                found = Some(f[4].to_owned());
+            }
+        }
     }
 
     /// (pid, user, claim) of each row a PROC-LIST / PROC-DUMP returns.
@@ -363,6 +385,12 @@ fn busy_process_believed_idle_is_skipped() {
     let (mut a, _) = login(&d, "u1", "p1");
     let p = wait_for(DEADLINE, || login_mpid(&d, "u1", 0)).unwrap();
     wait_for(DEADLINE, || (!rep.is_idle(p)).then_some(())).expect("P's listener closed");
+    // Once the registry has P busy (the dispatcher's RELEASE served, and the master's own
+    // PROC-BUSY if it reports), nothing changes P's state until A logs out: now lie.
+    wait_for(DEADLINE, || {
+        (rep.state(p).as_deref() == Some("busy")).then_some(())
+    })
+    .expect("P busy in the registry");
     rep.idle(p); // the lie
     rep.births();
     let port = d.imap_port().unwrap();
