@@ -433,3 +433,50 @@ fn busy_process_believed_idle_is_skipped() {
         assert_ne!(bits, 0, "{set}: the other capabilities stay");
     }
 }
+
+/// The whole path with nothing faked: the master reports its imap processes to anvil
+/// itself, and with no spare process at all (`process_min_avail = 0`) every first login of
+/// a user goes CLAIM → none → FOREMAN-NEED → the master spawns → CLAIM again.
+#[test]
+fn no_spares_the_master_spawns_on_need_and_reuse_follows() {
+    let cfg = ReuseConfig {
+        process_limit: 10,
+        process_limit_margin: 2,
+        fresh_spares: 0,
+        idle_kill: "60 secs".into(),
+    };
+    let d = StockDovecot::builder()
+        .master_command(FOREMAN, &["master"])
+        .custom_anvil(FOREMAN, &["anvil"])
+        .config_line(reuse_config(Path::new(FOREMAN), &cfg))
+        .user("u1", "p1")
+        .user("u2", "p2")
+        .start()
+        .expect("start");
+    let base = d.base_dir().to_owned();
+    let mut rep = Reporter::new(&base);
+    for round in 0..2 {
+        for (n, user) in ["u1", "u2"].iter().enumerate() {
+            let (mut c, _) = login(&d, user, &format!("p{}", n + 1));
+            session_works(&mut c);
+            c.logout().unwrap();
+            let pid = wait_for(DEADLINE, || login_mpid(&d, user, round)).unwrap();
+            // Wait until the master has reported the process idle again.
+            wait_for(DEADLINE, || {
+                (rep.state(pid).as_deref() == Some("idle")).then_some(())
+            })
+            .unwrap_or_else(|| panic!("{user}'s process never idle\n{}", d.log_tail(30)));
+        }
+    }
+    let p1 = login_mpid(&d, "u1", 0).unwrap();
+    let p2 = login_mpid(&d, "u2", 0).unwrap();
+    assert_ne!(p1, p2);
+    assert_eq!(login_mpid(&d, "u1", 1), Some(p1));
+    assert_eq!(login_mpid(&d, "u2", 1), Some(p2));
+    assert_eq!(rep.bound_to("u1"), vec![p1]);
+    assert_eq!(rep.bound_to("u2"), vec![p2]);
+    assert_eq!(rep.born.len(), 0, "the test reported nothing");
+    let log = d.log_contents();
+    assert!(!log.contains("foreman-dispatch: Error"), "{log}");
+    assert!(!log.contains("foreman-dispatch: Warning"), "{log}");
+}
