@@ -480,3 +480,68 @@ fn no_spares_the_master_spawns_on_need_and_reuse_follows() {
     assert!(!log.contains("foreman-dispatch: Error"), "{log}");
     assert!(!log.contains("foreman-dispatch: Warning"), "{log}");
 }
+
+/// Many concurrent logins of a few users against a pool smaller than the number of clients
+/// (5 clients, 3 processes: logins wait, the master evicts idle processes): every login
+/// succeeds and works, and no imap process ever serves two users (imap's own log lines name the user
+/// and pid of every session).
+#[test]
+fn concurrent_logins_never_mix_users_in_a_process() {
+    let cfg = ReuseConfig {
+        process_limit: 3,
+        process_limit_margin: 1,
+        fresh_spares: 1,
+        idle_kill: "60 secs".into(),
+    };
+    let d = StockDovecot::builder()
+        .master_command(FOREMAN, &["master"])
+        .custom_anvil(FOREMAN, &["anvil"])
+        .config_line(reuse_config(Path::new(FOREMAN), &cfg))
+        .user("u1", "p1")
+        .user("u2", "p2")
+        .user("u3", "p3")
+        .start()
+        .expect("start");
+    let port = d.imap_port().unwrap();
+    let threads: Vec<_> = (0..5)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for round in 0..4 {
+                    let n = (t + round) % 3 + 1;
+                    let mut c = ImapClient::connect(port).unwrap();
+                    let r = c.login(&format!("u{n}"), &format!("p{n}")).unwrap();
+                    assert!(r.is_ok(), "thread {t} round {round}: {r:?}");
+                    session_works(&mut c);
+                    c.logout().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .unwrap_or_else(|_| panic!("a client failed\n{}", d.log_tail(40)));
+    }
+    // imap(u1)<1234><session>: ... Disconnected (logged through the log process: wait)
+    let log = wait_for(DEADLINE, || {
+        let log = d.log_contents();
+        (log.matches("Disconnected: Logged out").count() >= 20).then_some(log)
+    })
+    .unwrap_or_else(|| panic!("20 sessions\n{}", d.log_contents()));
+    let mut users_of: std::collections::BTreeMap<u32, BTreeSet<String>> = Default::default();
+    let mut sessions = 0;
+    for line in log.lines().filter(|l| l.contains("Disconnected")) {
+        let Some(rest) = line.split(" imap(").nth(1) else {
+            continue;
+        };
+        let (user, rest) = rest.split_once(")<").unwrap();
+        let pid: u32 = rest.split('>').next().unwrap().parse().unwrap();
+        users_of.entry(pid).or_default().insert(user.to_owned());
+        sessions += 1;
+    }
+    assert_eq!(sessions, 20, "{log}");
+    for (pid, users) in &users_of {
+        assert_eq!(users.len(), 1, "pid {pid} served {users:?}\n{log}");
+    }
+    assert!(users_of.len() < 20, "some process was reused: {users_of:?}");
+    assert!(!log.contains("foreman-dispatch: Error"), "{log}");
+}
