@@ -184,7 +184,14 @@ struct Ctx {
     next_auth_id: Cell<u32>,
     /// When the last "master refused FOREMAN-NEED" warning was logged.
     need_warned: Cell<Option<Instant>>,
+    /// The last FOREMAN-NEED accepted: (waiting count, when). Many waiting logins retry in
+    /// the same few ms; the same count again within [`NEED_COALESCE`] is not re-sent (the
+    /// command is idempotent, so this only saves round trips).
+    need_sent: Cell<Option<(u32, Instant)>>,
 }
+
+/// See [`Ctx::need_sent`].
+const NEED_COALESCE: Duration = Duration::from_millis(5);
 
 impl Ctx {
     fn new(opts: Options, logger: Logger) -> Ctx {
@@ -197,6 +204,7 @@ impl Ctx {
             caps: RefCell::new(None),
             next_auth_id: Cell::new(1),
             need_warned: Cell::new(None),
+            need_sent: Cell::new(None),
         }
     }
 
@@ -676,12 +684,14 @@ impl Ctx {
     /// Tells the master how many logins wait (`FOREMAN-NEED`). Errors are logged at most
     /// every 10 s: an older master does not know the command.
     async fn need(&self) {
-        let line = format!(
-            "FOREMAN-NEED\t{}\t{}\n",
-            self.opts.service,
-            self.waiting.get()
-        );
         let mut guard = self.master.lock().await;
+        let waiting = self.waiting.get();
+        if let Some((n, at)) = self.need_sent.get() {
+            if n == waiting && at.elapsed() < NEED_COALESCE {
+                return;
+            }
+        }
+        let line = format!("FOREMAN-NEED\t{}\t{waiting}\n", self.opts.service);
         let r = async {
             if guard.is_none() {
                 let mut c = LineConn::connect(&self.path("master")).await?;
@@ -707,6 +717,9 @@ impl Ctx {
             }
         }
         .await;
+        if r.is_ok() {
+            self.need_sent.set(Some((waiting, Instant::now())));
+        }
         if let Err(e) = r {
             *guard = None;
             let now = Instant::now();

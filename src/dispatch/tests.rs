@@ -372,14 +372,14 @@ fn no_process_asks_the_master_and_claims_again() {
             "RELEASE\t12\t5\tserved",
         ]
     );
+    // The second round comes 2 ms after the first: the same count within 5 ms is not re-sent.
     assert_eq!(
-        lines(&master, 3),
-        [
-            "VERSION\tmaster-client\t1\t0",
-            "FOREMAN-NEED\timap\t1",
-            "FOREMAN-NEED\timap\t1",
-        ]
+        lines(&master, 2),
+        ["VERSION\tmaster-client\t1\t0", "FOREMAN-NEED\timap\t1"]
     );
+    while let Ok(l) = master.recv_timeout(Duration::from_millis(100)) {
+        assert_eq!(l, "FOREMAN-NEED\timap\t1");
+    }
 }
 
 #[test]
