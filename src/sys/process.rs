@@ -524,8 +524,10 @@ mod tests {
         let t1 = w2.as_raw_fd();
         let t2 = w1.as_raw_fd();
         let plan = ExecPlan {
-            path: c("/bin/sh"),
-            argv: vec![c("sh"), c("-c"), c(&format!(
+            // bash, not sh: dash cannot redirect to fds above 9, and with tests running in
+            // parallel the pipes easily get higher numbers.
+            path: c("/bin/bash"),
+            argv: vec![c("bash"), c("-c"), c(&format!(
                 "echo one >&{t1}; echo two$X >&{t2}; [ -e /proc/self/fd/{} ] && echo leak >&{t1}; true",
                 r1.as_raw_fd()
             ))],
