@@ -35,11 +35,11 @@ use crate::wire::DecodeError;
 /// Errors that stop the dispatcher.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    #[error("{0}")]
+    #[error(transparent)]
     Env(#[from] crate::master_compat::child_env::ChildEnvError),
-    #[error("{0}")]
+    #[error(transparent)]
     Sys(#[from] sys::SysError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
