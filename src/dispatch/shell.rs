@@ -408,6 +408,16 @@ async fn login(ctx: &Ctx, req: &AuthRequest, data: &LoginData, client: OwnedFd) 
     let mut attempts = 0u32;
     let mut waiting = WaitGuard::new(ctx);
     loop {
+        if round > 0 && client_gone(&client) {
+            ctx.log(
+                Level::Info,
+                format!(
+                    "user {}: client disconnected while waiting for a process",
+                    show(&valid.user)
+                ),
+            );
+            return fail(my_pid);
+        }
         let claimed = match ctx.claim(&valid.user, valid.uid).await {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {
@@ -523,6 +533,20 @@ impl<'a> WaitGuard<'a> {
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
         self.leave();
+    }
+}
+
+/// The client connection is closed in both directions or broken (POLLHUP / POLLERR). A
+/// half-close (the client shut down only its sending side, e.g. a pipelined script) is not
+/// "gone": it still expects its replies.
+fn client_gone(client: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(client.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        _ => false,
     }
 }
 

@@ -473,3 +473,31 @@ fn stock_anvil_fails_the_login_at_once() {
     let reply = with_dispatcher(base, move || login_request(&b, &server_side));
     assert_eq!(reply.status, AuthStatus::InternalError);
 }
+
+#[test]
+fn client_reset_while_waiting_ends_the_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_owned();
+    let anvil = fake_anvil(&base, vec![]); // always `none`
+    let _master = fake_master(&base);
+    fake_auth(&base, "USER\t{id}\tu1\tuid=1000\thome=/h/u1");
+    let (client, server_side) = tcp_pair();
+    let b = base.clone();
+    let reply = with_dispatcher(base, move || {
+        let login = thread::spawn(move || login_request(&b, &server_side));
+        // Once the login waits (its first CLAIM got `none`), the client resets.
+        assert_eq!(anvil.recv_timeout(T).unwrap(), "CLAIM\timap\tu1\t1000");
+        nix::sys::socket::setsockopt(
+            &client,
+            nix::sys::socket::sockopt::Linger,
+            &libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        )
+        .unwrap();
+        drop(client);
+        login.join().unwrap()
+    });
+    assert_eq!(reply.status, AuthStatus::InternalError);
+}
