@@ -273,6 +273,11 @@ fn login_reply_equals_stock() {
         let stock = b.start().expect("start stock dovecot");
         let (c, stock_reply) = login_reply(&stock, "u1", "p1");
         c.logout().unwrap();
+        // A client that asked CAPABILITY before LOGIN: imap-login's prefix byte is `1`, the
+        // capabilities come untagged before a plain tagged OK.
+        let (c, stock_after_cap) = login_reply_after_capability(&stock);
+        c.logout().unwrap();
+        assert_eq!(stock_after_cap.tagged, "OK Logged in");
 
         let d = start_with(settings);
         let mut rep = Reporter::new(d.base_dir());
@@ -283,6 +288,9 @@ fn login_reply_equals_stock() {
         session_works(&mut c);
         c.logout().unwrap();
         assert_eq!(ours, stock_reply, "settings {settings:?}");
+        let (c, ours_after_cap) = login_reply_after_capability(&d);
+        c.logout().unwrap();
+        assert_eq!(ours_after_cap, stock_after_cap, "settings {settings:?}");
         let caps = ours.untagged.join(" ") + &ours.tagged;
         assert!(caps.contains("CAPABILITY IMAP4rev1 "), "{caps}");
         if !settings.is_empty() {
@@ -302,6 +310,14 @@ fn login_reply_equals_stock() {
             d.log_tail(30)
         );
     }
+}
+
+fn login_reply_after_capability(d: &StockDovecot) -> (ImapClient, foreman::stock::imap::ImapReply) {
+    let mut c = ImapClient::connect(d.imap_port().unwrap()).unwrap();
+    assert!(c.command("CAPABILITY").unwrap().is_ok());
+    let r = c.login("u1", "p1").unwrap();
+    assert!(r.is_ok(), "LOGIN: {r:?}\n{}", d.log_tail(40));
+    (c, r)
 }
 
 fn login_reply(
