@@ -133,7 +133,7 @@ pub fn row(now: UnixMillis, p: &Process) -> ProcRow {
         Activity::Busy { since } => (ProcState::Busy, since),
     };
     let (user, uid) = match &p.binding {
-        Some(b) => (b.user.clone(), b.uid),
+        Some(b) => (b.user.clone(), b.uid.unwrap_or(p.birth_uid)),
         None => (BString::default(), p.birth_uid),
     };
     ProcRow {
