@@ -122,9 +122,16 @@ pub struct Dump {
 /// The text before the first `/` is the service; if the rest holds another `/`, the text
 /// before it is the IP (unparsable → no IP) and the rest the username. `None` without `/`.
 pub fn split_ident(ident: &[u8]) -> Option<(&[u8], Option<IpAddr>, &[u8])> {
+    let (service, ip, username) = split_ident_raw(ident)?;
+    Some((service, ip.and_then(net::parse_ip), username))
+}
+
+/// [`split_ident`] without parsing the IP: (service, IP text, username). Also used by the
+/// anvil to learn which user a process serves from its `CONNECT`.
+pub fn split_ident_raw(ident: &[u8]) -> Option<(&[u8], Option<&[u8]>, &[u8])> {
     let (service, rest) = ident.split_once_str("/")?;
     match rest.split_once_str("/") {
-        Some((ip, username)) => Some((service, net::parse_ip(ip), username)),
+        Some((ip, username)) => Some((service, Some(ip), username)),
         None => Some((service, None, rest)),
     }
 }
