@@ -836,7 +836,11 @@ impl Index {
             .iter()
             .flat_map(|(s, uids)| uids.iter().map(|(u, set)| ((s.clone(), *u), set.clone())))
             .collect();
-        let idle = self.idle.iter().map(|(s, v)| (s.clone(), v.clone())).collect();
+        let idle = self
+            .idle
+            .iter()
+            .map(|(s, v)| (s.clone(), v.clone()))
+            .collect();
         let count = self.count.iter().map(|(s, n)| (s.clone(), *n)).collect();
         (bound, fresh, idle, count)
     }

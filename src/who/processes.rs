@@ -222,7 +222,9 @@ pub fn write_table<W: Write + ?Sized>(
                     g.owner.label().to_vec(),
                     p.service.to_vec(),
                     p.pid.to_string().into_bytes(),
-                    known_uid(p).map_or("?".into(), |u| u.to_string()).into_bytes(),
+                    known_uid(p)
+                        .map_or("?".into(), |u| u.to_string())
+                        .into_bytes(),
                     state_text(p.state).into(),
                     format_duration(age_ms(now, p)).into_bytes(),
                     claim_text(p.claim).unwrap_or("-").into(),

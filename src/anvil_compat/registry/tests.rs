@@ -378,7 +378,10 @@ fn connect_binds_an_unbound_process_to_its_user() {
     );
     // 11 was born as 1001: its uid is known.
     assert_eq!(r.connect(pid(11), b"bob"), ConnectBinding::Bound);
-    assert_eq!(r.get(pid(11)).unwrap().binding.as_ref().unwrap().uid, Some(1001));
+    assert_eq!(
+        r.get(pid(11)).unwrap().binding.as_ref().unwrap().uid,
+        Some(1001)
+    );
     // Another user on a bound process: reported, binding kept.
     assert_eq!(
         r.connect(pid(10), b"mallory"),
@@ -396,7 +399,10 @@ fn connect_binds_an_unbound_process_to_its_user() {
     let c = r.claim(7, S, b"alice", 1000).unwrap().unwrap();
     assert_eq!((c.pid, c.kind), (pid(10), ClaimKind::Reuse));
     r.release(8, c.pid, c.token, Outcome::Served).unwrap();
-    assert_eq!(r.get(pid(10)).unwrap().binding.as_ref().unwrap().uid, Some(1000));
+    assert_eq!(
+        r.get(pid(10)).unwrap().binding.as_ref().unwrap().uid,
+        Some(1000)
+    );
     r.set_idle(pid(10), 9).unwrap();
     assert_eq!(r.claim(10, S, b"alice", 2000).unwrap(), None);
     r.check_index();
@@ -484,7 +490,8 @@ fn upkeep_bounds_the_history_in_entries() {
     let n = HISTORY_MAX_ENTRIES + 10;
     for i in 0..n {
         // Each user once, 2 s apart, all recent enough to be kept by age.
-        r.claim(i as u64 * 2, S, format!("u{i}").as_bytes(), 1).unwrap();
+        r.claim(i as u64 * 2, S, format!("u{i}").as_bytes(), 1)
+            .unwrap();
     }
     let done = r.upkeep(n as u64 * 2);
     assert_eq!(done.forgotten, 10);
