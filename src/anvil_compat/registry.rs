@@ -281,6 +281,20 @@ impl Registry {
         Some(r)
     }
 
+    /// Sets the claim of a known process. Only a reservation for eviction of an unbound
+    /// fresh process changes an index (it stops being a spare), so the common case, a
+    /// dispatch claim taken or ended, costs no index work.
+    fn set_claim(&mut self, pid: Pid, claim: Option<Claim>) {
+        let p = self.procs.get_mut(&pid).expect("a known pid");
+        if Index::is_spare(p) == Index::is_spare_with(p, claim) {
+            p.claim = claim;
+        } else {
+            self.ix.remove(p);
+            p.claim = claim;
+            self.ix.add(p);
+        }
+    }
+
     /// `PROC-IDLE`: the process has no clients since `since`. A fresh process that never
     /// served anybody stays fresh.
     pub fn set_idle(&mut self, pid: Pid, since: UnixMillis) -> Result<(), RegistryError> {
@@ -356,23 +370,24 @@ impl Registry {
         };
         let token = self.next_token;
         self.next_token += 1;
-        let expires = now.saturating_add(self.claim_ttl);
-        self.update(pid, |p| {
-            let bound_by_claim = p.binding.is_none();
-            if bound_by_claim {
+        let bound_by_claim = kind == ClaimKind::Fresh;
+        if bound_by_claim {
+            self.update(pid, |p| {
                 p.binding = Some(Binding {
                     user: user.into(),
                     uid: Some(uid),
                 });
-            }
-            p.claim = Some(Claim::Dispatch {
+            });
+        }
+        self.set_claim(
+            pid,
+            Some(Claim::Dispatch {
                 token,
-                expires,
+                expires: now.saturating_add(self.claim_ttl),
                 bound_by_claim,
                 uid,
-            });
-        })
-        .expect("chosen from the table");
+            }),
+        );
         Ok(Some(Claimed { pid, token, kind }))
     }
 
@@ -436,24 +451,22 @@ impl Registry {
             }) if held == token => (bound_by_claim, uid),
             _ => return Err(RegistryError::StaleToken { pid, token }),
         };
-        self.update(pid, |p| {
-            p.claim = None;
-            match outcome {
-                Outcome::Served => {
+        self.set_claim(pid, None);
+        match outcome {
+            Outcome::Served => {
+                self.update(pid, |p| {
                     p.activity = Activity::Busy { since: now };
                     // The process accepted the user with this uid: it runs as it now.
                     if let Some(b) = &mut p.binding {
                         b.uid.get_or_insert(uid);
                     }
-                }
-                Outcome::Unused => {
-                    if bound_by_claim {
-                        p.binding = None;
-                    }
-                }
-                Outcome::Failed => {}
+                });
             }
-        });
+            Outcome::Unused if bound_by_claim => {
+                self.update(pid, |p| p.binding = None);
+            }
+            Outcome::Unused | Outcome::Failed => {}
+        }
         Ok(())
     }
 
@@ -461,7 +474,7 @@ impl Registry {
     /// the master to kill (it is never claimed again; its death report removes it).
     pub fn evict(&mut self, now: UnixMillis, service: &[u8]) -> Option<Pid> {
         let pid = self.pick_victim(now, service)?;
-        self.update(pid, |p| p.claim = Some(Claim::Evict));
+        self.set_claim(pid, Some(Claim::Evict));
         Some(pid)
     }
 
@@ -472,7 +485,7 @@ impl Registry {
         if p.claim_at(now).is_some() || matches!(p.activity, Activity::Busy { .. }) {
             return Err(RegistryError::NotEvictable(pid));
         }
-        self.update(pid, |p| p.claim = Some(Claim::Evict));
+        self.set_claim(pid, Some(Claim::Evict));
         Ok(())
     }
 
@@ -726,8 +739,14 @@ struct Index {
 }
 
 impl Index {
+    /// Whether `p` belongs in `fresh`.
     fn is_spare(p: &Process) -> bool {
-        p.binding.is_none() && p.activity == Activity::Fresh && p.claim != Some(Claim::Evict)
+        Self::is_spare_with(p, p.claim)
+    }
+
+    /// Whether `p` would belong in `fresh` with this claim.
+    fn is_spare_with(p: &Process, claim: Option<Claim>) -> bool {
+        p.binding.is_none() && p.activity == Activity::Fresh && claim != Some(Claim::Evict)
     }
 
     fn add(&mut self, p: &Process) {
