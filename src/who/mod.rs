@@ -144,9 +144,12 @@ pub fn split_ident(ident: &[u8]) -> Option<(&[u8], Option<IpAddr>, &[u8])> {
     Some((service, ip.and_then(net::parse_ip), username))
 }
 
-/// [`split_ident`] without parsing the IP: (service, IP text, username). Also used by the
-/// anvil to learn which user a process serves from its `CONNECT`.
-pub fn split_ident_raw(ident: &[u8]) -> Option<(&[u8], Option<&[u8]>, &[u8])> {
+/// An ident's parts as bytes: (service, IP text if any, username).
+pub type RawIdent<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
+
+/// [`split_ident`] without parsing the IP. Also used by the anvil to learn which user a
+/// process serves from its `CONNECT`.
+pub fn split_ident_raw(ident: &[u8]) -> Option<RawIdent<'_>> {
     let (service, rest) = ident.split_once_str("/")?;
     match rest.split_once_str("/") {
         Some((ip, username)) => Some((service, Some(ip), username)),
