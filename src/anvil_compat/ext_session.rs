@@ -129,10 +129,11 @@ pub fn handle_line(
 /// A v1 `CONNECT` on any connection (socket or pipe): if `pid` is a registered process,
 /// binds it to the ident's user when unbound, and logs a warning when it is bound to another
 /// user (a process serving two users is a reuse bug). See "Binding from CONNECT" in
-/// `docs/anvil-extensions.md`. Costs one lookup when the pid is not registered.
+/// `docs/anvil-extensions.md`. Costs one lookup when the pid is not registered, nothing when
+/// no process is.
 #[inline]
 pub fn on_connect(anvil: &mut Anvil, pid: Pid, ident: &[u8], log: &mut LogBuf) {
-    if anvil.registry.get(pid).is_none() {
+    if !anvil.registry.has_processes() || anvil.registry.get(pid).is_none() {
         return;
     }
     let Some((_, _, user)) = crate::who::split_ident_raw(ident) else {

@@ -38,9 +38,10 @@
 //! Which process a query picks is still decided by the same filters and orderings as a scan
 //! of the whole table would (the `matches_the_naive_model` proptest compares the two).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use bstr::{BStr, BString, ByteSlice};
+use hashbrown::HashMap;
 use hashbrown::HashMap as IndexMap;
 
 use super::UnixMillis;
@@ -651,6 +652,11 @@ impl Registry {
             done.forgotten += self.forget_history_before(cutoff);
         }
         done
+    }
+
+    /// Whether any process is registered (a v1 `CONNECT` needs no lookup otherwise).
+    pub fn has_processes(&self) -> bool {
+        !self.procs.is_empty()
     }
 
     /// Whether the registry holds nothing (no process, no history): upkeep has nothing to do.
