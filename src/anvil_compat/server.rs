@@ -1,8 +1,8 @@
 //! The tokio shell around [`super::session`]: accepts socket clients, reads the master and
 //! shared pipes, runs the penalty timer and the registry upkeep (every [`UPKEEP_INTERVAL`]
 //! while the registry holds anything: expired claims are dropped and logged, old arrival
-//! history forgotten, [`super::registry::Registry::upkeep`]), writes status records to fd 5 and log lines to fd 2,
-//! exits when the master-dead pipe (fd 6) reports an error and no socket client is left.
+//! history forgotten, [`super::registry::Registry::upkeep`]), writes status records to
+//! fd 5 and log lines to fd 2, exits when the master-dead pipe (fd 6) reports an error and no socket client is left.
 //! Runs either under a Dovecot master (fds of master-interface.md §5.1 / anvil-protocol.md
 //! §1.2) or standalone on sockets it binds itself. Design note: `docs/anvil-server.md`.
 //!
