@@ -561,3 +561,35 @@ fn concurrent_logins_never_mix_users_in_a_process() {
     assert!(users_of.len() < 20, "some process was reused: {users_of:?}");
     assert!(!log.contains("foreman-dispatch: Error"), "{log}");
 }
+
+/// A malformed request on the dispatcher's listener is logged (through the master's log
+/// service, with the dispatcher's prefix) and closes only that connection; logins go on.
+#[test]
+fn bad_login_request_is_logged_and_others_are_served() {
+    use std::io::Read;
+    let d = start();
+    let path = d.base_dir().join("login/foreman-dispatch");
+    let mut bad = UnixStream::connect(&path).unwrap();
+    let mut req = [0u8; 96];
+    req[80..84].copy_from_slice(&5000u32.to_ne_bytes()); // data_size above 1218
+    bad.write_all(&req).unwrap();
+    bad.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut b = [0u8; 12];
+    assert_eq!(bad.read(&mut b).unwrap(), 0, "closed without a reply");
+    let line = wait_for(DEADLINE, || {
+        d.log_contents()
+            .lines()
+            .find(|l| l.contains("Too large auth data_size"))
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| panic!("no log line\n{}", d.log_tail(20)));
+    assert!(
+        line.contains(
+            "foreman-dispatch: Error: login client: Too large auth data_size sent (5000)"
+        ),
+        "{line}"
+    );
+    let (mut c, _) = login(&d, "u1", "p1");
+    session_works(&mut c);
+    c.logout().unwrap();
+}
