@@ -147,6 +147,11 @@ pub enum Outcome {
     Unused,
     /// Something may have reached the process: the binding stays, the state is unchanged.
     Failed,
+    /// Nothing was sent, but the process turned out busy or unresponsive (its socket refused
+    /// the connection with EACCES, or it never greeted): as [`Outcome::Unused`], and the
+    /// process counts as busy since now, so no claim returns it until the master reports it
+    /// idle again. Without this, a hung process would be claimed for its user over and over.
+    Busy,
 }
 
 /// Which idle process [`Registry::evict`] picks.
@@ -465,6 +470,14 @@ impl Registry {
             }
             Outcome::Unused if bound_by_claim => {
                 self.update(pid, |p| p.binding = None);
+            }
+            Outcome::Busy => {
+                self.update(pid, |p| {
+                    if bound_by_claim {
+                        p.binding = None;
+                    }
+                    p.activity = Activity::Busy { since: now };
+                });
             }
             Outcome::Unused | Outcome::Failed => {}
         }

@@ -253,7 +253,7 @@ fn op() -> impl Strategy<Value = Op> {
         p.clone().prop_map(Op::Busy),
         p.clone().prop_map(Op::Death),
         (0u8..4, 1u32..4).prop_map(|(u, uid)| Op::Claim(u, uid)),
-        (p.clone(), 0u8..3, 0u8..4).prop_map(|(p, o, k)| Op::Release(p, o, k)),
+        (p.clone(), 0u8..4, 0u8..4).prop_map(|(p, o, k)| Op::Release(p, o, k)),
         Just(Op::Evict),
         p.prop_map(Op::EvictPid),
         (0u64..700).prop_map(Op::Tick),
@@ -314,12 +314,12 @@ proptest! {
                     }
                 }
                 Op::Release(p, o, k) => {
-                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed][o as usize];
+                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed, Outcome::Busy][o as usize];
                     match held.get(&p).copied() {
                         Some((token, u, uid, _)) if k != 0 => {
                             prop_assert!(r.release(now, pid(p), token, outcome).is_ok());
                             held.remove(&p);
-                            if outcome != Outcome::Unused {
+                            if !matches!(outcome, Outcome::Unused | Outcome::Busy) {
                                 served.entry(p).or_insert((u, uid));
                             }
                         }
@@ -598,7 +598,7 @@ proptest! {
                     if let Some(c) = got { tokens.insert(c.pid.get(), c.token); }
                 }
                 ModelOp::Base(Op::Release(p, o, _)) => {
-                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed][o as usize];
+                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed, Outcome::Busy][o as usize];
                     let token = tokens.get(&p).copied().unwrap_or(0);
                     let _ = r.release(now, pid(p), token, outcome);
                 }
