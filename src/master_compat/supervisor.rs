@@ -869,6 +869,20 @@ impl Supervisor {
         out: &mut Vec<Action>,
     ) -> bool {
         if self.svcs[s].reuse && self.registry {
+            // No more open questions than processes the registry could return.
+            let candidates = self
+                .procs
+                .values()
+                .filter(|p| p.service == s && p.served && !dying(p))
+                .count();
+            let open = self
+                .asks
+                .iter()
+                .filter(|a| a.service == s && a.pid.is_none())
+                .count();
+            if open >= candidates {
+                return false;
+            }
             self.asks.push_back(Ask {
                 service: s,
                 pid: None,

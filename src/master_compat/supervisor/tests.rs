@@ -1038,6 +1038,29 @@ fn a_retired_list_reports_its_processes_busy_and_never_idle_again() {
     assert_eq!(reports(&acts), vec![Report::Death { pid: fresh }]);
 }
 
+#[test]
+fn a_huge_need_asks_at_most_once_per_process_that_could_go() {
+    let set = reuse_set_limits(4, 0, "");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    pool(&mut h, &set, 3, true);
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: u32::MAX,
+    });
+    assert_eq!(
+        asks(&acts).len(),
+        3,
+        "three served processes, three questions"
+    );
+    assert!(h
+        .ev(Event::NeedFresh {
+            service: imap,
+            waiting: u32::MAX,
+        })
+        .is_empty());
+}
+
 mod random_sequences {
     use super::*;
     use proptest::prelude::*;
