@@ -47,6 +47,8 @@ pub enum Command {
         #[command(subcommand)]
         what: crate::conformance::cli::ConformanceCommand,
     },
+    /// Run the per-user reuse dispatcher (a service of the master; docs/dispatch.md).
+    Dispatch,
     /// Run the demo stack: stock Dovecot services with Foreman on 127.0.0.1 high ports.
     Demo,
     /// Trace-driven simulations (`docs/eviction.md`).
@@ -209,6 +211,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 write_traces.as_deref(),
                 &mut std::io::stdout().lock(),
             )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dispatch => {
+            crate::dispatch::run(crate::dispatch::Options::default())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
