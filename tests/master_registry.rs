@@ -4,7 +4,8 @@
 //! FOREMAN-NEED spawns fresh processes to the requested count and no more, evicts at
 //! process_limit only what EVICT returns (a claimed process survives), a killed process
 //! leaves the registry, and after an anvil restart the live processes are reported again.
-//! With the stock anvil the master runs without reports.
+//! With the stock anvil the master runs without reports. With the dispatcher, more users than
+//! processes are all served through FOREMAN-NEED and eviction.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -341,4 +342,53 @@ fn with_the_stock_anvil_the_master_runs_without_reports() {
     let mut alice = d.imap().unwrap();
     assert!(alice.login("alice", "pw").unwrap().is_ok());
     alice.logout().unwrap();
+}
+
+/// With the dispatcher (`dispatch::reuse_config`): more users than processes. Each login
+/// that finds no process makes the dispatcher send FOREMAN-NEED; at the threshold the master
+/// spawns into the margin and evicts another user's idle process (chosen by EVICT), so every
+/// login is served and the pool never exceeds process_limit.
+#[test]
+fn with_the_dispatcher_more_users_than_processes_are_served_by_eviction() {
+    use foreman::dispatch::{reuse_config, ReuseConfig};
+    let cfg = ReuseConfig {
+        process_limit: 3,
+        process_limit_margin: 1,
+        fresh_spares: 1,
+        idle_kill: "60 secs".into(),
+    };
+    let users = ["u1", "u2", "u3", "u4", "u5"];
+    let mut b = StockDovecot::builder()
+        .master_command(FOREMAN, &["master"])
+        .custom_anvil(FOREMAN, &["anvil"])
+        .config_line(reuse_config(std::path::Path::new(FOREMAN), &cfg));
+    for u in users {
+        b = b.user(u, "pw");
+    }
+    let d = b.start().expect("start with the dispatcher");
+    let mut most = 0;
+    for round in 0..2 {
+        for u in users {
+            let mut c = d.imap().unwrap();
+            let r = c.login(u, "pw").unwrap();
+            assert!(r.is_ok(), "round {round} {u}: {r:?}\n{}", d.log_tail(40));
+            let r = c.command("SELECT INBOX").unwrap();
+            assert!(r.is_ok(), "{r:?}");
+            c.logout().unwrap();
+            most = most.max(imap_pids(&d).len());
+        }
+    }
+    assert!(
+        most <= 3,
+        "at most process_limit imap processes, saw {most}"
+    );
+    let log = d.log_contents();
+    assert!(log.contains("evicting idle process"), "{}", d.log_tail(40));
+    assert!(
+        !log.contains("foreman-dispatch: Error"),
+        "{}",
+        d.log_tail(40)
+    );
+    // The registry agrees with the master about which processes exist.
+    wait_rows(&d, "registry = master's processes", |_| true);
 }
