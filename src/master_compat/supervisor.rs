@@ -9,6 +9,14 @@
 //! `process_avail` (= processes with at least one free slot). The service's listeners are
 //! polled only while `process_avail == 0`, the service is not throttled and not waiting in
 //! the drop path; a readable listener forks one process (demand spawning).
+//!
+//! Reuse pools (services with a `%{pid}` unix listener, docs/reuse.md "Master") additionally
+//! emit registry reports ([`Report`]: birth at spawn, busy/idle from status records, death at
+//! reap), count `process_min_avail` in *fresh* processes (never busy yet), serve
+//! [`Event::NeedFresh`] (FOREMAN-NEED) with the spawn-into-the-margin rule, and while the
+//! registry connection is up ([`Event::RegistryConnected`]) kill a process only after an
+//! [`Action::AskEvict`] came back with its pid ([`Event::EvictAnswer`]); without a registry
+//! they fall back to their own longest-idle choice.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -60,7 +68,8 @@ pub enum Event {
     Shutdown,
     /// A new process of the service is needed although idle processes may exist (they
     /// cannot take this client, e.g. they are reserved for other users): spawn, or evict the
-    /// longest-idle process at `process_limit − process_limit_margin`.
+    /// longest-idle process (reuse pool with a registry: the one `EVICT` returns) at
+    /// `process_limit − process_limit_margin`.
     NeedProcess(ServiceId),
     /// `FOREMAN-NEED <service> <waiting>` (reuse pools, docs/reuse.md): make sure the pool has
     /// at least `waiting + process_min_avail` fresh processes (spawning ones and evictions
