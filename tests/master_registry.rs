@@ -378,6 +378,16 @@ fn with_the_dispatcher_more_users_than_processes_are_served_by_eviction() {
             most = most.max(imap_pids(&d).len());
         }
     }
+    // Quick sessions of one user: its process is reused (the dispatcher's RELEASE may reach
+    // anvil after the master's PROC-IDLE; a FOREMAN-NEED makes the master repeat it), then
+    // the others are served again.
+    for u in ["u1"; 15].into_iter().chain(users) {
+        let mut c = d.imap().unwrap();
+        let r = c.login(u, "pw").unwrap();
+        assert!(r.is_ok(), "{u}: {r:?}\n{}", d.log_tail(40));
+        c.logout().unwrap();
+        most = most.max(imap_pids(&d).len());
+    }
     assert!(
         most <= 3,
         "at most process_limit imap processes, saw {most}"
@@ -391,4 +401,44 @@ fn with_the_dispatcher_more_users_than_processes_are_served_by_eviction() {
     );
     // The registry agrees with the master about which processes exist.
     wait_rows(&d, "registry = master's processes", |_| true);
+}
+
+/// A dispatcher's `RELEASE … served` can reach anvil after the master's PROC-IDLE of a short
+/// session, leaving an idle process "busy" in the registry. Played here with PROC-BUSY on a
+/// test connection: a FOREMAN-NEED makes the master repeat its idle reports before it asks
+/// EVICT, so the process can still be evicted (and reused).
+#[test]
+fn a_need_repairs_idle_processes_the_registry_believes_busy() {
+    let d = start("  process_min_avail = 1\n  process_limit = 3\n  process_limit_margin = 0");
+    let mut alice = d.imap().unwrap();
+    assert!(alice.login("alice", "pw").unwrap().is_ok());
+    let mut bob = d.imap().unwrap();
+    assert!(bob.login("bob", "pw2").unwrap().is_ok());
+    wait_rows(&d, "two busy + a spare", |r| {
+        count(r, ProcState::Busy) == 2 && count(r, ProcState::Fresh) == 1
+    });
+    alice.logout().unwrap();
+    bob.logout().unwrap();
+    let rows = wait_rows(&d, "two idle + a spare", |r| count(r, ProcState::Idle) == 2);
+    let idle: Vec<u32> = rows
+        .iter()
+        .filter(|r| r.1 == ProcState::Idle)
+        .map(|r| r.0)
+        .collect();
+    // The late RELEASE: both look busy now.
+    let mut reg = registry(&d);
+    for pid in &idle {
+        reg.send_line(format!("PROC-BUSY\t{pid}\t1").as_bytes())
+            .unwrap();
+    }
+    wait_rows(&d, "the registry believes them busy", |r| {
+        count(r, ProcState::Busy) == 2
+    });
+    let mut c = Control::connect(&d);
+    let total = c.imap_total();
+    assert_eq!(c.need(1), "+");
+    let rows = wait_rows(&d, "one of them evicted, a new spare", |r| {
+        idle.iter().filter(|p| r.iter().any(|x| x.0 == **p)).count() == 1 && r.len() == 3
+    });
+    assert_eq!(c.imap_total(), total + 1, "{rows:?}");
 }

@@ -836,7 +836,29 @@ impl Supervisor {
     }
 
     fn need_fresh(&mut self, now: Instant, s: ServiceId, waiting: u32, out: &mut Vec<Action>) {
+        self.refresh_idle_reports(s, out);
         self.fresh_up_to(now, s, waiting, true, out);
+    }
+
+    /// Re-reports `PROC-IDLE` for every process the master sees idle after it served
+    /// somebody. A dispatcher's `RELEASE … served` (busy since now) can reach anvil after the
+    /// master's `PROC-IDLE` for a short session (two connections, no order between them); the
+    /// process would then look busy to the registry until its next status change, neither
+    /// reusable nor evictable. A NEED means a login is stuck, so the master repeats what it
+    /// knows first (same `since`: nothing changes where the registry was right); the `EVICT`
+    /// that may follow goes out after it on the same connection.
+    fn refresh_idle_reports(&self, s: ServiceId, out: &mut Vec<Action>) {
+        if !self.registry || self.retired {
+            return;
+        }
+        let limit = self.svcs[s].client_limit;
+        for (&pid, p) in &self.procs {
+            if p.service == s && p.served && !p.reported_busy && !dying(p) && p.available == limit {
+                if let Some(since) = p.idle_start {
+                    out.push(Action::Registry(Report::Idle { pid, since }));
+                }
+            }
+        }
     }
 
     /// Evicts idle processes while the service is above its threshold (counting the
