@@ -92,6 +92,7 @@ pub fn handle_line(
                 ReleaseOutcome::Served => Outcome::Served,
                 ReleaseOutcome::Unused => Outcome::Unused,
                 ReleaseOutcome::Failed => Outcome::Failed,
+                ReleaseOutcome::Busy => Outcome::Busy,
             };
             if reg.release(now, pid, token, outcome).is_err() {
                 note(format!(

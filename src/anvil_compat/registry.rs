@@ -77,6 +77,10 @@ pub enum Claim {
         bound_by_claim: bool,
         /// The uid claimed for: a `served` release fixes an unknown binding uid to it.
         uid: u32,
+        /// The process's state-report count when claimed: a `served` release that arrives
+        /// after a newer report (the master and the dispatcher use separate connections,
+        /// so a short session's `PROC-IDLE` can overtake the release) leaves the state alone.
+        reports: u64,
     },
     /// Reserved for the master to kill; lasts until the death report.
     Evict,
@@ -110,6 +114,11 @@ pub struct Process {
     pub binding: Option<Binding>,
     pub activity: Activity,
     claim: Option<Claim>,
+    /// Until then no claim returns the process: a dispatcher found it busy or unresponsive
+    /// (`RELEASE … busy`). Any state report from the master ends it early.
+    suspect_until: UnixMillis,
+    /// How many `PROC-IDLE`/`PROC-BUSY` reports arrived for the process.
+    reports: u64,
 }
 
 impl Process {
@@ -119,6 +128,12 @@ impl Process {
             Some(Claim::Dispatch { expires, .. }) if expires <= now => None,
             other => other,
         }
+    }
+
+    /// Whether a claim may return the process at `now`: no active claim and not suspected
+    /// busy by a dispatcher.
+    pub fn claimable_at(&self, now: UnixMillis) -> bool {
+        self.claim_at(now).is_none() && now >= self.suspect_until
     }
 }
 
@@ -147,6 +162,13 @@ pub enum Outcome {
     Unused,
     /// Something may have reached the process: the binding stays, the state is unchanged.
     Failed,
+    /// Nothing was sent, but the process turned out busy or unresponsive (its socket refused
+    /// the connection with EACCES, or it never greeted): as [`Outcome::Unused`], and no claim
+    /// returns the process for `claim_ttl` or until the master's next state report for it.
+    /// Without this, a hung process would be claimed for its user over and over. (Not a
+    /// state change: a merely slow process whose status never changes must not stay "busy"
+    /// forever, out of reach of claims and of eviction.)
+    Busy,
 }
 
 /// Which idle process [`Registry::evict`] picks.
@@ -266,6 +288,8 @@ impl Registry {
             binding: None,
             activity: Activity::Fresh,
             claim: None,
+            suspect_until: 0,
+            reports: 0,
         };
         let replaced = self.death(pid);
         self.ix.add(&process);
@@ -300,6 +324,8 @@ impl Registry {
     /// served anybody stays fresh.
     pub fn set_idle(&mut self, pid: Pid, since: UnixMillis) -> Result<(), RegistryError> {
         self.update(pid, |p| {
+            p.suspect_until = 0;
+            p.reports += 1;
             if p.binding.is_some() || p.activity != Activity::Fresh {
                 p.activity = Activity::Idle { since };
             }
@@ -309,8 +335,21 @@ impl Registry {
 
     /// `PROC-BUSY`: the process has clients since `since`.
     pub fn set_busy(&mut self, pid: Pid, since: UnixMillis) -> Result<(), RegistryError> {
-        self.update(pid, |p| p.activity = Activity::Busy { since })
-            .ok_or(RegistryError::UnknownPid(pid))
+        if self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| p.claim == Some(Claim::Evict))
+        {
+            // It took a client instead of exiting (stock ignores the request when busy) and
+            // the master has moved on to another victim: claimable again once idle.
+            self.set_claim(pid, None);
+        }
+        self.update(pid, |p| {
+            p.suspect_until = 0;
+            p.reports += 1;
+            p.activity = Activity::Busy { since };
+        })
+        .ok_or(RegistryError::UnknownPid(pid))
     }
 
     /// `PROC-DEATH`: forgets the process, its claim and its binding. False if unknown.
@@ -372,6 +411,7 @@ impl Registry {
         let token = self.next_token;
         self.next_token += 1;
         let bound_by_claim = kind == ClaimKind::Fresh;
+        let reports = self.procs[&pid].reports;
         if bound_by_claim {
             self.update(pid, |p| {
                 p.binding = Some(Binding {
@@ -387,6 +427,7 @@ impl Registry {
                 expires: now.saturating_add(self.claim_ttl),
                 bound_by_claim,
                 uid,
+                reports,
             }),
         );
         Ok(Some(Claimed { pid, token, kind }))
@@ -400,7 +441,7 @@ impl Registry {
         user: &[u8],
         uid: u32,
     ) -> Option<(Pid, ClaimKind)> {
-        let usable = |p: &&Process| p.claim_at(now).is_none();
+        let usable = |p: &&Process| p.claimable_at(now);
         // A reuse hit: the most recently idled process of this user (warmest, and it leaves
         // the others to age towards eviction).
         let reuse = self
@@ -443,20 +484,24 @@ impl Registry {
         outcome: Outcome,
     ) -> Result<(), RegistryError> {
         let p = self.procs.get(&pid).ok_or(RegistryError::UnknownPid(pid))?;
-        let (bound_by_claim, uid) = match p.claim_at(now) {
+        let newer_report = |reports| p.reports != reports;
+        let (bound_by_claim, uid, newer) = match p.claim_at(now) {
             Some(Claim::Dispatch {
                 token: held,
                 bound_by_claim,
                 uid,
+                reports,
                 ..
-            }) if held == token => (bound_by_claim, uid),
+            }) if held == token => (bound_by_claim, uid, newer_report(reports)),
             _ => return Err(RegistryError::StaleToken { pid, token }),
         };
         self.set_claim(pid, None);
         match outcome {
             Outcome::Served => {
                 self.update(pid, |p| {
-                    p.activity = Activity::Busy { since: now };
+                    if !newer {
+                        p.activity = Activity::Busy { since: now };
+                    }
                     // The process accepted the user with this uid: it runs as it now.
                     if let Some(b) = &mut p.binding {
                         b.uid.get_or_insert(uid);
@@ -465,6 +510,15 @@ impl Registry {
             }
             Outcome::Unused if bound_by_claim => {
                 self.update(pid, |p| p.binding = None);
+            }
+            Outcome::Busy => {
+                let until = now.saturating_add(self.claim_ttl);
+                self.update(pid, |p| {
+                    if bound_by_claim {
+                        p.binding = None;
+                    }
+                    p.suspect_until = until;
+                });
             }
             Outcome::Unused | Outcome::Failed => {}
         }
@@ -483,6 +537,10 @@ impl Registry {
     /// and unclaimed.
     pub fn evict_pid(&mut self, now: UnixMillis, pid: Pid) -> Result<(), RegistryError> {
         let p = self.procs.get(&pid).ok_or(RegistryError::UnknownPid(pid))?;
+        if p.claim == Some(Claim::Evict) {
+            // Already reserved (an earlier answer the master did not wait for): it may kill.
+            return Ok(());
+        }
         if p.claim_at(now).is_some() || matches!(p.activity, Activity::Busy { .. }) {
             return Err(RegistryError::NotEvictable(pid));
         }

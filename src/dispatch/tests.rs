@@ -383,7 +383,7 @@ fn no_process_asks_the_master_and_claims_again() {
 }
 
 #[test]
-fn busy_process_without_version_is_released_unused() {
+fn busy_process_without_version_is_released_busy() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().to_owned();
     let anvil = fake_anvil(&base, vec!["11\t1\treuse", "12\t2\tfresh"]);
@@ -399,7 +399,7 @@ fn busy_process_without_version_is_released_unused() {
         lines(&anvil, 4),
         [
             "CLAIM\timap\tu1\t1000",
-            "RELEASE\t11\t1\tunused",
+            "RELEASE\t11\t1\tbusy",
             "CLAIM\timap\tu1\t1000",
             "RELEASE\t12\t2\tserved",
         ]

@@ -253,7 +253,7 @@ fn op() -> impl Strategy<Value = Op> {
         p.clone().prop_map(Op::Busy),
         p.clone().prop_map(Op::Death),
         (0u8..4, 1u32..4).prop_map(|(u, uid)| Op::Claim(u, uid)),
-        (p.clone(), 0u8..3, 0u8..4).prop_map(|(p, o, k)| Op::Release(p, o, k)),
+        (p.clone(), 0u8..4, 0u8..4).prop_map(|(p, o, k)| Op::Release(p, o, k)),
         Just(Op::Evict),
         p.prop_map(Op::EvictPid),
         (0u64..700).prop_map(Op::Tick),
@@ -286,7 +286,10 @@ proptest! {
                     held.remove(&p); served.remove(&p); evicting.retain(|&e| e != p);
                 }
                 Op::Idle(p) => { let _ = r.set_idle(pid(p), now); }
-                Op::Busy(p) => { let _ = r.set_busy(pid(p), now); }
+                Op::Busy(p) => {
+                    // A busy report ends an eviction reservation (the master moved on).
+                    if r.set_busy(pid(p), now).is_ok() { evicting.retain(|&e| e != p); }
+                }
                 Op::Death(p) => {
                     r.death(pid(p));
                     held.remove(&p); served.remove(&p); evicting.retain(|&e| e != p);
@@ -314,12 +317,12 @@ proptest! {
                     }
                 }
                 Op::Release(p, o, k) => {
-                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed][o as usize];
+                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed, Outcome::Busy][o as usize];
                     match held.get(&p).copied() {
                         Some((token, u, uid, _)) if k != 0 => {
                             prop_assert!(r.release(now, pid(p), token, outcome).is_ok());
                             held.remove(&p);
-                            if outcome != Outcome::Unused {
+                            if !matches!(outcome, Outcome::Unused | Outcome::Busy) {
                                 served.entry(p).or_insert((u, uid));
                             }
                         }
@@ -535,7 +538,7 @@ fn scan_claim(
     user: &[u8],
     uid: u32,
 ) -> Option<(Pid, ClaimKind)> {
-    let usable = |p: &&Process| p.service == service && p.claim_at(now).is_none();
+    let usable = |p: &&Process| p.service == service && p.claimable_at(now);
     let reuse = r
         .procs
         .values()
@@ -598,7 +601,7 @@ proptest! {
                     if let Some(c) = got { tokens.insert(c.pid.get(), c.token); }
                 }
                 ModelOp::Base(Op::Release(p, o, _)) => {
-                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed][o as usize];
+                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed, Outcome::Busy][o as usize];
                     let token = tokens.get(&p).copied().unwrap_or(0);
                     let _ = r.release(now, pid(p), token, outcome);
                 }
@@ -622,4 +625,76 @@ proptest! {
             }
         }
     }
+}
+
+/// Regression: a hung idle process (SIGSTOPped in the live test) was claimed for its user
+/// again after every failed attempt, starving that user's logins until the deadline.
+#[test]
+fn release_busy_keeps_a_hung_process_out_of_claims_until_a_report_or_the_ttl() {
+    let mut r = Registry::new(Policy::LongestIdle, 1_000);
+    let p = pid(7);
+    r.birth(0, b"imap", p, 0);
+    let c = r.claim(1, b"imap", b"u1", 1000).unwrap().unwrap();
+    r.release(2, p, c.token, Outcome::Served).unwrap();
+    r.set_idle(p, 3).unwrap();
+    let c = r.claim(4, b"imap", b"u1", 1000).unwrap().unwrap();
+    assert_eq!((c.pid, c.kind), (p, ClaimKind::Reuse));
+    r.release(5, p, c.token, Outcome::Busy).unwrap();
+    assert_eq!(r.claim(6, b"imap", b"u1", 1000).unwrap(), None);
+    // Still evictable: its state did not change.
+    assert_eq!(r.evictable(6, b"imap"), vec![p]);
+    // The master's next report ends the suspicion ...
+    r.set_idle(p, 7).unwrap();
+    let c = r.claim(8, b"imap", b"u1", 1000).unwrap().unwrap();
+    r.release(9, p, c.token, Outcome::Busy).unwrap();
+    assert_eq!(r.claim(10, b"imap", b"u1", 1000).unwrap(), None);
+    // ... and so does the TTL.
+    assert_eq!(
+        r.claim(9 + 1_000, b"imap", b"u1", 1000)
+            .unwrap()
+            .map(|c| c.pid),
+        Some(p)
+    );
+}
+
+/// Regression (found by the master developer with release builds): the dispatcher's
+/// `RELEASE … served` and the master's `PROC-IDLE` travel on two connections; when a short
+/// session's idle report overtook the release, the release marked the process busy for good
+/// and the pool ran dry.
+#[test]
+fn served_release_after_a_newer_idle_report_leaves_the_process_idle() {
+    let mut r = Registry::new(Policy::LongestIdle, 30_000);
+    let p = pid(7);
+    r.birth(0, b"imap", p, 0);
+    let c = r.claim(1, b"imap", b"u1", 1000).unwrap().unwrap();
+    r.set_busy(p, 2).unwrap();
+    r.set_idle(p, 3).unwrap();
+    r.release(4, p, c.token, Outcome::Served).unwrap();
+    assert_eq!(r.get(p).unwrap().activity, Activity::Idle { since: 3 });
+    let again = r.claim(5, b"imap", b"u1", 1000).unwrap().unwrap();
+    assert_eq!((again.pid, again.kind), (p, ClaimKind::Reuse));
+    // Without a newer report the release still marks it busy.
+    r.release(6, p, again.token, Outcome::Served).unwrap();
+    assert_eq!(r.get(p).unwrap().activity, Activity::Busy { since: 6 });
+}
+
+/// An eviction reservation ends when the process reports busy (it took a client instead of
+/// exiting and the master moved on); `EVICT <svc> <pid>` of a reserved process confirms it.
+#[test]
+fn busy_report_ends_an_eviction_reservation_and_evict_pid_is_idempotent() {
+    let mut r = Registry::new(Policy::LongestIdle, 30_000);
+    let p = pid(7);
+    r.birth(0, b"imap", p, 0);
+    let c = r.claim(1, b"imap", b"u1", 1000).unwrap().unwrap();
+    r.release(2, p, c.token, Outcome::Served).unwrap();
+    r.set_idle(p, 3).unwrap();
+    assert_eq!(r.evict(4, b"imap"), Some(p));
+    assert!(r.evict_pid(5, p).is_ok());
+    assert_eq!(r.claim(6, b"imap", b"u1", 1000).unwrap(), None);
+    r.set_busy(p, 7).unwrap();
+    r.set_idle(p, 8).unwrap();
+    assert_eq!(
+        r.claim(9, b"imap", b"u1", 1000).unwrap().map(|c| c.pid),
+        Some(p)
+    );
 }
