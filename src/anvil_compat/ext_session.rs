@@ -48,9 +48,17 @@ pub fn handle_line(
     let reg = &mut anvil.registry;
     let mut note = |text: String| log.push((Level::Error, format!("registry: {text}").into()));
     match request {
-        ExtRequest::ProcBirth { service, pid, uid } => {
+        ExtRequest::ProcBirth {
+            service,
+            pid,
+            uid,
+            used,
+        } => {
             if reg.birth(now, &service, pid, uid) {
                 note(format!("pid {pid} born again"));
+            }
+            if used {
+                let _ = reg.set_busy(pid, now);
             }
         }
         ExtRequest::ProcIdle { pid, since } => {
@@ -264,6 +272,28 @@ mod tests {
         assert_eq!(out, VERSION_LINE);
         assert_eq!(logs, [format!("{INPUT_ERROR}CLAIM: Invalid parameters")]);
         assert!(fed.close);
+    }
+
+    /// Regression: the master re-reported a used process after an anvil restart as a plain
+    /// birth followed by PROC-BUSY; a claim in between got it as a fresh process.
+    #[test]
+    fn a_used_birth_is_never_fresh() {
+        let mut anvil = Anvil::new();
+        let input = [
+            VERSION_LINE,
+            b"PROC-BIRTH\timap\t4242\t0\tused\n",
+            b"CLAIM\timap\tbob\t1001\n",
+            b"PROC-IDLE\t4242\t5\n",
+            b"CLAIM\timap\tbob\t1001\n",
+            b"EVICT\timap\n",
+        ]
+        .concat();
+        let (out, logs, _) = feed(&mut anvil, ConnKind::SOCKET, &input);
+        assert_eq!(
+            bstr::BStr::new(&out),
+            bstr::BStr::new(b"VERSION\tforeman-anvil\t1\t0\nnone\nnone\n4242\n")
+        );
+        assert!(logs.is_empty(), "{logs:?}");
     }
 
     #[test]

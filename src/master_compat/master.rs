@@ -1208,10 +1208,16 @@ impl Shell {
         use crate::wire::anvil::Pid;
         use crate::wire::anvil_ext::ExtRequest;
         Some(match report {
-            Report::Birth { service, pid, uid } => ExtRequest::ProcBirth {
+            Report::Birth {
+                service,
+                pid,
+                uid,
+                used,
+            } => ExtRequest::ProcBirth {
                 service: self.gens[gi].set.services[service].name.as_bytes().into(),
                 pid: Pid::new(pid)?,
                 uid,
+                used,
             },
             Report::Idle { pid, since } => ExtRequest::ProcIdle {
                 pid: Pid::new(pid)?,

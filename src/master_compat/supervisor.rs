@@ -153,11 +153,14 @@ pub enum Action {
 /// instants into unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    /// `PROC-BIRTH <service name> <pid> <uid>`
+    /// `PROC-BIRTH <service name> <pid> <uid>[ used]`
     Birth {
         service: ServiceId,
         pid: u32,
         uid: u32,
+        /// Re-reported after a registry reconnect, having served somebody (or leaving): the
+        /// registry registers it busy in the same command, so no claim can see it fresh.
+        used: bool,
     },
     /// `PROC-IDLE <pid> <since>`
     Idle { pid: u32, since: Instant },
@@ -707,6 +710,7 @@ impl Supervisor {
                 service: s,
                 pid,
                 uid: self.svcs[s].birth_uid,
+                used: false,
             }));
         }
     }
@@ -1014,18 +1018,15 @@ impl Supervisor {
         for pid in live {
             let p = &self.procs[&pid];
             let s = p.service;
+            let leaving = dying(p) || self.retired;
+            // One command: a busy report after a plain birth would leave a window in which a
+            // claim gets this used process as a fresh one, for another user.
             out.push(Action::Registry(Report::Birth {
                 service: s,
                 pid,
                 uid: self.svcs[s].birth_uid,
+                used: p.served || leaving,
             }));
-            let leaving = dying(p) || self.retired;
-            if p.served || leaving {
-                out.push(Action::Registry(Report::Busy {
-                    pid,
-                    since: p.busy_since.unwrap_or(now),
-                }));
-            }
             if p.served && !leaving && !p.reported_busy {
                 out.push(Action::Registry(Report::Idle {
                     pid,

@@ -133,6 +133,9 @@ pub enum ExtRequest {
         service: BString,
         pid: Pid,
         uid: u32,
+        /// `\tused` after the uid: the process has served somebody the reporter cannot name
+        /// (re-reported after an anvil restart): registered busy and unbound, never fresh.
+        used: bool,
     },
     /// `PROC-IDLE\t<pid>\t<since-ms>`
     ProcIdle { pid: Pid, since: u64 },
@@ -227,6 +230,7 @@ fn request_from_fields(
             service: text(0),
             pid: pid(1)?,
             uid: u32_at(2)?,
+            used: args.get(3).is_some_and(|f| f.as_ref() == b"used"),
         },
         ExtCommand::ProcIdle => ExtRequest::ProcIdle {
             pid: pid(0)?,
@@ -295,10 +299,18 @@ pub fn encode_ext_request(req: &ExtRequest, out: &mut Vec<u8>) {
         escape_into(raw, out);
     };
     match req {
-        ExtRequest::ProcBirth { service, pid, uid } => {
+        ExtRequest::ProcBirth {
+            service,
+            pid,
+            uid,
+            used,
+        } => {
             field(out, service);
             field(out, pid.to_string().as_bytes());
             field(out, uid.to_string().as_bytes());
+            if *used {
+                field(out, b"used");
+            }
         }
         ExtRequest::ProcIdle { pid, since } | ExtRequest::ProcBusy { pid, since } => {
             field(out, pid.to_string().as_bytes());

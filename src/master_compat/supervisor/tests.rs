@@ -676,7 +676,8 @@ fn reuse_pool_reports_birth_busy_idle_and_death() {
         vec![Report::Birth {
             service: imap,
             pid,
-            uid: 0
+            uid: 0,
+            used: false
         }],
         "one fresh spare, reported at once"
     );
@@ -692,7 +693,8 @@ fn reuse_pool_reports_birth_busy_idle_and_death() {
             Report::Birth {
                 service: imap,
                 pid: spare,
-                uid: 0
+                uid: 0,
+                used: false
             }
         ],
         "busy, and process_min_avail counts fresh processes: a new spare"
@@ -978,19 +980,19 @@ fn after_an_anvil_restart_every_process_is_reported_again_and_served_idle_ones_r
     for pid in [idle, busy, fresh] {
         assert!(births.contains(&pid));
     }
-    let busy_reports: Vec<u32> = rep
+    // Used processes are born busy in one command: no claim can see them fresh.
+    let used: Vec<u32> = rep
         .iter()
         .filter_map(|r| match r {
-            Report::Busy { pid, .. } => Some(*pid),
+            Report::Birth {
+                pid, used: true, ..
+            } => Some(*pid),
             _ => None,
         })
         .collect();
-    assert_eq!(
-        busy_reports.len(),
-        2,
-        "both served ones are never fresh again"
-    );
-    assert!(!busy_reports.contains(&fresh));
+    assert_eq!(used.len(), 2, "both served ones are never fresh again");
+    assert!(!used.contains(&fresh));
+    assert!(!rep.iter().any(|r| matches!(r, Report::Busy { .. })));
     assert_eq!(asks(&acts), vec![Some(idle)], "the idle served one retires");
     let acts = h.ev(Event::EvictAnswer {
         service: imap,
@@ -1026,7 +1028,7 @@ fn a_retired_list_reports_its_processes_busy_and_never_idle_again() {
     assert_eq!(
         reports(&acts)
             .iter()
-            .filter(|r| matches!(r, Report::Busy { .. }))
+            .filter(|r| matches!(r, Report::Birth { used: true, .. }))
             .count(),
         2
     );

@@ -36,6 +36,16 @@ fn known_requests() {
                 service: "imap".into(),
                 pid: pid(4242),
                 uid: 0,
+                used: false,
+            },
+        ),
+        (
+            b"PROC-BIRTH\timap\t4242\t1000\tused",
+            ExtRequest::ProcBirth {
+                service: "imap".into(),
+                pid: pid(4242),
+                uid: 1000,
+                used: true,
             },
         ),
         (
@@ -282,10 +292,13 @@ fn request() -> impl Strategy<Value = ExtRequest> {
         Just(ReleaseOutcome::Failed)
     ];
     prop_oneof![
-        (text(), a_pid(), any::<u32>()).prop_map(|(service, pid, uid)| ExtRequest::ProcBirth {
-            service,
-            pid,
-            uid
+        (text(), a_pid(), any::<u32>(), any::<bool>()).prop_map(|(service, pid, uid, used)| {
+            ExtRequest::ProcBirth {
+                used,
+                service,
+                pid,
+                uid,
+            }
         }),
         (a_pid(), any::<u64>()).prop_map(|(pid, since)| ExtRequest::ProcIdle { pid, since }),
         (a_pid(), any::<u64>()).prop_map(|(pid, since)| ExtRequest::ProcBusy { pid, since }),
