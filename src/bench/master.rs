@@ -64,7 +64,7 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 /// Sum of `process_total` over all services (processes the master created).
-fn spawned_total(d: &StockDovecot) -> Result<u64, StockError> {
+pub(crate) fn spawned_total(d: &StockDovecot) -> Result<u64, StockError> {
     let out = d.doveadm(&["service", "status"])?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
