@@ -357,7 +357,11 @@ fn run_cell(
     });
     *logins_so_far += runs.iter().map(|r| r.completed).sum::<u64>();
     if let Some(e) = runs.iter().find_map(|r| r.error.clone()) {
-        return Outcome::Fails(e);
+        let text = dovecot.log_contents();
+        return Outcome::Fails(match first_error(text.get(log_offset..).unwrap_or("")) {
+            Some(line) => format!("{e}; log: {line}"),
+            None => e,
+        });
     }
     let mut latencies: Vec<Duration> = runs.into_iter().flat_map(|r| r.latencies).collect();
     latencies.sort_unstable();
@@ -470,6 +474,15 @@ fn login_lines(log: &str) -> impl Iterator<Item = (&str, u32)> {
         let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
         Some((user, digits.parse().ok()?))
     })
+}
+
+/// The first `Fatal:` or `Error:` line of a log, without its timestamp.
+fn first_error(log: &str) -> Option<&str> {
+    let line = log
+        .lines()
+        .find(|l| l.contains(": Fatal: ") || l.contains(": Error: "))?;
+    // `Nov 28 19:03:24 imap(u1)…`: drop the three timestamp words.
+    Some(line.splitn(4, ' ').nth(3).unwrap_or(line))
 }
 
 /// How many imap processes (by mpid) served two users or more.
@@ -785,6 +798,19 @@ Nov 28 19:03:26 imap-login: Info: Disconnected (auth failed, 1 attempts in 2 sec
         assert_eq!(cross_user_pids(LOG), 1);
         let same_user: String = LOG.lines().take(4).collect::<Vec<_>>().join("\n");
         assert_eq!(cross_user_pids(&same_user), 0);
+    }
+
+    #[test]
+    fn first_error_line_without_timestamp() {
+        let log = format!(
+            "{LOG}Nov 28 19:03:27 imap(u1)<101><e>: Fatal: setuid(40001) failed: Operation not \
+             permitted\nNov 28 19:03:28 imap(u2): Error: later\n"
+        );
+        assert_eq!(
+            first_error(&log),
+            Some("imap(u1)<101><e>: Fatal: setuid(40001) failed: Operation not permitted")
+        );
+        assert_eq!(first_error(LOG), None);
     }
 
     #[test]
