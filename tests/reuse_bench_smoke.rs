@@ -53,7 +53,12 @@ fn bench_reuse_quick_prints_the_table_and_foreman_never_mixes_users() {
         assert_eq!(row[3], "0", "foreman column of {row:?}:\n{text}");
         assert_eq!(row.last(), Some(&"PASS"), "{row:?}");
     }
-    for what in ["logins/s", "p50 connect->LOGIN OK", "machine CPU/login"] {
+    for what in [
+        "logins/s",
+        "p50 connect->LOGIN OK",
+        "set-up CPU/login",
+        "machine CPU/login",
+    ] {
         let rows = text
             .lines()
             .filter(|l| l.contains(&format!(": {what}")))

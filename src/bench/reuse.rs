@@ -35,7 +35,7 @@ use super::master::spawned_total;
 use super::report::{align, format_figure, verdict_text, Figure, Target, Unit};
 use super::{BenchError, Result};
 use crate::dispatch::ReuseConfig;
-use crate::stock::{wait_for, Builder, ImapClient, Protocol, StockDovecot};
+use crate::stock::{procs, wait_for, Builder, ImapClient, Protocol, StockDovecot};
 
 /// uid/gid of user 0 with many uids (user *i* has `UID_BASE + i`).
 pub const UID_BASE: u32 = 40_000;
@@ -134,7 +134,9 @@ struct Figures {
     p50: f64,
     p99: f64,
     /// Machine CPU seconds per measured login.
-    cpu_per_login: f64,
+    machine_cpu_per_login: f64,
+    /// CPU seconds per measured login of the instance's processes and the load generator.
+    setup_cpu_per_login: f64,
     /// Processes the master spawned per measured login, when `doveadm` answered.
     spawned_per_login: Option<f64>,
     /// Processes that served two users or more; `None` when pids may have wrapped.
@@ -265,11 +267,12 @@ fn run_instance(
             Outcome::Done(f) => writeln!(
                 log,
                 "bench:   {users} user(s): {:.1} logins/s, p50 {:.2} ms, p99 {:.2} ms, \
-                 CPU {:.2} ms/login, spawned {}/login, cross-user processes {}",
+                 CPU {:.2} ms/login (machine {:.2}), spawned {}/login, cross-user processes {}",
                 f.logins_per_sec,
                 f.p50 * 1e3,
                 f.p99 * 1e3,
-                f.cpu_per_login * 1e3,
+                f.setup_cpu_per_login * 1e3,
+                f.machine_cpu_per_login * 1e3,
                 f.spawned_per_login
                     .map_or("?".into(), |s| format!("{s:.2}")),
                 f.cross_user.map_or("?".into(), |c| c.to_string()),
@@ -337,7 +340,7 @@ fn run_cell(
             })
             .collect();
         ctl.warmed.wait();
-        let before = (Machine::read(), spawned_total(dovecot).ok());
+        let before = Snapshot::before(dovecot);
         let _ = ctl.deadline.set(Instant::now() + opts.duration);
         let start = Instant::now();
         ctl.go.wait();
@@ -352,7 +355,7 @@ fn run_cell(
             })
             .collect();
         let elapsed = start.elapsed();
-        let after = (Machine::read(), spawned_total(dovecot).ok());
+        let after = Snapshot::after(dovecot);
         (runs, elapsed, before, after)
     });
     *logins_so_far += runs.iter().map(|r| r.completed).sum::<u64>();
@@ -376,7 +379,7 @@ fn run_cell(
         (login_lines(&text).count() as u64 >= expected).then_some(text)
     })
     .unwrap_or_else(|| dovecot.log_contents());
-    let forks_now = after.0.forks;
+    let forks_now = after.machine.forks;
     let safe = pid_reuse_free_forks();
     let cross_user = if forks_now.saturating_sub(forks_at_start) < safe {
         Some(cross_user_pids(&log_text))
@@ -390,8 +393,11 @@ fn run_cell(
         logins_per_sec: n / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 50).unwrap_or_default().as_secs_f64(),
         p99: percentile(&latencies, 99).unwrap_or_default().as_secs_f64(),
-        cpu_per_login: (after.0.busy_secs() - before.0.busy_secs()) / n,
-        spawned_per_login: match (before.1, after.1) {
+        machine_cpu_per_login: (after.machine.busy_ticks - before.machine.busy_ticks) as f64
+            / TICKS_PER_SEC
+            / n,
+        setup_cpu_per_login: (after.setup_ticks - before.setup_ticks) as f64 / TICKS_PER_SEC / n,
+        spawned_per_login: match (before.spawned, after.spawned) {
             (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / n),
             _ => None,
         },
@@ -539,9 +545,39 @@ impl Machine {
         }
         m
     }
+}
 
-    fn busy_secs(self) -> f64 {
-        self.busy_ticks as f64 / 100.0 // USER_HZ on Linux
+/// Clock ticks per second of `/proc` CPU times (USER_HZ on Linux).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// The counters at one end of a cell's measured window.
+struct Snapshot {
+    machine: Machine,
+    /// CPU ticks of the instance (master and all descendants) plus the load generator.
+    setup_ticks: u64,
+    spawned: Option<u64>,
+}
+
+impl Snapshot {
+    fn cpu(dovecot: &StockDovecot, spawned: Option<u64>) -> Snapshot {
+        Snapshot {
+            machine: Machine::read(),
+            setup_ticks: dovecot.pid().map_or(0, procs::tree_cpu_ticks) + procs::own_cpu_ticks(),
+            spawned,
+        }
+    }
+
+    /// `doveadm` first, so that its own work falls outside the window.
+    fn before(dovecot: &StockDovecot) -> Snapshot {
+        let spawned = spawned_total(dovecot).ok();
+        Snapshot::cpu(dovecot, spawned)
+    }
+
+    /// CPU first, then `doveadm`.
+    fn after(dovecot: &StockDovecot) -> Snapshot {
+        let mut s = Snapshot::cpu(dovecot, None);
+        s.spawned = spawned_total(dovecot).ok();
+        s
     }
 }
 
@@ -636,7 +672,7 @@ fn lines(results: &Results, uids: Uids, users: usize) -> Vec<Line> {
         if users == 1 { "" } else { "s" }
     );
     type Get = fn(&Figures) -> Option<f64>;
-    let specs: [(&str, Unit, Get, Check); 6] = [
+    let specs: [(&str, Unit, Get, Check); 7] = [
         (
             "logins/s",
             Unit::PerSec,
@@ -656,9 +692,15 @@ fn lines(results: &Results, uids: Uids, users: usize) -> Vec<Line> {
             Check::None,
         ),
         (
+            "set-up CPU/login",
+            Unit::Seconds,
+            |f| Some(f.setup_cpu_per_login),
+            Check::None,
+        ),
+        (
             "machine CPU/login",
             Unit::Seconds,
-            |f| Some(f.cpu_per_login),
+            |f| Some(f.machine_cpu_per_login),
             Check::None,
         ),
         (
@@ -827,7 +869,8 @@ Nov 28 19:03:26 imap-login: Info: Disconnected (auth failed, 1 attempts in 2 sec
             logins_per_sec: per_sec,
             p50,
             p99: p50 * 2.0,
-            cpu_per_login: 0.001,
+            machine_cpu_per_login: 0.001,
+            setup_cpu_per_login: 0.001,
             spawned_per_login: Some(0.0),
             cross_user: Some(0),
         })
@@ -848,7 +891,7 @@ Nov 28 19:03:26 imap-login: Info: Disconnected (auth failed, 1 attempts in 2 sec
         let one = lines(&r, Uids::One, 8);
         assert_eq!(one[0].verdict(), Some(true)); // 9x fresh
         assert_eq!(one[1].verdict(), Some(true)); // 1.1x reuse
-        assert_eq!(one[5].verdict(), Some(true)); // no cross-user process
+        assert_eq!(one[6].verdict(), Some(true)); // no cross-user process
         let many = lines(&r, Uids::Many, 8);
         assert_eq!(many[0].verdict(), Some(false)); // 3x fresh
         assert_eq!(many[1].verdict(), Some(false)); // 2x one-uid reuse
@@ -860,6 +903,7 @@ Nov 28 19:03:26 imap-login: Info: Disconnected (auth failed, 1 attempts in 2 sec
         };
         let text = render(&opts, &r);
         assert!(text.contains("targets met: 4 of 6"), "{text}");
+        assert_eq!(text.lines().filter(|l| l.starts_with("one uid")).count(), 7);
         assert!(
             text.contains("stock reuse, many uids, 8 user(s): fails: u1:"),
             "{text}"
