@@ -246,17 +246,24 @@ fn run_instance(
     uids: Uids,
     log: &mut dyn Write,
 ) -> Vec<(usize, Outcome)> {
+    let all = |why: String| {
+        opts.users
+            .iter()
+            .map(|&n| (n, Outcome::Error(why.clone())))
+            .collect()
+    };
+    if setup == Setup::Foreman {
+        if let Err(why) = has_dispatcher(&opts.foreman_exe) {
+            let _ = writeln!(log, "bench:   {why}");
+            return all(why);
+        }
+    }
     let forks_at_start = Machine::read().forks;
     let dovecot = match builder(opts, setup, uids).start() {
         Ok(d) => d,
         Err(e) => {
             let _ = writeln!(log, "bench:   could not start: {e}");
-            let why = format!("start: {e}");
-            return opts
-                .users
-                .iter()
-                .map(|&n| (n, Outcome::Error(why.clone())))
-                .collect();
+            return all(format!("start: {e}"));
         }
     };
     let mut logins_so_far = 0;
@@ -284,6 +291,24 @@ fn run_instance(
         out.push((users, outcome));
     }
     out
+}
+
+/// Checks that `foreman` has the `dispatch` subcommand the Foreman set-up runs.
+fn has_dispatcher(foreman: &std::path::Path) -> Result<(), String> {
+    let out = std::process::Command::new(foreman)
+        .args(["dispatch", "--help"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("run {}: {e}", foreman.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(format!(
+        "{} has no working `dispatch` subcommand (the dispatcher is not built in): {}",
+        foreman.display(),
+        stderr.lines().next().unwrap_or("").trim()
+    ))
 }
 
 /// Shared state of one cell's user threads.
