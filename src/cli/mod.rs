@@ -47,6 +47,8 @@ pub enum Command {
         #[command(subcommand)]
         what: crate::conformance::cli::ConformanceCommand,
     },
+    /// Run the per-user reuse dispatcher (a service of the master; docs/dispatch.md).
+    Dispatch,
     /// Run the demo stack: stock Dovecot services with Foreman on 127.0.0.1 high ports.
     Demo,
     /// Trace-driven simulations (`docs/eviction.md`).
@@ -62,6 +64,9 @@ pub enum Command {
         /// Stay in the foreground.
         #[arg(short = 'F')]
         foreground: bool,
+        /// Ask for the SSL key password (passed to services with inet listeners).
+        #[arg(short = 'p')]
+        ask_key_password: bool,
         /// `stop` or `reload` a running master instead of starting one.
         action: Option<MasterAction>,
     },
@@ -229,6 +234,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dispatch => {
+            crate::dispatch::run(crate::dispatch::Options::default())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo => {
             crate::demo::run(std::env::current_exe()?)?;
             Ok(ExitCode::SUCCESS)
@@ -236,11 +245,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Master {
             config,
             foreground,
+            ask_key_password,
             action,
         } => {
             use crate::master_compat::master;
             let res = match action {
-                None => master::run(&master::Options { config, foreground }),
+                None => master::run(&master::Options {
+                    config,
+                    foreground,
+                    ask_key_password,
+                }),
                 Some(MasterAction::Stop) => master::stop(&config),
                 Some(MasterAction::Reload) => master::reload(&config),
             };

@@ -1,7 +1,19 @@
 //! The dispatcher: a Foreman service placed where stock imap-login hands over authenticated
 //! clients (master-interface.md §14), so that a user's next connection goes to an idle imap
 //! process that already belongs to that user. docs/reuse.md describes how it fits with the
-//! master and anvil; this module's submodules implement it.
+//! master and anvil; this module's submodules implement it. Design note: docs/dispatch.md.
+//!
+//! - [`core`]: pure decisions (user validation, LOGIN reply bytes, retry rules).
+//! - [`caps`]: the post-login capability string, as stock imap computes it.
+//! - [`shell`]: the tokio shell ([`run`] under a master, [`serve`] for tests).
+
+pub mod caps;
+pub mod core;
+pub mod shell;
+#[cfg(test)]
+mod tests;
+
+pub use shell::{run, serve, DispatchError, Options};
 
 use std::fmt::Write as _;
 use std::path::Path;

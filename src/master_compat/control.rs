@@ -1,5 +1,7 @@
 //! The master control socket `$BASE/master` (master-interface.md §13): the line protocol
-//! `doveadm service status`, `doveadm process status` and `doveadm service stop` speak.
+//! `doveadm service status`, `doveadm process status` and `doveadm service stop` speak, plus
+//! Foreman's `FOREMAN-NEED\t<service>\t<waiting>` (docs/reuse.md): the dispatcher has
+//! `<waiting>` logins that found no process; reply `+` or `-<reason>`.
 //! Pure: [`ControlConn::input`] takes bytes and a view of the supervisor, returns reply
 //! bytes and the services to stop; the shell owns the socket.
 
@@ -19,6 +21,8 @@ pub trait ControlView {
     fn services(&self) -> Vec<ServiceStatus>;
     fn processes(&self) -> Vec<ProcessStatus>;
     fn has_service(&self, name: &str) -> bool;
+    /// True when the service is a reuse pool (has a `%{pid}` unix listener).
+    fn is_reuse_pool(&self, name: &str) -> bool;
 }
 
 /// What a request asks the shell to do besides replying.
@@ -27,6 +31,8 @@ pub struct Outcome {
     pub reply: Vec<u8>,
     /// Services to stop (`STOP`).
     pub stop: Vec<String>,
+    /// `FOREMAN-NEED` requests: (service, waiting).
+    pub need: Vec<(String, u32)>,
     /// Close the connection (bad handshake, unknown command, oversized line).
     pub close: bool,
     /// A message for the master's log.
@@ -165,6 +171,27 @@ impl ControlConn {
                     out.reply.extend_from_slice(b"+\n");
                 }
             }
+            b"FOREMAN-NEED" => {
+                let waiting = args.get(1).and_then(|w| {
+                    (!w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| w.parse::<u32>().ok())
+                        .flatten()
+                });
+                let reply = match (args.first(), waiting) {
+                    (Some(name), Some(waiting)) => {
+                        if !view.has_service(name) {
+                            format!("-Unknown service: {name}\n")
+                        } else if !view.is_reuse_pool(name) {
+                            format!("-Not a reuse pool: {name}\n")
+                        } else {
+                            out.need.push((name.clone(), waiting));
+                            "+\n".to_owned()
+                        }
+                    }
+                    _ => "-Invalid parameters\n".to_owned(),
+                };
+                out.reply.extend_from_slice(reply.as_bytes());
+            }
             other => {
                 out.error = Some(format!(
                     "master client: Unknown command: {}",
@@ -223,6 +250,9 @@ mod tests {
             ]
         }
         fn has_service(&self, name: &str) -> bool {
+            name == "imap" || name == "auth"
+        }
+        fn is_reuse_pool(&self, name: &str) -> bool {
             name == "imap"
         }
     }
@@ -268,6 +298,35 @@ mod tests {
         assert!(out.close);
         let mut c = ControlConn::default();
         assert!(run(&mut c, b"HELLO\n").close);
+    }
+
+    #[test]
+    fn foreman_need_accepts_reuse_pools_only() {
+        let mut c = ControlConn::default();
+        run(&mut c, b"VERSION\tmaster-client\t1\t0\n");
+        let out = run(&mut c, b"FOREMAN-NEED\timap\t3\n");
+        assert_eq!(out.reply, b"+\n");
+        assert_eq!(out.need, vec![("imap".to_owned(), 3)]);
+        assert!(!out.close);
+        for (line, reply) in [
+            (
+                &b"FOREMAN-NEED\tauth\t1\n"[..],
+                &b"-Not a reuse pool: auth\n"[..],
+            ),
+            (b"FOREMAN-NEED\tnope\t1\n", b"-Unknown service: nope\n"),
+            (b"FOREMAN-NEED\timap\n", b"-Invalid parameters\n"),
+            (b"FOREMAN-NEED\timap\t-1\n", b"-Invalid parameters\n"),
+            (
+                b"FOREMAN-NEED\timap\t99999999999\n",
+                b"-Invalid parameters\n",
+            ),
+            (b"FOREMAN-NEED\n", b"-Invalid parameters\n"),
+        ] {
+            let out = run(&mut c, line);
+            assert_eq!(out.reply, reply, "{}", String::from_utf8_lossy(line));
+            assert!(out.need.is_empty());
+            assert!(!out.close);
+        }
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Creating the services' shared listeners (master-interface.md §4): UNIX sockets and FIFOs
-//! with their mode (umask trick) and owner, TCP sockets per address; all non-blocking and
-//! close-on-exec. Per-process listeners are not made here: each child creates its own between
-//! fork and exec ([`crate::sys::process::PerPidSocket`]).
+//! with their mode (umask trick) and owner, TCP sockets per address (SO_REUSEADDR always,
+//! IPV6_V6ONLY on IPv6, SO_REUSEPORT with `reuse_port = yes`); all non-blocking and
+//! close-on-exec. Per-process unix listeners are not made here: each child creates its own
+//! between fork and exec ([`crate::sys::process::PerPidSocket`]). A `reuse_port` inet listener
+//! gets a fresh socket per process ([`bind_inet_for_child`]), so each has its own accept queue.
 
 use std::fs;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -89,14 +91,48 @@ fn parse_address(a: &str) -> Result<IpAddr, String> {
 }
 
 fn bind_inet(spec: &InetSpec, backlog: i32) -> Result<OwnedFd, String> {
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    };
     let ip = parse_address(&spec.address)?;
-    // std sets SO_REUSEADDR on Unix listeners, as stock does.
-    let l = TcpListener::bind((ip, spec.port))
-        .map_err(|e| format!("listen({}, {}) failed: {e}", spec.address, spec.port))?;
-    let fd = OwnedFd::from(l);
+    let failed = |e: nix::errno::Errno| {
+        format!(
+            "listen({}, {}) failed: {}",
+            spec.address,
+            spec.port,
+            io::Error::from(e)
+        )
+    };
+    let family = match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(failed)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(failed)?;
+    if ip.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(failed)?;
+    }
+    if spec.reuse_port {
+        setsockopt(&fd, sockopt::ReusePort, &true).map_err(failed)?;
+    }
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(SocketAddr::new(ip, spec.port)),
+    )
+    .map_err(failed)?;
     sys::process::set_backlog(fd.as_fd(), backlog).map_err(|e| e.to_string())?;
-    sys::set_nonblocking(fd.as_fd(), true).map_err(|e| e.to_string())?;
     Ok(fd)
+}
+
+/// A process's own socket for a `reuse_port` listener (same address and port, SO_REUSEPORT).
+pub fn bind_inet_for_child(spec: &InetSpec, backlog: i32) -> Result<OwnedFd, String> {
+    bind_inet(spec, backlog)
 }
 
 /// Creates the master control socket `$BASE/master` (mode 0600, backlog 16).
@@ -142,6 +178,34 @@ mod tests {
     use super::*;
     use crate::master_compat::config::ListenerPath;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn reuse_port_listeners_share_the_port_and_others_do_not() {
+        let spec = |reuse_port| InetSpec {
+            name: "imap".into(),
+            address: "127.0.0.1".into(),
+            port: 0,
+            ssl: false,
+            haproxy: false,
+            reuse_port,
+        };
+        let first = bind_inet(&spec(true), 4).unwrap();
+        let port = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrIn>(
+            std::os::fd::AsRawFd::as_raw_fd(&first),
+        )
+        .unwrap()
+        .port();
+        let same = |reuse_port| InetSpec {
+            port,
+            ..spec(reuse_port)
+        };
+        let second = bind_inet_for_child(&same(true), 4).expect("SO_REUSEPORT: same port again");
+        // Both accept: a connection lands in one of the two queues.
+        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let err = bind_inet(&same(false), 4).unwrap_err();
+        assert!(err.contains("Address already in use"), "{err}");
+        drop((first, second));
+    }
 
     #[test]
     fn unix_listener_mode_and_stale_replacement() {

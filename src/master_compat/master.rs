@@ -20,8 +20,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use crate::master_compat::config::{self, LoadOptions, MasterSettings, Mode, ServiceType};
 use crate::master_compat::control::{ControlConn, ControlView};
 use crate::master_compat::listeners;
+use crate::master_compat::registry_client::{self, RegistryClient};
 use crate::master_compat::services::{self, ProcessEnv, ServiceSet, SystemResolver};
-use crate::master_compat::supervisor::{Action, Event, LogLevel, ServiceId, Supervisor};
+use crate::master_compat::supervisor::{Action, Event, LogLevel, Report, ServiceId, Supervisor};
 use crate::sys;
 use crate::sys::process::{ExecPlan, PerPidSocket};
 use crate::wire::anvil::VERSION_LINE as ANVIL_VERSION_LINE;
@@ -74,6 +75,45 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> MasterError {
 pub struct Options {
     pub config: PathBuf,
     pub foreground: bool,
+    /// `-p`: ask for the SSL key password at start (given to services with inet listeners
+    /// as `SSL_KEY_PASSWORD`).
+    pub ask_key_password: bool,
+}
+
+/// Asks for a password on the terminal (echo off; stdin when there is no terminal).
+fn askpass(prompt: &str) -> Result<String, MasterError> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::io::BufRead;
+    let tty = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty");
+    let mut line = String::new();
+    match tty {
+        Ok(mut tty) => {
+            let saved = tcgetattr(&tty).ok();
+            if let Some(t) = &saved {
+                let mut quiet = t.clone();
+                quiet.local_flags.remove(LocalFlags::ECHO);
+                let _ = tcsetattr(&tty, SetArg::TCSAFLUSH, &quiet);
+            }
+            let _ = tty.write_all(prompt.as_bytes());
+            let read = io::BufReader::new(&tty).read_line(&mut line);
+            if let Some(t) = &saved {
+                let _ = tcsetattr(&tty, SetArg::TCSAFLUSH, t);
+            }
+            let _ = tty.write_all(b"\n");
+            read.map_err(io_err("read password"))?;
+        }
+        Err(_) => {
+            sys::write_stderr(prompt.as_bytes());
+            io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(io_err("read password"))?;
+        }
+    }
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// Loads and checks the configuration the way the master needs it.
@@ -125,10 +165,12 @@ pub fn reload(config: &Path) -> Result<(), MasterError> {
     sys::process::send_signal(pid as u32, libc::SIGHUP).map_err(io_err("kill"))
 }
 
-/// The master's own log: `<timestamp>master: <Level>: <text>` to `log_path` (stderr when
-/// `log_path` is syslog or cannot be opened).
+/// The master's own log: `<timestamp>master: <Level>: <text>` to `log_path`; with
+/// `log_path = syslog` to syslog ([`crate::master_compat::syslog`]); stderr when neither can
+/// be opened.
 struct MasterLog {
     file: Option<fs::File>,
+    syslog: Option<crate::master_compat::syslog::Syslog>,
     timestamp: String,
 }
 
@@ -143,13 +185,36 @@ impl MasterLog {
                     .ok()
             })
             .flatten();
+        let syslog = (m.log_path == "syslog")
+            .then(|| {
+                crate::master_compat::syslog::Syslog::connect(
+                    Path::new(crate::master_compat::syslog::DEV_LOG),
+                    &m.syslog_facility,
+                    &m.instance_name,
+                )
+                .ok()
+            })
+            .flatten();
         MasterLog {
             file,
+            syslog,
             timestamp: m.log_timestamp.clone(),
         }
     }
 
     fn log(&mut self, level: LogLevel, text: &str) {
+        if let Some(s) = &self.syslog {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            if s.send(
+                &sys::process::strftime_local("%b %e %H:%M:%S", now),
+                level,
+                text,
+            ) {
+                return;
+            }
+        }
         let level = match level {
             LogLevel::Info => "Info",
             LogLevel::Warning => "Warning",
@@ -248,6 +313,11 @@ impl ControlView for SupView<'_> {
     fn has_service(&self, name: &str) -> bool {
         self.0.service_id(name).is_some()
     }
+    fn is_reuse_pool(&self, name: &str) -> bool {
+        self.0
+            .service_id(name)
+            .is_some_and(|s| self.0.is_reuse_pool(s))
+    }
 }
 
 struct Shell {
@@ -263,6 +333,18 @@ struct Shell {
     log: MasterLog,
     queue: VecDeque<(u64, Event)>,
     exit: bool,
+    /// The foreman-anvil connection (reuse pools only).
+    registry: RegistryClient,
+    /// `-p`: the SSL key password.
+    ssl_key_password: Option<String>,
+}
+
+/// Unix milliseconds of a monotonic instant (for registry reports).
+fn unix_ms(t: Instant) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_sub(Instant::now().saturating_duration_since(t).as_millis() as u64)
 }
 
 fn make_dir(path: &str, mode: u32, gid: Option<u32>) -> Result<(), MasterError> {
@@ -346,6 +428,11 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
             });
         }
     }
+    let ssl_key_password = if opts.ask_key_password {
+        Some(askpass("Give the password for SSL keys: ")?)
+    } else {
+        None
+    };
     prepare_dirs(&m, &set)?;
     let stock_config = write_stock_config(&m, &loaded)?;
     let mut all_listeners = Vec::new();
@@ -427,6 +514,8 @@ pub fn run(opts: &Options) -> Result<(), MasterError> {
         log,
         queue: VecDeque::from([(0, Event::Start)]),
         exit: false,
+        registry: RegistryClient::new(format!("{base}/anvil")),
+        ssl_key_password,
     };
     shell.run_loop(sigfd)
 }
@@ -474,6 +563,7 @@ fn build_gen(
         });
     }
     let mut sup = Supervisor::new(&set);
+    sup.set_shutdown_clients(m.shutdown_clients);
     sup.set_next_generation(first_generation);
     Ok(Gen {
         id,
@@ -526,6 +616,7 @@ enum Src {
     ControlAccept,
     ControlClient(usize),
     LogControlWritable(u64),
+    Registry,
 }
 
 impl Shell {
@@ -598,6 +689,14 @@ impl Shell {
                 for (i, c) in self.control_clients.iter().enumerate() {
                     srcs.push(Src::ControlClient(i));
                     pfds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                }
+                if let Some(fd) = self.registry.fd() {
+                    let mut flags = PollFlags::POLLIN;
+                    if self.registry.wants_write() {
+                        flags |= PollFlags::POLLOUT;
+                    }
+                    srcs.push(Src::Registry);
+                    pfds.push(PollFd::new(fd, flags));
                 }
                 if !self.anvil_running() {
                     srcs.push(Src::AnvilDrain(true));
@@ -675,6 +774,7 @@ impl Shell {
                             closed_clients.push(i);
                         }
                     }
+                    Src::Registry => self.registry_input(),
                 }
             }
             for i in closed_clients.into_iter().rev() {
@@ -709,6 +809,17 @@ impl Shell {
         for name in &out.stop {
             if let Some(s) = g.sup.service_id(name) {
                 self.queue.push_back((gid, Event::StopService(s)));
+            }
+        }
+        for (name, waiting) in &out.need {
+            if let Some(service) = g.sup.service_id(name) {
+                self.queue.push_back((
+                    gid,
+                    Event::NeedFresh {
+                        service,
+                        waiting: *waiting,
+                    },
+                ));
             }
         }
         if let Some(e) = &out.error {
@@ -881,7 +992,19 @@ impl Shell {
             gen.sup.adopt_anvil(moved);
         }
         let old_id = self.gens[old_i].id;
+        if self.registry.is_up() {
+            // Before Start: the new list has no process yet, so nothing is re-reported.
+            let _ = gen
+                .sup
+                .handle(Instant::now(), Event::RegistryConnected(true));
+        }
+        let connect = gen.sup.has_reuse_pool()
+            && self.registry.state() == registry_client::State::Off
+            && self.anvil_running();
         self.gens.push(gen);
+        if connect {
+            self.registry_connect();
+        }
         self.queue.push_back((old_id, Event::Retire));
         self.queue.push_back((id, Event::Start));
     }
@@ -915,12 +1038,20 @@ impl Shell {
                 generation,
                 anvil_restarted,
             } => {
-                let plan = self.plan(gi, service, generation, anvil_restarted);
-                match sys::process::fork_exec(&plan) {
+                let (plan, own_sockets, errors) =
+                    self.plan(gi, service, generation, anvil_restarted);
+                for e in errors {
+                    self.log.log(LogLevel::Error, &e);
+                }
+                let forked = sys::process::fork_exec(&plan);
+                // The child has its own copies of its reuse_port sockets.
+                drop(own_sockets);
+                match forked {
                     Ok(pid) => {
                         if Some(service) == self.gens[gi].set.anvil {
                             write_all_fd(self.anvil.master_w.as_fd(), ANVIL_VERSION_LINE);
                             write_all_fd(self.anvil.children_w.as_fd(), ANVIL_VERSION_LINE);
+                            self.registry_connect();
                         }
                         // Registered before anything is reaped again.
                         let acts = self.gens[gi]
@@ -1024,11 +1155,156 @@ impl Shell {
                 }
             }
             Action::Exit => self.exit = true,
+            Action::Registry(report) => {
+                let req = self.report_request(gi, report);
+                if let Err(e) = req.map_or(Ok(()), |r| self.registry.report(&r)) {
+                    self.log
+                        .log(LogLevel::Error, &format!("anvil registry: {e}"));
+                    self.registry_down();
+                }
+            }
+            Action::AskEvict { service, pid } => {
+                let name = self.gens[gi].set.services[service].name.clone();
+                let answer = match self.registry.evict(name.as_bytes(), pid) {
+                    Ok(answer) => answer,
+                    Err(registry_client::EvictError::Timeout) => {
+                        self.log.log(
+                            LogLevel::Warning,
+                            &format!(
+                                "anvil registry: no EVICT reply for {name} in {} ms: nothing evicted",
+                                registry_client::EVICT_WAIT.as_millis()
+                            ),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.log
+                            .log(LogLevel::Error, &format!("anvil registry: {e}"));
+                        // The supervisor's pending questions fall back to its own choice.
+                        self.registry_down();
+                        return;
+                    }
+                };
+                let acts = self.gens[gi].sup.handle(
+                    Instant::now(),
+                    Event::EvictAnswer {
+                        service,
+                        pid: answer,
+                    },
+                );
+                for a in acts {
+                    self.execute(gid, a);
+                }
+            }
+        }
+    }
+
+    /// The wire request of a report; `None` for a pid out of range (never happens).
+    fn report_request(
+        &self,
+        gi: usize,
+        report: Report,
+    ) -> Option<crate::wire::anvil_ext::ExtRequest> {
+        use crate::wire::anvil::Pid;
+        use crate::wire::anvil_ext::ExtRequest;
+        Some(match report {
+            Report::Birth { service, pid, uid } => ExtRequest::ProcBirth {
+                service: self.gens[gi].set.services[service].name.as_bytes().into(),
+                pid: Pid::new(pid)?,
+                uid,
+            },
+            Report::Idle { pid, since } => ExtRequest::ProcIdle {
+                pid: Pid::new(pid)?,
+                since: unix_ms(since),
+            },
+            Report::Busy { pid, since } => ExtRequest::ProcBusy {
+                pid: Pid::new(pid)?,
+                since: unix_ms(since),
+            },
+            Report::Death { pid } => ExtRequest::ProcDeath {
+                pid: Pid::new(pid)?,
+            },
+        })
+    }
+
+    /// A new anvil process runs: (re)connect to its registry if a reuse pool is configured.
+    fn registry_connect(&mut self) {
+        if !self.gens.iter().any(|g| g.sup.has_reuse_pool()) {
+            return;
+        }
+        if self.registry.is_up() {
+            self.registry_down();
+        }
+        if let Err(e) = self.registry.connect() {
+            self.log.log(
+                LogLevel::Error,
+                &format!("anvil registry: connect(anvil) failed: {e}"),
+            );
+        }
+    }
+
+    /// The registry connection is gone: every supervisor falls back to its own choices.
+    fn registry_down(&mut self) {
+        self.registry.close();
+        self.registry_event(false);
+    }
+
+    /// Tells every supervisor (now, not queued) that the registry is up or down.
+    fn registry_event(&mut self, up: bool) {
+        let ids: Vec<u64> = self.gens.iter().map(|g| g.id).collect();
+        for id in ids {
+            let Some(gi) = self.gen_index(id) else {
+                continue;
+            };
+            let acts = self.gens[gi]
+                .sup
+                .handle(Instant::now(), Event::RegistryConnected(up));
+            for a in acts {
+                self.execute(id, a);
+            }
+        }
+    }
+
+    fn registry_input(&mut self) {
+        if let Err(e) = self.registry.flush() {
+            self.log.log(
+                LogLevel::Error,
+                &format!("anvil registry: write failed: {e}"),
+            );
+            self.registry_down();
+            return;
+        }
+        match self.registry.on_readable() {
+            registry_client::Input::Nothing => {}
+            registry_client::Input::Up => {
+                self.log.log(
+                    LogLevel::Info,
+                    "anvil registry: connected (foreman-anvil 1.0), reporting reuse pools",
+                );
+                self.registry_event(true);
+            }
+            registry_client::Input::Stock => self.log.log(
+                LogLevel::Info,
+                "anvil registry: anvil does not speak foreman-anvil: no process reports",
+            ),
+            registry_client::Input::Down => {
+                self.log
+                    .log(LogLevel::Warning, "anvil registry: connection lost");
+                self.registry_event(false);
+            }
         }
     }
 
     /// The fd table, argv and environment of one new process (§5.1–§5.3).
-    fn plan(&self, gi: usize, s: ServiceId, generation: u32, anvil_restarted: bool) -> ExecPlan {
+    /// Also returns the process's own `reuse_port` sockets (to close after the spawn) and
+    /// errors creating them (the shared socket is passed instead).
+    fn plan(
+        &self,
+        gi: usize,
+        s: ServiceId,
+        generation: u32,
+        anvil_restarted: bool,
+    ) -> (ExecPlan, Vec<OwnedFd>, Vec<String>) {
         let g = &self.gens[gi];
         let def = &g.set.services[s];
         let f = &g.fds[s];
@@ -1041,6 +1317,7 @@ impl Shell {
                 anvil_restarted,
                 hostname: &self.hostname,
                 config_file: &g.stock_config,
+                ssl_key_password: self.ssl_key_password.as_deref(),
             },
         );
         let devnull = self.devnull.as_raw_fd();
@@ -1093,8 +1370,30 @@ impl Shell {
                 }
             }
         }
-        for (_, l) in &f.listeners {
-            put(&mut fds, l.as_raw_fd());
+        let mut own = Vec::new();
+        let mut errors = Vec::new();
+        for (key, l) in &f.listeners {
+            let fresh = match key {
+                ListenerKey::Inet(address, port) => def
+                    .inet
+                    .iter()
+                    .find(|i| i.reuse_port && i.address == *address && i.port == *port)
+                    .and_then(|i| match listeners::bind_inet_for_child(i, def.backlog) {
+                        Ok(fd) => Some(fd),
+                        Err(e) => {
+                            errors.push(format!("service({}): {e}", def.name));
+                            None
+                        }
+                    }),
+                ListenerKey::Unix(_) => None,
+            };
+            match fresh {
+                Some(fd) => {
+                    put(&mut fds, fd.as_raw_fd());
+                    own.push(fd);
+                }
+                None => put(&mut fds, l.as_raw_fd()),
+            }
         }
         let per_pid = def
             .per_pid
@@ -1119,7 +1418,7 @@ impl Shell {
                 }
             })
             .collect();
-        ExecPlan {
+        let plan = ExecPlan {
             path: c(&def.binary),
             argv: def.argv.iter().map(|a| c(a)).collect(),
             env: env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect(),
@@ -1127,7 +1426,9 @@ impl Shell {
             vsz_limit: def.vsz_limit,
             nonblock_stderr: s != g.set.log,
             per_pid,
-        }
+            drop_priv: def.drop_priv(),
+        };
+        (plan, own, errors)
     }
 
     fn cleanup(&mut self) {

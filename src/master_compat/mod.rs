@@ -7,7 +7,11 @@
 //!   `RESTRICT_*`) and each child's environment.
 //! - [`supervisor`]: the master's synchronous core (events in, actions out, time passed in).
 //! - [`listeners`]: creating shared UNIX/FIFO/TCP listeners.
-//! - [`control`]: the `$BASE/master` control protocol (`doveadm service/process status`).
+//! - [`control`]: the `$BASE/master` control protocol (`doveadm service/process status`,
+//!   Foreman's `FOREMAN-NEED`).
+//! - [`registry_client`]: the master's foreman-anvil connection (process registry reports,
+//!   `EVICT`).
+//! - [`syslog`]: the master's own lines to syslog (`log_path = syslog`).
 //! - [`master`]: `foreman master`, the poll-loop shell that owns fds and children and runs the
 //!   supervisor's actions (fork/exec lives in `crate::sys::process`).
 
@@ -16,5 +20,7 @@ pub mod config;
 pub mod control;
 pub mod listeners;
 pub mod master;
+pub mod registry_client;
 pub mod services;
 pub mod supervisor;
+pub mod syslog;

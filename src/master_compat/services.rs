@@ -58,6 +58,8 @@ pub struct InetSpec {
     pub port: u16,
     pub ssl: bool,
     pub haproxy: bool,
+    /// `reuse_port = yes`: SO_REUSEPORT, and each process gets its own socket.
+    pub reuse_port: bool,
 }
 
 /// One service as the master runs it.
@@ -90,6 +92,9 @@ pub struct ServiceDef {
     pub log_fd: Option<i32>,
     /// Relative chroot given (for STATS_WRITER_SOCKET_PATH).
     pub chrooted: bool,
+    /// `drop_priv_before_exec = yes`: the master sets the `RESTRICT_*` credentials in the
+    /// child before exec (the child gets the variables too, as stock).
+    pub drop_priv_before_exec: bool,
 }
 
 impl ServiceDef {
@@ -303,6 +308,7 @@ fn resolve_service(
                 port: l.port,
                 ssl: l.ssl,
                 haproxy: l.haproxy,
+                reuse_port: l.reuse_port,
             });
         }
     }
@@ -328,7 +334,42 @@ fn resolve_service(
         restrict_env: restrict,
         log_fd: None,
         chrooted: chroot.is_some(),
+        drop_priv_before_exec: s.drop_priv_before_exec,
     })
+}
+
+impl ServiceDef {
+    /// The credentials a `drop_priv_before_exec` child takes before exec, from its
+    /// `RESTRICT_*` values, as stock's restrict_access: supplementary groups = the gid and the
+    /// extra groups, the privileged group as the saved gid.
+    pub fn drop_priv(&self) -> Option<crate::sys::process::DropPriv> {
+        if !self.drop_priv_before_exec {
+            return None;
+        }
+        let get = |k: &str| {
+            self.restrict_env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let num = |k: &str| get(k).and_then(|v| v.parse::<u32>().ok());
+        let gid = num("RESTRICT_SETGID");
+        let mut groups: Vec<u32> = gid.into_iter().collect();
+        groups.extend(
+            get("RESTRICT_SETEXTRAGROUPS")
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|g| g.trim().parse::<u32>().ok()),
+        );
+        groups.sort_unstable();
+        groups.dedup();
+        Some(crate::sys::process::DropPriv {
+            uid: num("RESTRICT_SETUID"),
+            gid,
+            saved_gid: num("RESTRICT_SETGID_PRIV"),
+            groups,
+        })
+    }
 }
 
 /// Resolves every service that runs (has an executable, protocol enabled).
@@ -404,6 +445,8 @@ pub struct ProcessEnv<'a> {
     pub hostname: &'a str,
     /// Path of the stock-acceptable config copy (the config service's CONFIG_FILE).
     pub config_file: &'a str,
+    /// `foreman master -p`: the SSL key password, given to services with inet listeners.
+    pub ssl_key_password: Option<&'a str>,
 }
 
 /// The child's complete environment, in stock's order (master-interface.md §5.2).
@@ -458,6 +501,9 @@ pub fn child_env(
             absolute(&m.base_dir, &m.stats_writer_socket_path)
         };
         put("STATS_WRITER_SOCKET_PATH", v);
+    }
+    if let (Some(pw), false) = (p.ssl_key_password, s.inet.is_empty()) {
+        put("SSL_KEY_PASSWORD", pw.to_owned());
     }
     if p.anvil_restarted && s.kind == ServiceType::Anvil {
         put("ANVIL_RESTARTED", "1".into());
@@ -554,6 +600,7 @@ mod tests {
                 anvil_restarted: false,
                 hostname: "h",
                 config_file: "/c.conf",
+                ssl_key_password: Some("pw"),
             },
         )
     }
@@ -578,6 +625,31 @@ mod tests {
         assert_eq!(get(&env, "RESTRICT_SETGID"), Some("104"));
         assert_eq!(get(&env, "STATS_WRITER_SOCKET_PATH"), Some("stats-writer"));
         assert_eq!(get(&env, "GENERATION"), Some("7"));
+        let def = set
+            .services
+            .iter()
+            .find(|s| s.name == "imap-login")
+            .unwrap();
+        assert_eq!(def.drop_priv(), None, "drop_priv_before_exec = no");
+        let m2 = settings("service imap {\n drop_priv_before_exec = yes\n user = dovecot\n}\n");
+        let set2 = resolve(&m2, &Table, &[]).unwrap();
+        let imap = set2.services.iter().find(|s| s.name == "imap").unwrap();
+        assert_eq!(
+            imap.drop_priv(),
+            Some(crate::sys::process::DropPriv {
+                uid: Some(101),
+                gid: Some(102),
+                saved_gid: imap
+                    .restrict_env
+                    .iter()
+                    .find(|(k, _)| k == "RESTRICT_SETGID_PRIV")
+                    .map(|(_, v)| v.parse().unwrap()),
+                groups: vec![102],
+            })
+        );
+        // `-p`: only services with inet listeners get the SSL key password.
+        assert_eq!(get(&env, "SSL_KEY_PASSWORD"), Some("pw"));
+        assert_eq!(get(&env_of(&set, &m, "auth"), "SSL_KEY_PASSWORD"), None);
         let def = set
             .services
             .iter()

@@ -10,7 +10,7 @@
 //! polled only while `process_avail == 0`, the service is not throttled and not waiting in
 //! the drop path; a readable listener forks one process (demand spawning).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::master_compat::config::ServiceType;
@@ -33,6 +33,9 @@ pub const DROP_DELAY: Duration = Duration::from_secs(10);
 pub const LOGIN_NOTIFY_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest throttle interval.
 pub const MAX_THROTTLE: Duration = Duration::from_secs(60);
+/// `shutdown_clients = yes`: interval of the signal rounds for a retired list's processes
+/// (SIGTERM first, SIGKILL after; the log process last).
+pub const RELOAD_KILL_INTERVAL: Duration = Duration::from_secs(6);
 
 /// Inputs of the state machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +62,20 @@ pub enum Event {
     /// cannot take this client, e.g. they are reserved for other users): spawn, or evict the
     /// longest-idle process at `process_limit − process_limit_margin`.
     NeedProcess(ServiceId),
+    /// `FOREMAN-NEED <service> <waiting>` (reuse pools, docs/reuse.md): make sure the pool has
+    /// at least `waiting + process_min_avail` fresh processes (spawning ones and evictions
+    /// that will free a slot for a spawn included).
+    NeedFresh { service: ServiceId, waiting: u32 },
+    /// The foreman-anvil registry connection is up (greeting received: re-report every live
+    /// process of the reuse pools) or gone (every pending [`Action::AskEvict`] is answered
+    /// "no registry": the supervisor falls back to its own choice).
+    RegistryConnected(bool),
+    /// The registry's answer to the oldest pending [`Action::AskEvict`]: the pid it reserved
+    /// for killing, or none.
+    EvictAnswer {
+        service: ServiceId,
+        pid: Option<u32>,
+    },
     /// `doveadm service stop`: stop watching the service; its processes see master death.
     StopService(ServiceId),
     /// Reload: this supervisor's service list is replaced. Stop listening and spawning,
@@ -112,6 +129,55 @@ pub enum Action {
     CloseDeadPipes,
     /// Shutdown finished: unlink the pid file and exit.
     Exit,
+    /// A report for the foreman-anvil registry (reuse pools only; the shell writes it if
+    /// the registry connection is up, else drops it: the state is re-reported on connect).
+    Registry(Report),
+    /// Ask the registry `EVICT <service>[ <pid>]`; the shell answers with exactly one
+    /// [`Event::EvictAnswer`], or with [`Event::RegistryConnected`]`(false)` when it cannot.
+    AskEvict {
+        service: ServiceId,
+        pid: Option<u32>,
+    },
+}
+
+/// A registry report (docs/anvil-extensions.md §3 "From the master"); the shell turns
+/// instants into unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// `PROC-BIRTH <service name> <pid> <uid>`
+    Birth {
+        service: ServiceId,
+        pid: u32,
+        uid: u32,
+    },
+    /// `PROC-IDLE <pid> <since>`
+    Idle { pid: u32, since: Instant },
+    /// `PROC-BUSY <pid> <since>`
+    Busy { pid: u32, since: Instant },
+    /// `PROC-DEATH <pid>`
+    Death { pid: u32 },
+}
+
+/// Why a process is to be killed (or why the registry is asked about one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Free a slot for a spawn (the spawn is owed until the process is gone); `listener`:
+    /// the need came from a readable shared listener (stock path: drop path if nothing).
+    MakeRoom { listener: bool },
+    /// Get back to `process_limit − process_limit_margin` (no spawn follows).
+    Shrink,
+    /// idle_kill of this process.
+    IdleKill,
+    /// After an anvil restart: a process that served somebody the registry cannot know.
+    Retire,
+}
+
+/// An `EVICT` question waiting for its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ask {
+    service: ServiceId,
+    pid: Option<u32>,
+    purpose: Purpose,
 }
 
 #[derive(Debug, Clone)]
@@ -126,8 +192,20 @@ struct Proc {
     last_status_update: Option<Instant>,
     last_kill_sent: Option<Instant>,
     idle_deadline: Option<Instant>,
-    /// SIGINT sent to make room (eviction).
-    evicting: bool,
+    /// SIGINT sent for this purpose (eviction, retirement), no exit and no status since.
+    evict: Option<Purpose>,
+    /// Reuse pools: has had a client (a busy status record), so is no longer fresh.
+    served: bool,
+    /// Reuse pools: the last state reported to the registry was busy.
+    reported_busy: bool,
+    /// Since when the process is busy (reuse pools).
+    busy_since: Option<Instant>,
+    /// An `EVICT <service> <pid>` for this process is pending.
+    asked: bool,
+    /// An idle-kill SIGINT was sent and no status record came since.
+    idle_sigint: bool,
+    /// Answered an eviction SIGINT with a status record: not picked again until busy.
+    refused: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -162,8 +240,14 @@ struct Svc {
     throttle_current: Duration,
     /// `process_limit_margin`.
     margin: u32,
-    /// Idle processes asked to exit to make room, not yet gone.
-    evictions_in_flight: u32,
+    /// Spawns owed to evictions that free a slot (EVICT asked, or SIGINT sent, not gone).
+    owed: u32,
+    /// Evictions to get back to the threshold (asked or SIGINT sent, not gone).
+    shrinking: u32,
+    /// A reuse pool: the service has a `%{pid}` unix listener.
+    reuse: bool,
+    /// The uid its processes start as (`RESTRICT_SETUID`, else 0 = root).
+    birth_uid: u32,
 }
 
 /// Per-service numbers for status output (`doveadm service status`).
@@ -211,6 +295,14 @@ pub struct Supervisor {
     anvil_died: bool,
     shutdown: Option<ShutdownPhase>,
     retired: bool,
+    /// The foreman-anvil registry connection is up.
+    registry: bool,
+    /// `shutdown_clients`: retired processes are signalled after a reload.
+    shutdown_clients: bool,
+    /// Retired with `shutdown_clients = yes`: the next signal round.
+    reload_kill: Option<ReloadKill>,
+    /// `EVICT` questions in the order they were asked.
+    asks: VecDeque<Ask>,
 }
 
 /// A live process moved from one supervisor to another (anvil across a reload).
@@ -218,6 +310,14 @@ pub struct Supervisor {
 pub struct MovedProcess {
     pid: u32,
     proc_: Proc,
+}
+
+/// The signal rounds after a reload (master-interface.md §16.2 step 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReloadKill {
+    at: Instant,
+    term_sent: bool,
+    log_term_sent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +368,15 @@ impl Supervisor {
                 process_total: 0,
                 throttle_current: Duration::ZERO,
                 margin: d.process_limit_margin,
-                evictions_in_flight: 0,
+                owed: 0,
+                shrinking: 0,
+                reuse: !d.per_pid.is_empty(),
+                birth_uid: d
+                    .restrict_env
+                    .iter()
+                    .find(|(k, _)| k == "RESTRICT_SETUID")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0),
             })
             .collect();
         Supervisor {
@@ -281,7 +389,18 @@ impl Supervisor {
             anvil_died: false,
             shutdown: None,
             retired: false,
+            registry: false,
+            shutdown_clients: false,
+            reload_kill: None,
+            asks: VecDeque::new(),
         }
+    }
+
+    /// `shutdown_clients` (stock default yes): after a reload, processes of the retired list
+    /// still alive get SIGTERM 6 s later, SIGKILL every 6 s after that (the log process only
+    /// when nothing else is left).
+    pub fn set_shutdown_clients(&mut self, on: bool) {
+        self.shutdown_clients = on;
     }
 
     /// The GENERATION the next process gets (carried over to the next service list).
@@ -347,7 +466,7 @@ impl Supervisor {
                 ));
                 self.svcs[s].stopped = true;
             }
-            Event::Spawned { generation, pid } => self.spawned(now, generation, pid),
+            Event::Spawned { generation, pid } => self.spawned(now, generation, pid, &mut out),
             Event::SpawnFailed { generation, error } => {
                 if let Some(s) = self.pending.remove(&generation) {
                     self.svcs[s].process_count -= 1;
@@ -363,6 +482,13 @@ impl Supervisor {
             Event::Tick => self.tick(now, &mut out),
             Event::Shutdown => self.begin_shutdown(now, &mut out),
             Event::NeedProcess(s) => self.need_process(now, s, &mut out),
+            Event::NeedFresh { service, waiting } => {
+                if self.svcs[service].reuse {
+                    self.need_fresh(now, service, waiting, &mut out);
+                }
+            }
+            Event::RegistryConnected(up) => self.registry_connected(now, up, &mut out),
+            Event::EvictAnswer { service, pid } => self.evict_answer(now, service, pid, &mut out),
             Event::StopService(s) => {
                 self.svcs[s].stopped = true;
                 if self.svcs[s].listening {
@@ -378,6 +504,14 @@ impl Supervisor {
                 if !self.retired && self.shutdown.is_none() {
                     self.retired = true;
                     self.stop_listening_and_close_dead_pipes(&mut out);
+                    self.report_all_leaving(now, &mut out);
+                    if self.shutdown_clients {
+                        self.reload_kill = Some(ReloadKill {
+                            at: now + RELOAD_KILL_INTERVAL,
+                            term_sent: false,
+                            log_term_sent: false,
+                        });
+                    }
                 }
             }
         }
@@ -408,7 +542,12 @@ impl Supervisor {
             Some(ShutdownPhase::Quitting { at }) => Some(at),
             _ => None,
         };
-        procs.chain(svcs).chain([shutdown]).flatten().min()
+        let reload_kill = self.reload_kill.map(|k| k.at);
+        procs
+            .chain(svcs)
+            .chain([shutdown, reload_kill])
+            .flatten()
+            .min()
     }
 
     /// True while an anvil process exists (else the shell drains the anvil pipes).
@@ -477,6 +616,16 @@ impl Supervisor {
             .collect()
     }
 
+    /// True when the service is a reuse pool (has a `%{pid}` unix listener).
+    pub fn is_reuse_pool(&self, s: ServiceId) -> bool {
+        self.svcs[s].reuse
+    }
+
+    /// True when any service is a reuse pool (the shell then talks to the registry).
+    pub fn has_reuse_pool(&self) -> bool {
+        self.svcs.iter().any(|s| s.reuse)
+    }
+
     /// The service called `name`.
     pub fn service_id(&self, name: &str) -> Option<ServiceId> {
         self.svcs.iter().position(|s| s.name == name)
@@ -518,7 +667,7 @@ impl Supervisor {
         });
     }
 
-    fn spawned(&mut self, now: Instant, generation: u32, pid: u32) {
+    fn spawned(&mut self, now: Instant, generation: u32, pid: u32, out: &mut Vec<Action>) {
         let Some(s) = self.pending.remove(&generation) else {
             return;
         };
@@ -535,9 +684,22 @@ impl Supervisor {
                 last_status_update: None,
                 last_kill_sent: None,
                 idle_deadline: None,
-                evicting: false,
+                evict: None,
+                served: false,
+                reported_busy: false,
+                busy_since: None,
+                asked: false,
+                idle_sigint: false,
+                refused: false,
             },
         );
+        if self.svcs[s].reuse {
+            out.push(Action::Registry(Report::Birth {
+                service: s,
+                pid,
+                uid: self.svcs[s].birth_uid,
+            }));
+        }
     }
 
     fn throttled(&self, now: Instant, s: ServiceId) -> bool {
@@ -547,6 +709,10 @@ impl Supervisor {
     fn top_up(&mut self, now: Instant, s: ServiceId, out: &mut Vec<Action>) {
         if self.shutdown.is_some() || self.retired || self.throttled(now, s) || self.svcs[s].stopped
         {
+            return;
+        }
+        if self.svcs[s].reuse {
+            self.fresh_up_to(now, s, 0, false, out);
             return;
         }
         while self.svcs[s].process_avail < self.svcs[s].min_avail
@@ -562,7 +728,7 @@ impl Supervisor {
         let want = svc.has_listeners
             && !svc.stopped
             && !throttled
-            && svc.evictions_in_flight == 0
+            && svc.owed == 0
             && (svc.drop_mode
                 || (svc.process_avail == 0
                     && !(svc.process_count >= svc.process_limit && svc.listen_pending)));
@@ -586,60 +752,346 @@ impl Supervisor {
 
     /// A new process of the service is needed (a connection is waiting that no existing
     /// process can take). Below `process_limit − process_limit_margin`: spawn. At or above
-    /// it: ask the longest-idle process to exit (SIGINT, as idle kill does) and spawn as soon
-    /// as it is gone; without an idle process, spawn while below `process_limit`, else take
-    /// the drop path.
+    /// it: evict an idle process (SIGINT, as idle kill does; for a reuse pool with a registry
+    /// connection, the one `EVICT` returns) and spawn as soon as it is gone; without an idle
+    /// process, spawn while below `process_limit`, else take the drop path.
     fn need_process(&mut self, now: Instant, s: ServiceId, out: &mut Vec<Action>) {
         if self.retired || self.shutdown.is_some() || self.svcs[s].stopped {
             return;
         }
         let svc = &self.svcs[s];
-        if svc.evictions_in_flight > 0 {
+        if svc.owed > 0 {
             // The slot being freed is for this need; the connection waits in the queue.
             return;
         }
-        let threshold = svc.process_limit.saturating_sub(svc.margin).max(1);
-        if svc.process_count < threshold {
+        if svc.process_count < self.threshold(s) {
             self.spawn(now, s, out);
             return;
         }
-        if let Some(pid) = self.longest_idle(s) {
-            let p = self.procs.get_mut(&pid).expect("present");
-            p.evicting = true;
-            p.last_kill_sent = Some(now);
-            self.svcs[s].evictions_in_flight += 1;
-            out.push(Action::Log(
-                LogLevel::Info,
-                format!(
-                    "service({}): {} processes (limit {} - margin {}): evicting idle process {pid}",
-                    self.svcs[s].name,
-                    self.svcs[s].process_count,
-                    self.svcs[s].process_limit,
-                    self.svcs[s].margin
-                ),
-            ));
-            out.push(Action::Kill {
-                pid,
-                signal: libc::SIGINT,
-            });
-            return;
+        let purpose = Purpose::MakeRoom { listener: true };
+        if !self.evict_one(now, s, purpose, out) {
+            self.evict_failed(now, s, purpose, out);
         }
-        if self.svcs[s].process_count < self.svcs[s].process_limit {
-            self.spawn(now, s, out);
-            return;
-        }
-        self.drop_path(now, s, out);
     }
 
-    /// The idle process (all slots free, initial status seen, not already asked to go) that
-    /// has been idle longest.
+    /// `process_limit − process_limit_margin` (at least 1).
+    fn threshold(&self, s: ServiceId) -> u32 {
+        let svc = &self.svcs[s];
+        svc.process_limit.saturating_sub(svc.margin).max(1)
+    }
+
+    /// Reuse pools: processes that have served nobody and are not on their way out, plus
+    /// spawns whose pid is not known yet.
+    fn fresh_count(&self, s: ServiceId) -> u32 {
+        let pending = self.pending.values().filter(|&&x| x == s).count();
+        let live = self
+            .procs
+            .values()
+            .filter(|p| p.service == s && !p.served && !dying(p))
+            .count();
+        (pending + live) as u32
+    }
+
+    /// docs/reuse.md "Master": make sure `fresh (incl. spawning) + owed spawns >= waiting +
+    /// process_min_avail`. Spawns below `process_limit` (into the margin, too: a login never
+    /// waits for a death), evicts to make room at `process_limit`, and, when it spawned or
+    /// was asked explicitly, evicts idle processes to get back to the threshold. In-flight
+    /// spawns and evictions are counted, so repeating the same request does nothing more.
+    fn fresh_up_to(
+        &mut self,
+        now: Instant,
+        s: ServiceId,
+        waiting: u32,
+        explicit: bool,
+        out: &mut Vec<Action>,
+    ) {
+        if self.retired || self.shutdown.is_some() || self.svcs[s].stopped || self.throttled(now, s)
+        {
+            return;
+        }
+        let target = waiting.saturating_add(self.svcs[s].min_avail);
+        let mut have = self.fresh_count(s) + self.svcs[s].owed;
+        let mut spawned = false;
+        while have < target {
+            if self.svcs[s].process_count < self.svcs[s].process_limit {
+                self.spawn(now, s, out);
+                spawned = true;
+            } else if !self.evict_one(now, s, Purpose::MakeRoom { listener: false }, out) {
+                break;
+            }
+            have += 1;
+        }
+        if spawned || explicit {
+            self.shrink(now, s, out);
+        }
+    }
+
+    fn need_fresh(&mut self, now: Instant, s: ServiceId, waiting: u32, out: &mut Vec<Action>) {
+        self.fresh_up_to(now, s, waiting, true, out);
+    }
+
+    /// Evicts idle processes while the service is above its threshold (counting the
+    /// evictions already under way).
+    fn shrink(&mut self, now: Instant, s: ServiceId, out: &mut Vec<Action>) {
+        let threshold = self.threshold(s);
+        while self.svcs[s]
+            .process_count
+            .saturating_sub(self.svcs[s].shrinking)
+            > threshold
+        {
+            if !self.evict_one(now, s, Purpose::Shrink, out) {
+                break;
+            }
+        }
+    }
+
+    fn count_eviction(&mut self, s: ServiceId, purpose: Purpose, up: bool) {
+        let svc = &mut self.svcs[s];
+        let n = match purpose {
+            Purpose::MakeRoom { .. } => &mut svc.owed,
+            Purpose::Shrink => &mut svc.shrinking,
+            Purpose::IdleKill | Purpose::Retire => return,
+        };
+        if up {
+            *n += 1;
+        } else {
+            *n -= 1;
+        }
+    }
+
+    /// Starts one eviction: asks the registry (reuse pool with a registry connection), else
+    /// SIGINTs the longest-idle process. False when there is nothing to evict.
+    fn evict_one(
+        &mut self,
+        now: Instant,
+        s: ServiceId,
+        purpose: Purpose,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if self.svcs[s].reuse && self.registry {
+            self.asks.push_back(Ask {
+                service: s,
+                pid: None,
+                purpose,
+            });
+            self.count_eviction(s, purpose, true);
+            out.push(Action::AskEvict {
+                service: s,
+                pid: None,
+            });
+            return true;
+        }
+        let Some(pid) = self.longest_idle(s) else {
+            return false;
+        };
+        self.count_eviction(s, purpose, true);
+        self.kill_for(now, pid, purpose, out);
+        true
+    }
+
+    /// An eviction found nothing (or its process refused to go): what the need does then.
+    fn evict_failed(
+        &mut self,
+        now: Instant,
+        s: ServiceId,
+        purpose: Purpose,
+        out: &mut Vec<Action>,
+    ) {
+        let Purpose::MakeRoom { listener } = purpose else {
+            return;
+        };
+        if self.svcs[s].process_count < self.svcs[s].process_limit && !self.throttled(now, s) {
+            self.spawn(now, s, out);
+        } else if listener {
+            self.drop_path(now, s, out);
+        }
+    }
+
+    /// SIGINTs `pid` for `purpose` (the caller counted it).
+    fn kill_for(&mut self, now: Instant, pid: u32, purpose: Purpose, out: &mut Vec<Action>) {
+        let p = self.procs.get_mut(&pid).expect("present");
+        p.evict = Some(purpose);
+        p.last_kill_sent = Some(now);
+        p.idle_deadline = None;
+        let svc = &self.svcs[p.service];
+        let text = match purpose {
+            Purpose::Retire => format!(
+                "service({}): retiring process {pid} (it served a user before the anvil restart)",
+                svc.name
+            ),
+            _ => format!(
+                "service({}): {} processes (limit {} - margin {}): evicting idle process {pid}",
+                svc.name, svc.process_count, svc.process_limit, svc.margin
+            ),
+        };
+        out.push(Action::Log(LogLevel::Info, text));
+        out.push(Action::Kill {
+            pid,
+            signal: libc::SIGINT,
+        });
+    }
+
+    /// The idle process (all slots free, initial status seen, not on its way out, and in a
+    /// reuse pool one that has served somebody: a fresh one is a spare) idle longest.
     fn longest_idle(&self, s: ServiceId) -> Option<u32> {
-        let limit = self.svcs[s].client_limit;
+        let svc = &self.svcs[s];
         self.procs
             .iter()
-            .filter(|(_, p)| p.service == s && p.initialized && !p.evicting && p.available == limit)
+            .filter(|(_, p)| {
+                p.service == s
+                    && p.initialized
+                    && !dying(p)
+                    && !p.refused
+                    && p.available == svc.client_limit
+                    && (!svc.reuse || p.served)
+            })
             .min_by_key(|(_, p)| p.idle_start)
             .map(|(&pid, _)| pid)
+    }
+
+    fn registry_connected(&mut self, now: Instant, up: bool, out: &mut Vec<Action>) {
+        self.registry = up;
+        if !up {
+            // Nobody will answer: every pending question falls back to the own choice.
+            for ask in std::mem::take(&mut self.asks) {
+                self.answer(now, ask, None, out);
+            }
+            return;
+        }
+        // docs/anvil-extensions.md §6: re-report every live process of the reuse pools; one
+        // that served somebody is reported busy (never fresh again) and, if idle, retired.
+        let live: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| self.svcs[p.service].reuse)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in live {
+            let p = &self.procs[&pid];
+            let s = p.service;
+            out.push(Action::Registry(Report::Birth {
+                service: s,
+                pid,
+                uid: self.svcs[s].birth_uid,
+            }));
+            let leaving = dying(p) || self.retired;
+            if p.served || leaving {
+                out.push(Action::Registry(Report::Busy {
+                    pid,
+                    since: p.busy_since.unwrap_or(now),
+                }));
+            }
+            if p.served && !leaving && !p.reported_busy {
+                out.push(Action::Registry(Report::Idle {
+                    pid,
+                    since: p.idle_start.unwrap_or(now),
+                }));
+                self.ask_about(s, pid, Purpose::Retire, out);
+            }
+        }
+    }
+
+    /// A retired list's processes are on their way out: reported busy, so the registry never
+    /// hands them a client again (they stop accepting once their dead pipe closes).
+    fn report_all_leaving(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if !self.registry {
+            return;
+        }
+        for (&pid, p) in self.procs.iter_mut() {
+            if self.svcs[p.service].reuse && !p.reported_busy {
+                p.reported_busy = true;
+                out.push(Action::Registry(Report::Busy { pid, since: now }));
+            }
+        }
+    }
+
+    /// `EVICT <service> <pid>` for one process (idle kill, retirement).
+    fn ask_about(&mut self, s: ServiceId, pid: u32, purpose: Purpose, out: &mut Vec<Action>) {
+        let p = self.procs.get_mut(&pid).expect("present");
+        p.asked = true;
+        p.idle_deadline = None;
+        self.asks.push_back(Ask {
+            service: s,
+            pid: Some(pid),
+            purpose,
+        });
+        out.push(Action::AskEvict {
+            service: s,
+            pid: Some(pid),
+        });
+    }
+
+    fn evict_answer(
+        &mut self,
+        now: Instant,
+        service: ServiceId,
+        pid: Option<u32>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(ask) = self.asks.pop_front() else {
+            out.push(Action::Log(
+                LogLevel::Error,
+                format!(
+                    "service({}): registry answered an EVICT nobody asked",
+                    self.svcs[service].name
+                ),
+            ));
+            return;
+        };
+        self.answer(now, ask, pid, out);
+    }
+
+    /// Acts on the answer to `ask` (`None` also when the registry went away).
+    fn answer(&mut self, now: Instant, ask: Ask, pid: Option<u32>, out: &mut Vec<Action>) {
+        let s = ask.service;
+        // Only a live, not already leaving process of the service is killed, and for a
+        // question about one pid only that pid.
+        let granted = pid.filter(|&v| {
+            ask.pid.is_none_or(|a| a == v)
+                && self
+                    .procs
+                    .get(&v)
+                    .is_some_and(|p| p.service == s && p.evict.is_none())
+        });
+        if let Some(asked) = ask.pid {
+            if let Some(p) = self.procs.get_mut(&asked) {
+                p.asked = false;
+            }
+        }
+        match ask.purpose {
+            Purpose::MakeRoom { .. } | Purpose::Shrink => match granted {
+                Some(v) => self.kill_for(now, v, ask.purpose, out),
+                None => {
+                    self.count_eviction(s, ask.purpose, false);
+                    if self.retired || self.shutdown.is_some() {
+                        return;
+                    }
+                    if self.registry || !self.evict_one(now, s, ask.purpose, out) {
+                        self.evict_failed(now, s, ask.purpose, out);
+                    }
+                }
+            },
+            Purpose::IdleKill => {
+                let Some(asked) = ask.pid else { return };
+                if !self.procs.contains_key(&asked) || self.shutdown.is_some() {
+                    return;
+                }
+                if granted.is_some() || !self.registry {
+                    self.idle_kill_now(now, asked, out);
+                } else if let Some(idle) = self.svcs[s].idle_kill {
+                    // Claimed or busy: look again after another interval.
+                    let p = self.procs.get_mut(&asked).expect("present");
+                    if p.available == self.svcs[s].client_limit {
+                        p.idle_deadline = Some(now + idle);
+                    }
+                }
+            }
+            Purpose::Retire => {
+                if let Some(v) = granted {
+                    self.kill_for(now, v, Purpose::Retire, out);
+                }
+            }
+        }
     }
 
     /// The drop path (§7.2): process_limit reached and nothing can be freed.
@@ -748,12 +1200,29 @@ impl Supervisor {
         }
         p.last_status_update = Some(now);
         p.initialized = true;
-        // A process asked to make room answered with a status record: it took a client (or
+        p.idle_sigint = false;
+        // A process asked to go answered with a status record: it took a client (or
         // refused to die); it stays, and the next idle process is asked instead.
-        let refused_eviction = std::mem::take(&mut p.evicting);
+        let refused_eviction = p.evict.take();
         let old = p.available;
         let new = rec.available_count;
         let client_limit = self.svcs[s].client_limit;
+        if self.svcs[s].reuse && !self.retired {
+            if new < client_limit && !p.reported_busy {
+                p.reported_busy = true;
+                p.served = true;
+                p.busy_since = Some(now);
+                out.push(Action::Registry(Report::Busy { pid, since: now }));
+            } else if new == client_limit && p.reported_busy {
+                p.reported_busy = false;
+                out.push(Action::Registry(Report::Idle { pid, since: now }));
+            }
+        }
+        if new < client_limit {
+            p.refused = false;
+        } else if refused_eviction.is_some() {
+            p.refused = true;
+        }
         if new < old {
             p.total_count += u64::from(old - new);
             p.idle_start = None;
@@ -794,17 +1263,26 @@ impl Supervisor {
                 self.set_login_state(now, s, false, out);
             }
         }
-        if refused_eviction {
-            self.svcs[s].evictions_in_flight -= 1;
-            self.need_process(now, s, out);
+        self.procs.get_mut(&pid).expect("present").available = new;
+        if let Some(purpose) = refused_eviction {
+            self.count_eviction(s, purpose, false);
+            if matches!(purpose, Purpose::MakeRoom { .. } | Purpose::Shrink)
+                && !self.evict_one(now, s, purpose, out)
+            {
+                self.evict_failed(now, s, purpose, out);
+            }
         }
+        let surplus = if self.svcs[s].reuse {
+            self.procs[&pid].served || self.fresh_count(s) > self.svcs[s].min_avail
+        } else {
+            self.svcs[s].process_avail > self.svcs[s].min_avail
+        };
         let svc = &self.svcs[s];
         let p = self.procs.get_mut(&pid).expect("present");
-        p.available = new;
         if new == client_limit {
             p.idle_start = Some(now);
             if let Some(idle) = svc.idle_kill {
-                if svc.process_avail > svc.min_avail && p.idle_deadline.is_none() {
+                if surplus && p.idle_deadline.is_none() && p.evict.is_none() && !p.asked {
                     p.idle_deadline = Some(now + idle + jitter(p.generation));
                 }
             }
@@ -820,6 +1298,9 @@ impl Supervisor {
             return;
         };
         let s = p.service;
+        if self.svcs[s].reuse {
+            out.push(Action::Registry(Report::Death { pid }));
+        }
         {
             let svc = &mut self.svcs[s];
             svc.process_count -= 1;
@@ -828,9 +1309,9 @@ impl Supervisor {
             }
         }
         out.push(Action::UnlinkPerPid { service: s, pid });
-        let evicted = p.evicting;
-        if evicted {
-            self.svcs[s].evictions_in_flight -= 1;
+        let evicted = p.evict;
+        if let Some(purpose) = evicted {
+            self.count_eviction(s, purpose, false);
         }
         let name = self.svcs[s].name.clone();
         let log_fd = self.svcs[s].log_fd;
@@ -887,9 +1368,18 @@ impl Supervisor {
         if s == self.log && self.svcs[s].process_count == 0 {
             self.spawn(now, s, out);
         }
-        if evicted {
-            // The slot was freed for a waiting need: fill it now.
-            self.need_process(now, s, out);
+        match evicted {
+            // The slot was freed for a waiting connection: fill it now.
+            Some(Purpose::MakeRoom { listener: true }) => self.need_process(now, s, out),
+            // The slot was freed for a FOREMAN-NEED: the owed spawn.
+            Some(Purpose::MakeRoom { listener: false })
+                if self.svcs[s].process_count < self.svcs[s].process_limit
+                    && !self.throttled(now, s)
+                    && !self.svcs[s].stopped =>
+            {
+                self.spawn(now, s, out);
+            }
+            _ => {}
         }
         self.top_up(now, s, out);
     }
@@ -916,7 +1406,60 @@ impl Supervisor {
         }
     }
 
+    /// One signal round for a retired list (`shutdown_clients = yes`).
+    fn reload_kill_round(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(mut k) = self.reload_kill.filter(|k| now >= k.at) else {
+            return;
+        };
+        let sig = if k.term_sent {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
+        k.term_sent = true;
+        let mut signalled: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.service != self.log)
+            .map(|(&pid, _)| pid)
+            .collect();
+        let mut sig_used = sig;
+        if signalled.is_empty() {
+            // The log process last, so that the others could still log.
+            sig_used = if k.log_term_sent {
+                libc::SIGKILL
+            } else {
+                libc::SIGTERM
+            };
+            k.log_term_sent = true;
+            signalled = self.pids(self.log);
+        }
+        for &pid in &signalled {
+            out.push(Action::Kill {
+                pid,
+                signal: sig_used,
+            });
+        }
+        if !signalled.is_empty() {
+            out.push(Action::Log(
+                LogLevel::Warning,
+                format!(
+                    "Processes aren't dying after reload, sent {} to {} processes.",
+                    if sig_used == libc::SIGTERM {
+                        "SIGTERM"
+                    } else {
+                        "SIGKILL"
+                    },
+                    signalled.len()
+                ),
+            ));
+        }
+        k.at = now + RELOAD_KILL_INTERVAL;
+        self.reload_kill = (!self.procs.is_empty()).then_some(k);
+    }
+
     fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.reload_kill_round(now, out);
         // First status timeouts and idle kills.
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
@@ -963,10 +1506,13 @@ impl Supervisor {
 
     fn idle_timer(&mut self, now: Instant, pid: u32, out: &mut Vec<Action>) {
         let s = self.procs[&pid].service;
-        let (avail, min) = (self.svcs[s].process_avail, self.svcs[s].min_avail);
-        let interval = self.svcs[s].idle_kill.unwrap_or(Duration::MAX);
+        let surplus = if self.svcs[s].reuse {
+            self.procs[&pid].served || self.fresh_count(s) > self.svcs[s].min_avail
+        } else {
+            self.svcs[s].process_avail > self.svcs[s].min_avail
+        };
         let p = self.procs.get_mut(&pid).expect("present");
-        if avail <= min || self.shutdown.is_some() {
+        if !surplus || self.shutdown.is_some() || p.asked || p.evict.is_some() {
             p.idle_deadline = None;
             return;
         }
@@ -984,14 +1530,28 @@ impl Supervisor {
                 ),
             ));
             p.idle_deadline = None;
+            p.idle_sigint = false;
             if p.available > 0 {
                 p.available = 0;
                 self.svcs[s].process_avail -= 1;
             }
             return;
         }
+        if self.svcs[s].reuse && self.registry {
+            // A registered process is killed only after EVICT returned its pid.
+            self.ask_about(s, pid, Purpose::IdleKill, out);
+            return;
+        }
+        self.idle_kill_now(now, pid, out);
+    }
+
+    fn idle_kill_now(&mut self, now: Instant, pid: u32, out: &mut Vec<Action>) {
+        let s = self.procs[&pid].service;
+        let interval = self.svcs[s].idle_kill.unwrap_or(Duration::MAX);
+        let p = self.procs.get_mut(&pid).expect("present");
         p.last_kill_sent = Some(now);
-        p.idle_deadline = Some(now + interval);
+        p.idle_deadline = now.checked_add(interval);
+        p.idle_sigint = true;
         out.push(Action::Kill {
             pid,
             signal: libc::SIGINT,
@@ -1047,6 +1607,12 @@ impl Supervisor {
             _ => {}
         }
     }
+}
+
+/// On its way out: SIGINTed (eviction, retirement, idle kill) with no status since, or a
+/// question about it pending in the registry.
+fn dying(p: &Proc) -> bool {
+    p.evict.is_some() || p.asked || p.idle_sigint
 }
 
 /// Stock adds 0..990 ms (10 ms steps) to each idle timer; derived from the generation so

@@ -6,6 +6,7 @@
 
 pub mod fdplan;
 pub mod process;
+pub mod service;
 pub mod tty;
 
 use std::io;

@@ -5,7 +5,8 @@
 //! built as C data before the child starts (`clone(CLONE_VM | CLONE_VFORK)`, see
 //! [`fork_exec`]); until `execve` the child only makes
 //! async-signal-safe calls (`fcntl`, `dup2`, `close`, `socket`, `bind`, `listen`, `chmod`,
-//! `chown`, `setrlimit`, `sigprocmask`, `execve`, `_exit`) and never allocates. Each failure
+//! `chown`, `setrlimit`, `setgroups`/`setresgid`/`setresuid` as raw syscalls, `sigprocmask`,
+//! `execve`, `_exit`) and never allocates. Each failure
 //! there ends the child with its own exit code ([`ChildFailure`]), which the master reports.
 
 use std::ffi::CString;
@@ -28,15 +29,25 @@ pub enum ChildFailure {
     PerPidListener = 123,
     /// Restoring the signal mask failed.
     SigMask = 124,
+    /// Dropping privileges (`drop_priv_before_exec`) failed.
+    DropPriv = 125,
 }
 
 impl ChildFailure {
     /// The failure an exit code stands for, if it is one of ours.
     pub fn from_code(code: i32) -> Option<ChildFailure> {
         use ChildFailure::*;
-        [Exec, DupHigh, Dup2, Rlimit, PerPidListener, SigMask]
-            .into_iter()
-            .find(|f| *f as i32 == code)
+        [
+            Exec,
+            DupHigh,
+            Dup2,
+            Rlimit,
+            PerPidListener,
+            SigMask,
+            DropPriv,
+        ]
+        .into_iter()
+        .find(|f| *f as i32 == code)
     }
 
     /// A short description for the log.
@@ -48,6 +59,7 @@ impl ChildFailure {
             ChildFailure::Rlimit => "setrlimit failed",
             ChildFailure::PerPidListener => "per-process listener could not be created",
             ChildFailure::SigMask => "sigprocmask failed",
+            ChildFailure::DropPriv => "dropping privileges failed (drop_priv_before_exec)",
         }
     }
 }
@@ -84,6 +96,21 @@ pub struct ExecPlan {
     pub nonblock_stderr: bool,
     /// Per-process listeners created in the child.
     pub per_pid: Vec<PerPidSocket>,
+    /// `drop_priv_before_exec = yes`: the credentials the child takes before exec.
+    pub drop_priv: Option<DropPriv>,
+}
+
+/// Credentials set in the child before exec (raw syscalls: they change only the child).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropPriv {
+    /// setresuid to this (none: keep).
+    pub uid: Option<u32>,
+    /// setresgid(gid, gid, saved_gid) (none: keep).
+    pub gid: Option<u32>,
+    /// The saved gid (`privileged_group`); `gid` when none.
+    pub saved_gid: Option<u32>,
+    /// setgroups to these (set whenever `gid` is).
+    pub groups: Vec<u32>,
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -222,6 +249,22 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             if libc::setrlimit(libc::RLIMIT_DATA, r) < 0 || libc::setrlimit(libc::RLIMIT_AS, r) < 0
             {
                 die(ChildFailure::Rlimit);
+            }
+        }
+        if let Some(d) = &plan.drop_priv {
+            // Raw syscalls: glibc's wrappers would try to change every thread of the parent
+            // (the child shares its memory until exec).
+            if let Some(gid) = d.gid {
+                if libc::syscall(libc::SYS_setgroups, d.groups.len(), d.groups.as_ptr()) < 0
+                    || libc::syscall(libc::SYS_setresgid, gid, gid, d.saved_gid.unwrap_or(gid)) < 0
+                {
+                    die(ChildFailure::DropPriv);
+                }
+            }
+            if let Some(uid) = d.uid {
+                if libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0 {
+                    die(ChildFailure::DropPriv);
+                }
             }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -491,6 +534,7 @@ mod tests {
             vsz_limit: None,
             nonblock_stderr: false,
             per_pid: vec![],
+            drop_priv: None,
         };
         let pid = fork_exec(&plan).unwrap();
         assert_eq!(wait_for(pid), ExitHow::Code(0));
@@ -516,6 +560,7 @@ mod tests {
             vsz_limit: None,
             nonblock_stderr: false,
             per_pid: vec![],
+            drop_priv: None,
         };
         let pid = fork_exec(&plan).unwrap();
         assert_eq!(wait_for(pid), ExitHow::Code(ChildFailure::Exec as i32));

@@ -7,14 +7,20 @@
 //! - [`anvil_ext`]: Foreman's anvil extensions (process registry, claims).
 //! - [`status`]: the 12-byte master status record.
 //! - [`log`]: Dovecot's internal log-pipe line format.
+//! - [`master_auth`]: the login -> post-login hand-off request (96 bytes + data) and reply.
+//! - [`auth_master`]: the auth-master protocol (cookie -> user and userdb fields).
+//! - [`imap_master`]: handing a client to a running imap process (imap-master).
 //!
 //! Design note: `docs/wire.md`.
 
 pub mod anvil;
 pub mod anvil_ext;
+pub mod auth_master;
 pub mod escape;
+pub mod imap_master;
 pub mod line;
 pub mod log;
+pub mod master_auth;
 mod scan;
 pub mod status;
 

@@ -437,6 +437,67 @@ fn retired_list_reaps_but_never_spawns_and_anvil_moves_to_the_new_list() {
     assert_eq!(new.sup.service_of(anvil_pid), Some(anvil));
 }
 
+#[test]
+fn shutdown_clients_signals_retired_processes_term_then_kill_log_last() {
+    let set = set("service imap {\n service_count = 0\n}\n");
+    let imap = id(&set, "imap");
+    let log = id(&set, "log");
+    let mut h = Harness::new(&set);
+    h.sup.set_shutdown_clients(true);
+    h.ev(Event::Start);
+    h.init_all(&set);
+    h.ev(Event::ListenerReadable(imap));
+    let (_, pid) = h.last(imap);
+    let (_, log_pid) = h.last(log);
+    h.ev(Event::Retire);
+    let signals = |acts: &[Action]| -> Vec<(u32, i32)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Kill { pid, signal } => Some((*pid, *signal)),
+                _ => None,
+            })
+            .collect()
+    };
+    h.now += Duration::from_secs(5);
+    assert!(signals(&h.ev(Event::Tick)).is_empty(), "not before 6 s");
+    h.now += Duration::from_secs(1);
+    assert_eq!(h.sup.next_deadline(), Some(h.now), "the round is due");
+    let acts = h.ev(Event::Tick);
+    let sent = signals(&acts);
+    assert!(sent.contains(&(pid, libc::SIGTERM)));
+    assert!(!sent.iter().any(|&(p, _)| p == log_pid), "log last");
+    assert!(logged(
+        &acts,
+        "Processes aren't dying after reload, sent SIGTERM to"
+    ));
+    h.now += Duration::from_secs(6);
+    let acts = h.ev(Event::Tick);
+    assert!(signals(&acts).contains(&(pid, libc::SIGKILL)));
+    // Only the log process is left: SIGTERM, then SIGKILL.
+    for p in h.sup.all_pids() {
+        if p != log_pid {
+            h.ev(Event::ChildExited {
+                pid: p,
+                how: ExitHow::Signal {
+                    signal: 9,
+                    core_dumped: false,
+                },
+            });
+        }
+    }
+    h.now += Duration::from_secs(6);
+    assert_eq!(signals(&h.ev(Event::Tick)), vec![(log_pid, libc::SIGTERM)]);
+    h.now += Duration::from_secs(6);
+    assert_eq!(signals(&h.ev(Event::Tick)), vec![(log_pid, libc::SIGKILL)]);
+    // Without shutdown_clients nothing is signalled.
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    h.init_all(&set);
+    h.ev(Event::Retire);
+    h.now += Duration::from_secs(30);
+    assert!(signals(&h.ev(Event::Tick)).is_empty());
+}
+
 fn eviction_set() -> ServiceSet {
     // imap processes that stay after their client leaves (service_count = 0), one client
     // each; eviction starts at 3 - 1 = 2 processes.
@@ -532,6 +593,451 @@ fn busy_processes_are_never_evicted() {
     );
 }
 
+fn reuse_set(extra: &str) -> ServiceSet {
+    // One client per process, kept after the client leaves; threshold 4 - 1 = 3.
+    reuse_set_limits(4, 1, extra)
+}
+
+fn reuse_set_limits(limit: u32, margin: u32, extra: &str) -> ServiceSet {
+    set(&format!(
+        "service imap {{\n service_count = 0\n client_limit = 1\n process_limit = {limit}\n \
+         process_limit_margin = {margin}\n process_min_avail = 1\n{extra}\n \
+         unix_listener imap-master-%{{pid}} {{\n mode = 0600\n }}\n}}\n"
+    ))
+}
+
+fn reports(acts: &[Action]) -> Vec<Report> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Registry(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn asks(acts: &[Action]) -> Vec<Option<u32>> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::AskEvict { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sigints(acts: &[Action]) -> Vec<u32> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Kill { pid, signal } if *signal == libc::SIGINT => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Imap processes of the reuse set: `served` of them served a client and are idle again
+/// (oldest first), plus the one fresh spare process_min_avail keeps. Returns the served
+/// ones (generation, pid) and the fresh one.
+fn pool(
+    h: &mut Harness,
+    set: &ServiceSet,
+    served: usize,
+    registry: bool,
+) -> (Vec<(u32, u32)>, (u32, u32)) {
+    let imap = id(set, "imap");
+    h.ev(Event::Start);
+    if registry {
+        h.ev(Event::RegistryConnected(true));
+    }
+    h.init_all(set);
+    let mut out = Vec::new();
+    for _ in 0..served {
+        let (g, pid) = h.last(imap);
+        // The spare takes a client: busy, and a new spare is spawned.
+        let acts = h.ev(Event::StatusData(imap, status(pid, g, 0)));
+        assert_eq!(spawns_of(&acts, imap), 1, "{acts:?}");
+        let (ng, npid) = h.last(imap);
+        h.ev(Event::StatusData(imap, status(npid, ng, 1)));
+        h.now += Duration::from_secs(1);
+        h.ev(Event::StatusData(imap, status(pid, g, 1)));
+        out.push((g, pid));
+    }
+    let fresh = h.last(imap);
+    (out, fresh)
+}
+
+#[test]
+fn reuse_pool_reports_birth_busy_idle_and_death() {
+    let set = reuse_set("");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let acts = h.ev(Event::Start);
+    let (g, pid) = h.last(imap);
+    assert_eq!(
+        reports(&acts),
+        vec![Report::Birth {
+            service: imap,
+            pid,
+            uid: 0
+        }],
+        "one fresh spare, reported at once"
+    );
+    // Its first status (idle) changes nothing: it is still fresh.
+    assert!(reports(&h.ev(Event::StatusData(imap, status(pid, g, 1)))).is_empty());
+    let t_busy = h.now;
+    let acts = h.ev(Event::StatusData(imap, status(pid, g, 0)));
+    let (_, spare) = h.last(imap);
+    assert_eq!(
+        reports(&acts),
+        vec![
+            Report::Busy { pid, since: t_busy },
+            Report::Birth {
+                service: imap,
+                pid: spare,
+                uid: 0
+            }
+        ],
+        "busy, and process_min_avail counts fresh processes: a new spare"
+    );
+    h.now += Duration::from_secs(3);
+    let acts = h.ev(Event::StatusData(imap, status(pid, g, 1)));
+    assert_eq!(reports(&acts), vec![Report::Idle { pid, since: h.now }]);
+    assert_eq!(
+        spawns_of(&acts, imap),
+        0,
+        "an idle served process is not a spare"
+    );
+    let acts = h.ev(Event::ChildExited {
+        pid,
+        how: ExitHow::Signal {
+            signal: 9,
+            core_dumped: false,
+        },
+    });
+    assert_eq!(reports(&acts), vec![Report::Death { pid }]);
+    // Services without a %{pid} listener report nothing.
+    let plain = eviction_set();
+    let mut h = Harness::new(&plain);
+    let acts = h.ev(Event::Start);
+    assert!(reports(&acts).is_empty());
+}
+
+#[test]
+fn need_spawns_fresh_processes_up_to_waiting_plus_min_avail_once() {
+    let set = reuse_set("");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    h.ev(Event::Start);
+    h.ev(Event::RegistryConnected(true));
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 2,
+    });
+    assert_eq!(spawns_of(&acts, imap), 2, "1 spare + 2 = 3 fresh");
+    assert!(asks(&acts).is_empty(), "below the threshold: no eviction");
+    // The same number again (spawns still pending or running): nothing more.
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 2,
+    });
+    assert_eq!(spawns_of(&acts, imap), 0);
+    assert!(asks(&acts).is_empty());
+    h.init_all(&set);
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 2,
+    });
+    assert_eq!(spawns_of(&acts, imap), 0);
+}
+
+#[test]
+fn need_at_the_threshold_spawns_into_the_margin_and_evicts_what_the_registry_returns() {
+    let set = reuse_set("");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let (served, _fresh) = pool(&mut h, &set, 2, true);
+    // 3 processes = the threshold; one login waits.
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 1,
+    });
+    assert_eq!(spawns_of(&acts, imap), 1, "a login never waits for a death");
+    assert_eq!(asks(&acts), vec![None], "and one idle process is to go");
+    assert!(
+        sigints(&acts).is_empty(),
+        "nothing killed before EVICT answers"
+    );
+    // Repeating the need changes nothing: the spawn and the eviction are under way.
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 1,
+    });
+    assert_eq!(spawns_of(&acts, imap), 0);
+    assert!(asks(&acts).is_empty(), "{acts:?}");
+    // The registry picks the second served process (not the longest idle): it is killed.
+    let victim = served[1].1;
+    let acts = h.ev(Event::EvictAnswer {
+        service: imap,
+        pid: Some(victim),
+    });
+    assert_eq!(sigints(&acts), vec![victim]);
+    let acts = h.ev(Event::ChildExited {
+        pid: victim,
+        how: ExitHow::Code(0),
+    });
+    assert_eq!(spawns_of(&acts, imap), 0, "a shrink owes no spawn");
+    assert_eq!(reports(&acts), vec![Report::Death { pid: victim }]);
+}
+
+#[test]
+fn need_at_process_limit_evicts_and_spawns_when_the_slot_frees() {
+    // No margin: threshold = process_limit = 4 = 3 served idle + 1 fresh.
+    let set = reuse_set_limits(4, 0, "");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let (served, _fresh) = pool(&mut h, &set, 3, true);
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 1,
+    });
+    assert_eq!(spawns_of(&acts, imap), 0);
+    assert_eq!(asks(&acts), vec![None], "one eviction to make room");
+    let acts = h.ev(Event::EvictAnswer {
+        service: imap,
+        pid: Some(served[0].1),
+    });
+    assert_eq!(sigints(&acts), vec![served[0].1]);
+    // The same need again while the eviction runs: the owed spawn counts.
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 1,
+    });
+    assert_eq!(spawns_of(&acts, imap), 0);
+    assert!(asks(&acts).is_empty());
+    let acts = h.ev(Event::ChildExited {
+        pid: served[0].1,
+        how: ExitHow::Code(0),
+    });
+    assert_eq!(
+        spawns_of(&acts, imap),
+        1,
+        "the owed spawn, as soon as the slot is free"
+    );
+    // Everybody busy or claimed: the registry has nothing, nothing is killed or spawned.
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 3,
+    });
+    assert_eq!(asks(&acts), vec![None, None]);
+    for _ in 0..2 {
+        let acts = h.ev(Event::EvictAnswer {
+            service: imap,
+            pid: None,
+        });
+        assert!(sigints(&acts).is_empty());
+        assert_eq!(spawns_of(&acts, imap), 0);
+    }
+}
+
+#[test]
+fn a_pid_the_registry_did_not_return_is_never_killed() {
+    let set = reuse_set_limits(4, 0, "");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let (served, (_, fresh)) = pool(&mut h, &set, 3, true);
+    h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 2,
+    });
+    // An unknown pid, a fresh spare's pid for the other question: neither is killed.
+    let acts = h.ev(Event::EvictAnswer {
+        service: imap,
+        pid: Some(99_999),
+    });
+    assert!(sigints(&acts).is_empty());
+    assert!(
+        asks(&acts).is_empty(),
+        "the registry said it has nothing: no retry"
+    );
+    let acts = h.ev(Event::EvictAnswer {
+        service: imap,
+        pid: Some(served[2].1),
+    });
+    assert_eq!(sigints(&acts), vec![served[2].1]);
+    assert!(!sigints(&acts).contains(&fresh));
+    // An answer nobody asked for is logged and ignored.
+    let acts = h.ev(Event::EvictAnswer {
+        service: imap,
+        pid: Some(served[1].1),
+    });
+    assert!(sigints(&acts).is_empty());
+    assert!(logged(&acts, "nobody asked"));
+}
+
+#[test]
+fn without_a_registry_the_longest_idle_served_process_is_evicted() {
+    let set = reuse_set_limits(4, 0, "");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let (served, (_, fresh)) = pool(&mut h, &set, 3, false);
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 2,
+    });
+    assert!(asks(&acts).is_empty());
+    let killed = sigints(&acts);
+    assert_eq!(killed, vec![served[0].1, served[1].1], "{acts:?}");
+    assert!(!killed.contains(&fresh), "a fresh spare is never evicted");
+}
+
+#[test]
+fn a_registry_that_goes_away_with_questions_pending_falls_back() {
+    let set = reuse_set_limits(4, 0, "");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let (served, _) = pool(&mut h, &set, 3, true);
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 2,
+    });
+    assert_eq!(asks(&acts).len(), 2);
+    let acts = h.ev(Event::RegistryConnected(false));
+    assert_eq!(sigints(&acts), vec![served[0].1, served[1].1]);
+    // Answers arriving later have no question any more.
+    let acts = h.ev(Event::EvictAnswer {
+        service: imap,
+        pid: Some(served[2].1),
+    });
+    assert!(sigints(&acts).is_empty());
+}
+
+#[test]
+fn an_evicted_process_that_turns_busy_makes_the_master_ask_for_the_next() {
+    let set = reuse_set("");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let (served, _) = pool(&mut h, &set, 2, true);
+    h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 1,
+    });
+    let (g, victim) = served[0];
+    h.ev(Event::EvictAnswer {
+        service: imap,
+        pid: Some(victim),
+    });
+    let acts = h.ev(Event::StatusData(imap, status(victim, g, 0)));
+    assert_eq!(asks(&acts), vec![None], "{acts:?}");
+    assert!(sigints(&acts).is_empty());
+}
+
+#[test]
+fn idle_kill_of_a_registered_process_waits_for_evict() {
+    let set = reuse_set(" idle_kill = 10 secs\n");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let (served, _) = pool(&mut h, &set, 1, true);
+    let (_, pid) = served[0];
+    h.now += Duration::from_secs(12);
+    let acts = h.ev(Event::Tick);
+    assert_eq!(asks(&acts), vec![Some(pid)]);
+    assert!(sigints(&acts).is_empty());
+    // Claimed meanwhile: the registry says none; nothing is killed, the timer re-arms.
+    let acts = h.ev(Event::EvictAnswer {
+        service: imap,
+        pid: None,
+    });
+    assert!(sigints(&acts).is_empty());
+    h.now += Duration::from_secs(11);
+    let acts = h.ev(Event::Tick);
+    assert_eq!(asks(&acts), vec![Some(pid)]);
+    let acts = h.ev(Event::EvictAnswer {
+        service: imap,
+        pid: Some(pid),
+    });
+    assert_eq!(sigints(&acts), vec![pid]);
+}
+
+#[test]
+fn after_an_anvil_restart_every_process_is_reported_again_and_served_idle_ones_retire() {
+    let set = reuse_set("");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let (served, (_, fresh)) = pool(&mut h, &set, 2, false);
+    let (g1, busy) = served[1];
+    h.ev(Event::StatusData(imap, status(busy, g1, 0)));
+    let idle = served[0].1;
+    let acts = h.ev(Event::RegistryConnected(true));
+    let rep = reports(&acts);
+    let births: Vec<u32> = rep
+        .iter()
+        .filter_map(|r| match r {
+            Report::Birth { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(births.len(), 3);
+    for pid in [idle, busy, fresh] {
+        assert!(births.contains(&pid));
+    }
+    let busy_reports: Vec<u32> = rep
+        .iter()
+        .filter_map(|r| match r {
+            Report::Busy { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        busy_reports.len(),
+        2,
+        "both served ones are never fresh again"
+    );
+    assert!(!busy_reports.contains(&fresh));
+    assert_eq!(asks(&acts), vec![Some(idle)], "the idle served one retires");
+    let acts = h.ev(Event::EvictAnswer {
+        service: imap,
+        pid: Some(idle),
+    });
+    assert_eq!(sigints(&acts), vec![idle]);
+}
+
+#[test]
+fn a_retired_list_reports_its_processes_busy_and_never_idle_again() {
+    let set = reuse_set("");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let (served, (fg, fresh)) = pool(&mut h, &set, 1, true);
+    let acts = h.ev(Event::Retire);
+    let mut busy: Vec<u32> = reports(&acts)
+        .iter()
+        .filter_map(|r| match r {
+            Report::Busy { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    busy.sort_unstable();
+    assert_eq!(busy, vec![served[0].1, fresh]);
+    // A status record (its client left) does not make it claimable again.
+    h.ev(Event::StatusData(imap, status(fresh, fg, 0)));
+    let acts = h.ev(Event::StatusData(imap, status(fresh, fg, 1)));
+    assert!(reports(&acts).is_empty(), "{acts:?}");
+    // Reconnected: born again, busy, never asked to retire (it is leaving anyway).
+    h.ev(Event::RegistryConnected(false));
+    let acts = h.ev(Event::RegistryConnected(true));
+    assert!(asks(&acts).is_empty());
+    assert_eq!(
+        reports(&acts)
+            .iter()
+            .filter(|r| matches!(r, Report::Busy { .. }))
+            .count(),
+        2
+    );
+    // Deaths are still reported.
+    let acts = h.ev(Event::ChildExited {
+        pid: fresh,
+        how: ExitHow::Code(0),
+    });
+    assert_eq!(reports(&acts), vec![Report::Death { pid: fresh }]);
+}
+
 mod random_sequences {
     use super::*;
     use proptest::prelude::*;
@@ -549,6 +1055,12 @@ mod random_sequences {
         SpawnFails,
         Shutdown,
         Retire,
+        /// FOREMAN-NEED for the reuse pool.
+        NeedFresh(u32),
+        Registry(bool),
+        /// Answer the oldest EVICT: 0 none, 1 a live pid of the service (the asked one if
+        /// the question was about one), 2 a pid nobody has.
+        Answer(u8, usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -563,6 +1075,9 @@ mod random_sequences {
             1 => Just(Op::SpawnFails),
             1 => Just(Op::Shutdown),
             1 => Just(Op::Retire),
+            3 => (0u32..4).prop_map(Op::NeedFresh),
+            2 => any::<bool>().prop_map(Op::Registry),
+            5 => (0u8..3, 0usize..50).prop_map(|(k, i)| Op::Answer(k, i)),
         ]
     }
 
@@ -579,8 +1094,39 @@ mod random_sequences {
             let avail = procs.iter().filter(|p| p.available > 0).count() as u32 + pending;
             assert_eq!(svc.process_avail, avail, "{}", svc.name);
             assert!(svc.process_count <= svc.process_limit, "{}", svc.name);
-            let evicting = procs.iter().filter(|p| p.evicting).count() as u32;
-            assert_eq!(svc.evictions_in_flight, evicting, "{}", svc.name);
+            let asked = |want: fn(&Purpose) -> bool| {
+                sup.asks
+                    .iter()
+                    .filter(|a| a.service == s && want(&a.purpose))
+                    .count() as u32
+            };
+            let making_room = procs
+                .iter()
+                .filter(|p| matches!(p.evict, Some(Purpose::MakeRoom { .. })))
+                .count() as u32;
+            assert_eq!(
+                svc.owed,
+                making_room + asked(|p| matches!(p, Purpose::MakeRoom { .. })),
+                "{}",
+                svc.name
+            );
+            let shrinking = procs
+                .iter()
+                .filter(|p| p.evict == Some(Purpose::Shrink))
+                .count() as u32;
+            assert_eq!(
+                svc.shrinking,
+                shrinking + asked(|p| *p == Purpose::Shrink),
+                "{}",
+                svc.name
+            );
+        }
+        for (pid, p) in &sup.procs {
+            let questions = sup.asks.iter().filter(|a| a.pid == Some(*pid)).count();
+            assert_eq!(usize::from(p.asked), questions, "pid {pid}");
+        }
+        if !sup.registry {
+            assert!(sup.asks.is_empty());
         }
     }
 
@@ -591,8 +1137,14 @@ mod random_sequences {
             let set = set(
                 "service imap {\n service_count = 0\n client_limit = 4\n process_limit = 3\n \
                  process_limit_margin = 1\n idle_kill = 5 secs\n}\n\
-                 service imap-login {\n process_limit = 2\n process_min_avail = 1\n}\n",
+                 service imap-login {\n process_limit = 2\n process_min_avail = 1\n}\n\
+                 service pooled {\n executable = imap\n service_count = 0\n client_limit = 1\n process_limit = 4\n \
+                 process_limit_margin = 1\n process_min_avail = 1\n idle_kill = 5 secs\n \
+                 unix_listener pooled-%{pid} {\n mode = 0600\n }\n}\n",
             );
+            let pool = id(&set, "pooled");
+            // Pids the registry knows (born, not dead), as the reports say.
+            let mut registered = std::collections::BTreeSet::new();
             let n = set.services.len();
             let mut sup = Supervisor::new(&set);
             let mut now = Instant::now();
@@ -635,9 +1187,52 @@ mod random_sequences {
                     }
                     Op::Shutdown => Event::Shutdown,
                     Op::Retire => Event::Retire,
+                    Op::NeedFresh(w) => Event::NeedFresh { service: pool, waiting: w },
+                    Op::Registry(up) => Event::RegistryConnected(up),
+                    Op::Answer(k, i) => {
+                        let Some(ask) = sup.asks.front().copied() else { continue };
+                        let live: Vec<u32> = sup.pids(ask.service);
+                        let pid = match k {
+                            0 => None,
+                            1 => ask.pid.or_else(|| (!live.is_empty()).then(|| live[i % live.len()])),
+                            _ => Some(1),
+                        };
+                        Event::EvictAnswer { service: ask.service, pid }
+                    }
                 });
                 while let Some(ev) = queue.pop() {
-                    for a in sup.handle(now, ev) {
+                    // The registry gone is the one moment the own choice takes over.
+                    let registry_before =
+                        sup.registry && ev != Event::RegistryConnected(false);
+                    let named = match &ev {
+                        Event::EvictAnswer { pid, .. } => *pid,
+                        _ => None,
+                    };
+                    let acts = sup.handle(now, ev);
+                    for a in &acts {
+                        match a {
+                            // A registered process is killed only with the registry's consent
+                            // (or without a registry: the own choice).
+                            Action::Kill { pid, signal } if *signal == libc::SIGINT
+                                && registry_before
+                                && sup.service_of(*pid) == Some(pool) =>
+                            {
+                                prop_assert_eq!(Some(*pid), named, "{:?}", acts);
+                            }
+                            Action::Registry(Report::Birth { pid, service, .. }) => {
+                                prop_assert_eq!(*service, pool);
+                                registered.insert(*pid);
+                            }
+                            Action::Registry(Report::Idle { pid, .. } | Report::Busy { pid, .. }) => {
+                                prop_assert!(registered.contains(pid), "report before birth: {}", pid);
+                            }
+                            Action::Registry(Report::Death { pid }) => {
+                                prop_assert!(registered.remove(pid), "death before birth: {}", pid);
+                            }
+                            _ => {}
+                        }
+                    }
+                    for a in acts {
                         if let Action::Spawn { generation, .. } = a {
                             if std::mem::take(&mut fail_next_spawn) {
                                 queue.push(Event::SpawnFailed { generation, error: "EAGAIN".into() });
