@@ -471,8 +471,10 @@ fn user_loop(ctl: &Control, user: &str) -> UserRun {
 /// One webmail cycle; returns the time from connect to the tagged LOGIN OK.
 fn cycle(port: u16, user: &str) -> Result<Duration, String> {
     let start = Instant::now();
-    let mut client = ImapClient::connect(port).map_err(|e| e.to_string())?;
-    let login = client.login(user, PASSWORD).map_err(|e| e.to_string())?;
+    let mut client = ImapClient::connect(port).map_err(|e| format!("greeting: {e}"))?;
+    let login = client
+        .login(user, PASSWORD)
+        .map_err(|e| format!("LOGIN: {e}"))?;
     if !login.is_ok() {
         return Err(format!("LOGIN answered {:?}", login.tagged));
     }
