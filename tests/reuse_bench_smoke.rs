@@ -53,6 +53,16 @@ fn bench_reuse_quick_prints_the_table_and_foreman_never_mixes_users() {
         assert_eq!(row[3], "0", "foreman column of {row:?}:\n{text}");
         assert_eq!(row.last(), Some(&"PASS"), "{row:?}");
     }
+    // The spawn count comes from the master (`doveadm service status`), Foreman's included.
+    let spawned: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.contains(": processes spawned/login"))
+        .map(columns)
+        .collect();
+    assert_eq!(spawned.len(), 4, "{text}");
+    for row in &spawned {
+        assert!(row[3].parse::<f64>().is_ok(), "foreman column of {row:?}");
+    }
     for what in [
         "logins/s",
         "p50 connect->LOGIN OK",

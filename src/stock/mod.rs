@@ -326,6 +326,9 @@ pub fn wait_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> 
 
 const MAX_START_ATTEMPTS: u32 = 5;
 
+/// The configuration [`StockDovecot::doveadm_master`] uses (inside the instance directory).
+const DOVEADM_MASTER_CONF: &str = "doveadm-master.conf";
+
 impl StockDovecot {
     /// Options for a new instance.
     pub fn builder() -> Builder {
@@ -435,6 +438,9 @@ impl StockDovecot {
         });
         fs::write(&conf, text).map_err(|e| fatal(StockError::io("write dovecot.conf", e)))?;
         set_mode(&conf, 0o644)?;
+        let master_conf = root.join(DOVEADM_MASTER_CONF);
+        fs::write(&master_conf, format!("base_dir = {}\n", base_dir.display()))
+            .map_err(|e| fatal(StockError::io("write doveadm-master.conf", e)))?;
 
         let (master_bin, master_args) = match &opts.master {
             Some((path, args)) => (path.clone(), args.clone()),
@@ -584,6 +590,19 @@ impl StockDovecot {
         Command::new(DOVEADM_BIN)
             .arg("-c")
             .arg(&self.conf)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| StockError::io(format!("run {DOVEADM_BIN}"), e))
+    }
+
+    /// Runs `doveadm` for a command that only talks to the master (`service status`, `service
+    /// stop`) with a configuration that holds nothing but `base_dir`: stock `doveadm` refuses
+    /// dovecot.conf files with Foreman's extra settings (e.g. `process_limit_margin`).
+    pub fn doveadm_master<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Result<Output> {
+        Command::new(DOVEADM_BIN)
+            .arg("-c")
+            .arg(self.dir.path().join(DOVEADM_MASTER_CONF))
             .args(args)
             .stdin(Stdio::null())
             .output()
