@@ -661,7 +661,8 @@ impl Line {
     fn cells(&self) -> Vec<String> {
         let mut cells = vec![self.label.clone()];
         cells.extend(self.figures.iter().map(|f| format_figure(self.unit, f)));
-        let comparable = !matches!(self.check, Check::Zero);
+        // Per-login spawn counts are ~0 with reuse; their ratios would only show noise.
+        let comparable = !matches!(self.check, Check::Zero) && self.unit != Unit::Decimal;
         let x = |r: Option<f64>, mark: &str| match r {
             Some(r) if comparable => format!("{r:.2}x{mark}"),
             _ => "-".into(),
