@@ -14,10 +14,11 @@
 //! Each set-up runs with users of one uid (a static userdb) and of many uids (user *i* has uid
 //! `UID_BASE + i`), and with 1, 8 and 64 concurrent users. The load is closed-loop: one thread
 //! per user, each repeating the cycle back to back. Per cell: logins/s, p50 and p99 of connect →
-//! tagged `LOGIN` OK, machine CPU per login (`/proc/stat`, everything on the machine, this load
-//! generator included), processes the master spawned per login (`doveadm service status`
-//! `process_total`), and the number of processes that served more than one user (imap-login's
-//! `Login: user=<u>, …, mpid=<pid>` log lines). A cell whose load hits an error stops and reports
+//! tagged `LOGIN` OK, CPU per login of the set-up (the instance's process tree plus this load
+//! generator, [`procs::tree_cpu_ticks`]) and of the whole machine (`/proc/stat`), processes the
+//! master spawned per login (`doveadm service status` `process_total`), and the number of
+//! processes that served more than one user (imap-login's `Login: user=<u>, …, mpid=<pid>` log
+//! lines). A cell whose load hits an error stops and reports
 //! "fails" with the first error — stock reuse with many uids does, by design. Design and
 //! figures: `docs/bench.md`.
 
