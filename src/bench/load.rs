@@ -131,14 +131,18 @@ pub(crate) fn lookups(socket: &Path, clients: usize, lookups_each: usize) -> Res
     })?;
     let mut all: Vec<u32> = latencies.into_iter().flatten().collect();
     all.sort_unstable();
-    let p99 = all
-        .get((all.len() * 99).div_ceil(100).saturating_sub(1))
-        .copied()
-        .unwrap_or(0);
+    let p99 = percentile(&all, 99).unwrap_or(0);
     Ok(LookupResult {
         per_sec: all.len() as f64 / elapsed.as_secs_f64(),
         p99: Duration::from_nanos(u64::from(p99)),
     })
+}
+
+/// The `pct`-th percentile of sorted values (nearest rank), `None` when empty.
+pub(crate) fn percentile<T: Copy>(sorted: &[T], pct: usize) -> Option<T> {
+    sorted
+        .get((sorted.len() * pct).div_ceil(100).saturating_sub(1))
+        .copied()
 }
 
 /// Connects `clients` clients, releases them together, and returns the wall time until the

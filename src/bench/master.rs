@@ -64,8 +64,14 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 /// Sum of `process_total` over all services (processes the master created).
-fn spawned_total(d: &StockDovecot) -> Result<u64, StockError> {
-    let out = d.doveadm(&["service", "status"])?;
+pub(crate) fn spawned_total(d: &StockDovecot) -> Result<u64, StockError> {
+    let out = d.doveadm_master(&["service", "status"])?;
+    if !out.status.success() {
+        return Err(StockError::Protocol {
+            peer: "doveadm service status",
+            line: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("process_total: "))

@@ -12,6 +12,9 @@
 //! - **dump**: CONNECT-DUMP time with the smaller number of sessions;
 //! - **callgrind**: instructions per pair and per LOOKUP ([`callgrind`]).
 //!
+//! `foreman bench master` ([`master`]) compares the two masters' login cycles; `foreman bench
+//! reuse` ([`reuse`]) is the headline benchmark of per-user reuse against stock imap.
+//!
 //! Layout: [`target`] starts and stops the two anvils; [`client`] and [`load`] are the
 //! blocking, threaded load generator; [`report`] renders the table. Design and figures:
 //! `docs/bench.md`.
@@ -21,6 +24,7 @@ mod client;
 mod load;
 pub mod master;
 pub mod report;
+pub mod reuse;
 pub mod target;
 
 use std::io::{self, Write};

@@ -14,6 +14,8 @@ pub enum Unit {
     Bytes,
     /// A plain count (instructions).
     Count,
+    /// A small number with two decimals (processes per login).
+    Decimal,
 }
 
 /// One side's figure.
@@ -32,14 +34,14 @@ pub enum Target {
 }
 
 impl Target {
-    fn text(self) -> String {
+    pub(crate) fn text(self) -> String {
         match self {
             Target::AtLeast(r) => format!(">= {}x", trim(r)),
             Target::AtMost(r) => format!("<= {}x", trim(r)),
         }
     }
 
-    fn met(self, ratio: f64) -> bool {
+    pub(crate) fn met(self, ratio: f64) -> bool {
         match self {
             Target::AtLeast(r) => ratio >= r,
             Target::AtMost(r) => ratio <= r,
@@ -110,12 +112,14 @@ pub fn format_figure(unit: Unit, figure: &Figure) -> String {
     };
     match unit {
         Unit::PerSec if v >= 1e6 => format!("{:.2} M/s", v / 1e6),
-        Unit::PerSec => format!("{:.1} k/s", v / 1e3),
+        Unit::PerSec if v >= 1e3 => format!("{:.1} k/s", v / 1e3),
+        Unit::PerSec => format!("{v:.1}/s"),
         Unit::Seconds if v >= 1.0 => format!("{v:.2} s"),
         Unit::Seconds if v >= 1e-3 => format!("{:.1} ms", v * 1e3),
         Unit::Seconds => format!("{:.1} us", v * 1e6),
         Unit::Bytes => format!("{v:.1} B"),
         Unit::Count => thousands(v.round() as i64),
+        Unit::Decimal => format!("{v:.2}"),
     }
 }
 
@@ -134,28 +138,38 @@ fn thousands(n: i64) -> String {
     out
 }
 
+/// `PASS`, `MISS` or nothing.
+pub(crate) fn verdict_text(verdict: Option<bool>) -> &'static str {
+    match verdict {
+        Some(true) => "PASS",
+        Some(false) => "MISS",
+        None => "",
+    }
+}
+
 /// The whole table as text.
 pub fn render(rows: &[Row]) -> String {
     let header = ["figure", "stock", "foreman", "foreman/stock", "target", ""];
-    let cells: Vec<[String; 6]> = rows
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.label.clone(),
                 format_figure(r.unit, &r.stock),
                 format_figure(r.unit, &r.foreman),
                 r.ratio().map_or("-".into(), |x| format!("{x:.2}x")),
                 r.target.map_or("-".into(), Target::text),
-                match r.verdict() {
-                    Some(true) => "PASS".into(),
-                    Some(false) => "MISS".into(),
-                    None => String::new(),
-                },
+                verdict_text(r.verdict()).into(),
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
+    align(&header, &cells)
+}
+
+/// Text columns: the first left-aligned, the others right-aligned, two spaces apart.
+pub(crate) fn align(header: &[&str], cells: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in cells {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
@@ -163,7 +177,7 @@ pub fn render(rows: &[Row]) -> String {
     let mut out = String::new();
     let mut line = |cols: &[String]| {
         let mut s = String::new();
-        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+        for (i, (c, &w)) in cols.iter().zip(&widths).enumerate() {
             if i == 0 {
                 let _ = write!(s, "{c:<w$}");
             } else {
@@ -172,8 +186,8 @@ pub fn render(rows: &[Row]) -> String {
         }
         let _ = writeln!(out, "{}", s.trim_end());
     };
-    line(&header.map(String::from));
-    for row in &cells {
+    line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
+    for row in cells {
         line(row);
     }
     out

@@ -139,6 +139,27 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "100")]
         sessions: Vec<u32>,
     },
+    /// Per-user reuse: webmail logins against stock fresh imap, stock reuse and Foreman.
+    Reuse {
+        /// Smoke run: users 1 and 4, 40 logins per cell.
+        #[arg(long)]
+        quick: bool,
+        /// Concurrent users per cell (comma-separated; default 1,8,64).
+        #[arg(long, value_delimiter = ',')]
+        users: Option<Vec<usize>>,
+        /// Measured seconds per cell (default 15).
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+        /// End each cell after this many measured logins (all users together).
+        #[arg(long, value_name = "N")]
+        logins: Option<u64>,
+        /// Unmeasured cycles per user before each cell's clock starts (default 2).
+        #[arg(long, value_name = "N")]
+        warmup: Option<u32>,
+        /// Run another build's `foreman` as master, anvil and dispatcher (default: this binary).
+        #[arg(long, value_name = "PATH")]
+        foreman_exe: Option<PathBuf>,
+    },
 }
 
 /// Entry point of the `foreman` binary.
@@ -265,6 +286,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let figs = crate::bench::master::run(&opts)?;
             print!("{}", crate::bench::master::format(&figs, cycles));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Reuse {
+                    quick,
+                    users,
+                    duration,
+                    logins,
+                    warmup,
+                    foreman_exe,
+                },
+        } => {
+            let exe = match foreman_exe {
+                Some(path) => path,
+                None => std::env::current_exe()?,
+            };
+            let mut opts = crate::bench::reuse::ReuseOptions::new(exe, quick);
+            if let Some(users) = users {
+                anyhow::ensure!(
+                    !users.is_empty() && !users.contains(&0),
+                    "--users: at least one user per cell"
+                );
+                opts.users = users;
+            }
+            if let Some(secs) = duration {
+                opts.duration = std::time::Duration::try_from_secs_f64(secs)?;
+            }
+            if logins.is_some() {
+                opts.logins = logins;
+            }
+            if let Some(w) = warmup {
+                opts.warmup = w;
+            }
+            crate::bench::reuse::run_reuse(
+                &opts,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -9,7 +9,14 @@
 //! (SIGTERM to its pid, SIGKILL after a deadline) and removes the directory.
 //!
 //! The anvil can be swapped for another executable ([`AnvilExecutable::Custom`]), which is how
-//! Foreman's anvil is proven against stock clients.
+//! Foreman's anvil is proven against stock clients. [`Builder::foreman_reuse`] runs the whole
+//! Foreman set-up instead: `foreman master`, Foreman's anvil and the per-user reuse lines of
+//! [`crate::dispatch::reuse_config`].
+//!
+//! Users: by default every user gets one static uid/gid (the mail user's);
+//! [`Builder::distinct_uids`] gives user *i* (in the order added) uid and gid `base + i`
+//! through a passwd-file userdb, each with a home created and owned by it.
+//! [`Builder::seed_inboxes`] puts one message into every user's INBOX before the start.
 //!
 //! Tiny blocking clients for live tests: [`imap::ImapClient`], [`pop3::Pop3Client`] and a raw
 //! [`anvil_client::AnvilClient`]. Every socket has a read timeout, so nothing here hangs.
@@ -32,6 +39,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid as NixPid, User};
+
+use crate::dispatch::ReuseConfig;
 
 pub use anvil_client::AnvilClient;
 pub use imap::ImapClient;
@@ -142,6 +151,12 @@ pub struct Builder {
     mail_user: String,
     /// The master command (`None` = stock `dovecot`); `-F -c <conf>` is appended.
     master: Option<(PathBuf, Vec<String>)>,
+    /// `Some(base)`: user i gets uid/gid base+i (passwd-file userdb).
+    uid_base: Option<u32>,
+    /// One message in every user's INBOX.
+    seed_inboxes: bool,
+    /// The per-user reuse lines, appended after every other line.
+    reuse: Option<(PathBuf, ReuseConfig)>,
 }
 
 impl Default for Builder {
@@ -154,6 +169,9 @@ impl Default for Builder {
             users: Vec::new(),
             mail_user: "nobody".to_owned(),
             master: None,
+            uid_base: None,
+            seed_inboxes: false,
+            reuse: None,
         }
     }
 }
@@ -208,6 +226,44 @@ impl Builder {
     pub fn master_command(mut self, path: impl Into<PathBuf>, args: &[&str]) -> Self {
         self.master = Some((path.into(), args.iter().map(|s| (*s).to_owned()).collect()));
         self
+    }
+
+    /// Foreman's per-user reuse set-up: `foreman_bin master` as the master, `foreman_bin
+    /// anvil` as the anvil, and the lines of [`crate::dispatch::reuse_config`] appended after
+    /// every other configuration line.
+    pub fn foreman_reuse(self, foreman_bin: PathBuf, cfg: ReuseConfig) -> Self {
+        let mut b = self
+            .master_command(&foreman_bin, &["master"])
+            .custom_anvil(&foreman_bin, &["anvil"]);
+        b.reuse = Some((foreman_bin, cfg));
+        b
+    }
+
+    /// User *i* (in the order of [`Builder::user`]) gets uid and gid `base + i`, from a
+    /// passwd-file userdb, with its home created and owned by that uid. Without this every
+    /// user has the mail user's uid/gid (a static userdb). `base` must be at least 500
+    /// (Dovecot's `first_valid_uid`).
+    pub fn distinct_uids(mut self, base: u32) -> Self {
+        self.uid_base = Some(base);
+        self
+    }
+
+    /// Writes one message into every user's `~/Maildir/cur` (owned by the user's uid) before
+    /// the start, so that `SELECT INBOX` finds one message.
+    pub fn seed_inboxes(mut self) -> Self {
+        self.seed_inboxes = true;
+        self
+    }
+
+    /// The uid/gid of user number `i`: `base + i` with [`Builder::distinct_uids`], else `mail`.
+    fn user_ids(&self, i: usize, mail: (u32, u32)) -> (u32, u32) {
+        match self.uid_base {
+            Some(base) => {
+                let id = base + i as u32;
+                (id, id)
+            }
+            None => mail,
+        }
     }
 
     /// Writes the configuration and starts the instance.
@@ -270,6 +326,9 @@ pub fn wait_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> 
 
 const MAX_START_ATTEMPTS: u32 = 5;
 
+/// The configuration [`StockDovecot::doveadm_master`] uses (inside the instance directory).
+const DOVEADM_MASTER_CONF: &str = "doveadm-master.conf";
+
 impl StockDovecot {
     /// Options for a new instance.
     pub fn builder() -> Builder {
@@ -327,10 +386,24 @@ impl StockDovecot {
         chown(&home_root, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
             .map_err(|e| fatal(StockError::io(format!("chown {}", home_root.display()), e)))?;
 
+        let mail_ids = (user.uid.as_raw(), user.gid.as_raw());
         let passwd = root.join("passwd");
         let mut passwd_text = String::new();
-        for (name, password) in &opts.users {
-            let _ = writeln!(passwd_text, "{name}:{{PLAIN}}{password}::::::");
+        for (i, (name, password)) in opts.users.iter().enumerate() {
+            let (uid, gid) = opts.user_ids(i, mail_ids);
+            let home = home_root.join(name);
+            if opts.uid_base.is_some() {
+                let _ = writeln!(
+                    passwd_text,
+                    "{name}:{{PLAIN}}{password}:{uid}:{gid}::{}::",
+                    home.display()
+                );
+            } else {
+                let _ = writeln!(passwd_text, "{name}:{{PLAIN}}{password}::::::");
+            }
+            if opts.uid_base.is_some() || opts.seed_inboxes {
+                make_home(&home, uid, gid, opts.seed_inboxes).map_err(fatal)?;
+            }
         }
         fs::write(&passwd, passwd_text).map_err(|e| fatal(StockError::io("write passwd", e)))?;
         set_mode(&passwd, 0o644)?;
@@ -365,6 +438,9 @@ impl StockDovecot {
         });
         fs::write(&conf, text).map_err(|e| fatal(StockError::io("write dovecot.conf", e)))?;
         set_mode(&conf, 0o644)?;
+        let master_conf = root.join(DOVEADM_MASTER_CONF);
+        fs::write(&master_conf, format!("base_dir = {}\n", base_dir.display()))
+            .map_err(|e| fatal(StockError::io("write doveadm-master.conf", e)))?;
 
         let (master_bin, master_args) = match &opts.master {
             Some((path, args)) => (path.clone(), args.clone()),
@@ -520,6 +596,19 @@ impl StockDovecot {
             .map_err(|e| StockError::io(format!("run {DOVEADM_BIN}"), e))
     }
 
+    /// Runs `doveadm` for a command that only talks to the master (`service status`, `service
+    /// stop`) with a configuration that holds nothing but `base_dir`: stock `doveadm` refuses
+    /// dovecot.conf files with Foreman's extra settings (e.g. `process_limit_margin`).
+    pub fn doveadm_master<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Result<Output> {
+        Command::new(DOVEADM_BIN)
+            .arg("-c")
+            .arg(self.dir.path().join(DOVEADM_MASTER_CONF))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| StockError::io(format!("run {DOVEADM_BIN}"), e))
+    }
+
     /// The whole log file (empty if not yet written).
     pub fn log_contents(&self) -> String {
         fs::read(&self.log_path)
@@ -642,13 +731,21 @@ fn render_config(p: &ConfigParams<'_>) -> String {
         "passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {}\n}}",
         p.passwd.display()
     );
-    let _ = writeln!(
-        c,
-        "userdb {{\n  driver = static\n  args = uid={} gid={} home={}/%u\n}}",
-        p.uid,
-        p.gid,
-        p.home_root.display()
-    );
+    if p.opts.uid_base.is_some() {
+        let _ = writeln!(
+            c,
+            "userdb {{\n  driver = passwd-file\n  args = username_format=%u {}\n}}",
+            p.passwd.display()
+        );
+    } else {
+        let _ = writeln!(
+            c,
+            "userdb {{\n  driver = static\n  args = uid={} gid={} home={}/%u\n}}",
+            p.uid,
+            p.gid,
+            p.home_root.display()
+        );
+    }
     let imap_port = p.imap_port.unwrap_or(0);
     let pop3_port = p.pop3_port.unwrap_or(0);
     let _ = writeln!(
@@ -674,5 +771,45 @@ fn render_config(p: &ConfigParams<'_>) -> String {
     for line in &p.opts.extra_config {
         let _ = writeln!(c, "{line}");
     }
+    if let Some((foreman, cfg)) = &p.opts.reuse {
+        c.push_str(&crate::dispatch::reuse_config(foreman, cfg));
+    }
     c
+}
+
+/// The message [`Builder::seed_inboxes`] puts into every INBOX.
+const SEED_MESSAGE: &str = "From: bench@example.com\r\nTo: user@example.com\r\n\
+Subject: seed\r\nDate: Sat, 28 Nov 2026 00:00:00 +0000\r\nMessage-ID: <seed@foreman>\r\n\r\n\
+One message, so that FETCH 1 has something to return.\r\n";
+
+/// Creates `home` (and, with `seed`, `Maildir/{cur,new,tmp}` with one message in `cur`), all
+/// owned by `uid:gid`, mode 0700.
+fn make_home(home: &Path, uid: u32, gid: u32, seed: bool) -> Result<()> {
+    let maildir = home.join("Maildir");
+    let mut dirs = vec![home.to_path_buf()];
+    let mut files = Vec::new();
+    if seed {
+        dirs.push(maildir.clone());
+        for sub in ["cur", "new", "tmp"] {
+            dirs.push(maildir.join(sub));
+        }
+        let message = maildir.join("cur/1700000000.M1P1.foreman:2,");
+        files.push(message);
+    }
+    let own = |path: &Path, mode: u32| -> Result<()> {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| StockError::io(format!("chmod {}", path.display()), e))?;
+        chown(path, Some(uid), Some(gid))
+            .map_err(|e| StockError::io(format!("chown {}", path.display()), e))
+    };
+    for d in &dirs {
+        fs::create_dir_all(d).map_err(|e| StockError::io(format!("mkdir {}", d.display()), e))?;
+        own(d, 0o700)?;
+    }
+    for f in &files {
+        fs::write(f, SEED_MESSAGE)
+            .map_err(|e| StockError::io(format!("write {}", f.display()), e))?;
+        own(f, 0o600)?;
+    }
+    Ok(())
 }
