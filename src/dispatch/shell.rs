@@ -182,6 +182,10 @@ struct Ctx {
     waiting: Cell<u32>,
     caps: RefCell<Option<String>>,
     next_auth_id: Cell<u32>,
+    /// Idle auth-master connections (handshake done), with the auth pid each announced.
+    /// Stock imap keeps its auth-master connection open across logins too; a connect and
+    /// handshake per login cost a measurable part of a reused login.
+    auth_pool: RefCell<Vec<(LineConn, u32)>>,
     /// When the last "master refused FOREMAN-NEED" warning was logged.
     need_warned: Cell<Option<Instant>>,
     /// The last FOREMAN-NEED accepted: (waiting count, when). Many waiting logins retry in
@@ -203,6 +207,7 @@ impl Ctx {
             waiting: Cell::new(0),
             caps: RefCell::new(None),
             next_auth_id: Cell::new(1),
+            auth_pool: RefCell::new(Vec::new()),
             need_warned: Cell::new(None),
             need_sent: Cell::new(None),
         }
@@ -558,21 +563,102 @@ fn write_failure(client: &OwnedFd, prefix: Option<&master_auth::ImapLoginPrefix>
     }
 }
 
-/// The auth-master lookup: user name and userdb fields.
+/// Most idle auth-master connections kept open.
+const AUTH_POOL_MAX: usize = 16;
+
+/// The auth-master lookup: user name and userdb fields. Uses a pooled connection when one is
+/// idle; a pooled connection that fails before any reply (auth restarted and closed it) is
+/// dropped and the lookup retried once on a new connection.
 async fn auth_lookup(
     ctx: &Ctx,
     req: &AuthRequest,
 ) -> Result<(BString, Vec<BString>), LoginFailure> {
+    let pooled = ctx.auth_pool.borrow_mut().pop();
+    // A pooled connection to another auth pid (auth restarted) is dropped: a new one decides.
+    if let Some((conn, spid)) = pooled.filter(|(_, spid)| *spid == req.auth_pid) {
+        match auth_request(ctx, req, conn, spid).await {
+            Err(AuthError::Io(_)) => {}
+            other => return other.map_err(|e| e.into_failure(ctx)),
+        }
+    }
     let path = ctx.path("auth-master");
-    let err = |what: &str, e: &dyn std::fmt::Display| {
-        LoginFailure(format!("auth-master ({}): {what}: {e}", path.display()))
-    };
     let mut conn = LineConn::connect(&path)
         .await
-        .map_err(|e| err("connect", &e))?;
+        .map_err(|e| AuthError::Io(format!("connect: {e}")).into_failure(ctx))?;
+    let spid = auth_handshake(&mut conn)
+        .await
+        .map_err(|e| e.into_failure(ctx))?;
+    auth_request(ctx, req, conn, spid)
+        .await
+        .map_err(|e| e.into_failure(ctx))
+}
+
+/// Why an auth-master lookup failed.
+enum AuthError {
+    /// The connection failed (connect, read, write, EOF): retried once when pooled.
+    Io(String),
+    /// A definite answer or a protocol problem: the login fails.
+    Fail(LoginFailure),
+}
+
+impl AuthError {
+    fn into_failure(self, ctx: &Ctx) -> LoginFailure {
+        match self {
+            AuthError::Io(e) => LoginFailure(format!(
+                "auth-master ({}): {e}",
+                ctx.path("auth-master").display()
+            )),
+            AuthError::Fail(f) => f,
+        }
+    }
+}
+
+/// Sends our VERSION and reads auth's VERSION and SPID; returns the auth pid.
+async fn auth_handshake(conn: &mut LineConn) -> Result<u32, AuthError> {
+    conn.stream
+        .write_all(auth_master::CLIENT_VERSION)
+        .await
+        .map_err(|e| AuthError::Io(format!("write: {e}")))?;
+    loop {
+        let line = conn
+            .read(auth_master::decode_reply)
+            .await
+            .map_err(|e| AuthError::Io(format!("read: {e}")))?;
+        match line {
+            AuthReplyLine::Version { major: 1, .. } => {}
+            AuthReplyLine::Version { major, .. } => {
+                return Err(AuthError::Fail(LoginFailure(format!(
+                    "auth-master: handshake: unsupported major version {major}"
+                ))))
+            }
+            AuthReplyLine::Spid(pid) => return Ok(pid),
+            AuthReplyLine::Cuid => {
+                return Err(AuthError::Fail(LoginFailure(
+                    "auth-master is an auth client socket, not auth-master".into(),
+                )))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One REQUEST on a connection whose handshake is done; the connection goes back to the
+/// pool after a definite answer.
+async fn auth_request(
+    ctx: &Ctx,
+    req: &AuthRequest,
+    mut conn: LineConn,
+    spid: u32,
+) -> Result<(BString, Vec<BString>), AuthError> {
+    if spid != req.auth_pid {
+        return Err(AuthError::Fail(LoginFailure(format!(
+            "auth server pid {spid} is not the login's {} (auth restarted?)",
+            req.auth_pid
+        ))));
+    }
     let id = ctx.next_auth_id.get();
     ctx.next_auth_id.set(id.wrapping_add(1).max(1));
-    let mut out = auth_master::CLIENT_VERSION.to_vec();
+    let mut out = Vec::new();
     auth_master::encode_request(
         &auth_master::Request {
             id,
@@ -586,52 +672,37 @@ async fn auth_lookup(
     conn.stream
         .write_all(&out)
         .await
-        .map_err(|e| err("write", &e))?;
-    loop {
+        .map_err(|e| AuthError::Io(format!("write: {e}")))?;
+    let answer = loop {
         let line = conn
             .read(auth_master::decode_reply)
             .await
-            .map_err(|e| err("read", &e))?;
+            .map_err(|e| AuthError::Io(format!("read: {e}")))?;
         match line {
-            AuthReplyLine::Version { major: 1, .. } => {}
-            AuthReplyLine::Version { major, .. } => {
-                return Err(err(
-                    "handshake",
-                    &format!("unsupported major version {major}"),
-                ))
-            }
-            AuthReplyLine::Spid(pid) if pid == req.auth_pid => {}
-            AuthReplyLine::Spid(pid) => {
-                return Err(LoginFailure(format!(
-                    "auth server pid {pid} is not the login's {} (auth restarted?)",
-                    req.auth_pid
-                )))
-            }
             AuthReplyLine::User {
                 id: rid,
                 user,
                 fields,
-            } if rid == id => return Ok((user, fields)),
+            } if rid == id => break Ok((user, fields)),
             AuthReplyLine::NotFound { id: rid } if rid == id => {
-                return Err(LoginFailure(
+                break Err(AuthError::Fail(LoginFailure(
                     "auth-master: user not found (cookie expired?)".into(),
-                ))
+                )))
             }
             AuthReplyLine::Fail { id: rid, reason } if rid == id => {
-                return Err(LoginFailure(format!(
+                break Err(AuthError::Fail(LoginFailure(format!(
                     "auth-master lookup failed: {}",
                     reason.unwrap_or_else(|| "no reason".into())
-                )))
-            }
-            AuthReplyLine::Cuid => {
-                return Err(LoginFailure(format!(
-                    "{} is an auth client socket, not auth-master",
-                    path.display()
-                )))
+                ))))
             }
             _ => {}
         }
+    };
+    let mut pool = ctx.auth_pool.borrow_mut();
+    if pool.len() < AUTH_POOL_MAX {
+        pool.push((conn, spid));
     }
+    answer
 }
 
 impl Ctx {

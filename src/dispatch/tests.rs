@@ -65,12 +65,24 @@ fn fake_auth(base: &Path, reply: &'static str) {
         for s in l.incoming() {
             let s = s.unwrap();
             let mut w = s.try_clone().unwrap();
-            let mut r = BufReader::new(s);
-            assert_eq!(read_line(&mut r), "VERSION\t1\t1\n");
-            let req = read_line(&mut r);
-            let id = req.split('\t').nth(1).unwrap().to_owned();
-            let out = format!("VERSION\t1\t1\nSPID\t100\n{}\n", reply.replace("{id}", &id));
-            w.write_all(out.as_bytes()).unwrap();
+            // Like auth: handshake, then any number of requests on the connection (the
+            // dispatcher keeps it for the next login).
+            thread::spawn(move || {
+                let mut r = BufReader::new(s);
+                assert_eq!(read_line(&mut r), "VERSION\t1\t1\n");
+                w.write_all(b"VERSION\t1\t1\nSPID\t100\n").unwrap();
+                loop {
+                    let req = read_line(&mut r);
+                    if req.is_empty() {
+                        return;
+                    }
+                    let id = req.split('\t').nth(1).unwrap().to_owned();
+                    let out = format!("{}\n", reply.replace("{id}", &id));
+                    if w.write_all(out.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
         }
     });
 }
