@@ -1,0 +1,176 @@
+//! Guarantees of per-user reuse under races, live (see `reuse_guarantees.rs`): a process
+//! that turns busy between the registry lookup and the dispatcher's connect, the per-pid
+//! listeners reachable only by the dispatcher's user, and the target killed (-9) in the
+//! middle of a hand-off.
+
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use foreman::stock::{wait_for, AnvilClient, ImapClient, StockDovecot};
+use foreman::wire::anvil_ext::{ClaimState, ProcState};
+use nix::sys::signal::Signal;
+use support::*;
+
+/// Not a test of its own: the unprivileged client of [`connect_as_nobody`].
+#[test]
+fn connect_helper() {
+    support::connect_helper();
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn start() -> StockDovecot {
+    reuse_builder(&reuse(10, 2, 2))
+        .user("u1", "p1")
+        .user("u2", "p2")
+        .start()
+        .expect("start the reuse stack")
+}
+
+/// Waits until the registry shows a dispatch claim on `pid` (the dispatcher took it and is
+/// trying it), polling on one connection.
+fn wait_claimed(d: &StockDovecot, reg: &mut AnvilClient, pid: u32) {
+    wait_for(DEADLINE, || {
+        imap_rows_on(reg)
+            .iter()
+            .any(|r| r.pid.get() == pid && r.claim == ClaimState::Claimed)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the dispatcher never claimed {pid}\n{}", d.log_tail(30)));
+}
+
+/// LOGIN in a thread.
+fn login_in_thread(
+    d: &StockDovecot,
+    user: &'static str,
+    pw: &'static str,
+) -> std::thread::JoinHandle<(ImapClient, foreman::stock::imap::ImapReply)> {
+    let port = d.imap_port().unwrap();
+    std::thread::spawn(move || {
+        let mut c = ImapClient::connect(port).unwrap();
+        let r = c.login(user, pw).unwrap();
+        (c, r)
+    })
+}
+
+/// NOOP whose reply carries nothing but NOOP's own lines (no stray LOGIN reply from a
+/// second process writing to the same client).
+fn clean_noop(c: &mut ImapClient, who: &str) {
+    let r = c.command("NOOP").unwrap();
+    assert!(r.is_ok(), "{who}: NOOP {r:?}");
+    assert!(
+        r.untagged
+            .iter()
+            .all(|l| !l.contains("Logged in") && !l.contains("CAPABILITY")),
+        "{who}: stray lines {r:?}"
+    );
+}
+
+/// The registry believes a busy process idle (PROC-IDLE sent for it: the state the registry
+/// is in when the process turned busy after the lookup and the master's PROC-BUSY is still
+/// on its way). The dispatcher claims it, its connect is refused (mode 0 while busy; the
+/// dispatcher has no DAC override), it releases and claims again; once the truth arrives the
+/// login goes to another process. The busy session sees nothing of it. Then: the per-pid
+/// listeners refuse an unprivileged client both busy (mode 0) and idle (0600 root).
+#[test]
+fn process_turning_busy_between_lookup_and_connect() {
+    let d = start();
+    let mut a = login(&d, "u1", "p1");
+    let p = wait_mpid(&d, "u1", 0);
+    let mut reg = registry(&d);
+    wait_for(DEADLINE, || {
+        imap_rows_on(&mut reg)
+            .iter()
+            .any(|r| r.pid.get() == p && r.state == ProcState::Busy)
+            .then_some(())
+    })
+    .expect("the master reports P busy");
+    let listener = d.base_dir().join(format!("imap-master-{p}"));
+    assert_eq!(mode(&listener), Some(0), "busy listener mode");
+
+    // The lie.
+    reg.send_line(format!("PROC-IDLE\t{p}\t{}", now_ms()).as_bytes())
+        .unwrap();
+    let second = login_in_thread(&d, "u1", "p1");
+    wait_claimed(&d, &mut reg, p);
+    assert!(mpids_of(&d, "u1").len() == 1, "served while P was believed idle");
+    // The truth, as the master would report it.
+    reg.send_line(format!("PROC-BUSY\t{p}\t{}", now_ms()).as_bytes())
+        .unwrap();
+    let (mut b, r) = second.join().unwrap();
+    assert!(r.is_ok(), "{r:?}\n{}", d.log_tail(30));
+    let q = wait_mpid(&d, "u1", 1);
+    assert_ne!(q, p, "handed to the busy process");
+    assert_eq!(mpids_of(&d, "u1").len(), 2);
+    clean_noop(&mut a, "busy session");
+    session_works(&mut a);
+    clean_noop(&mut b, "second session");
+    assert!(
+        !d.log_contents().contains("login failed"),
+        "{}",
+        d.log_tail(30)
+    );
+
+    // Only the dispatcher's user may connect: busy (mode 0) and idle (0600 root) alike.
+    assert_eq!(mode(&listener), Some(0));
+    assert_eq!(
+        connect_as_nobody(&listener),
+        format!("errno={}", libc::EACCES)
+    );
+    b.logout().unwrap();
+    wait_idle(&d, q);
+    let idle = d.base_dir().join(format!("imap-master-{q}"));
+    assert_eq!(mode(&idle), Some(0o600), "idle listener mode");
+    let md = std::fs::metadata(&idle).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&md),
+        0,
+        "owner of the idle listener"
+    );
+    assert_eq!(connect_as_nobody(&idle), format!("errno={}", libc::EACCES));
+    a.logout().unwrap();
+}
+
+/// The user's idle process is stopped (SIGSTOP) so the dispatcher's connect waits for an
+/// imap VERSION that never comes; while it holds the claim the process is killed (-9). The
+/// login is served exactly once, by another process.
+#[test]
+fn target_killed_mid_handoff_login_served_once_elsewhere() {
+    let d = start();
+    let c = login(&d, "u1", "p1");
+    let p = wait_mpid(&d, "u1", 0);
+    c.logout().unwrap();
+    wait_idle(&d, p);
+
+    kill(p, Signal::SIGSTOP);
+    let mut reg = registry(&d);
+    let second = login_in_thread(&d, "u1", "p1");
+    wait_claimed(&d, &mut reg, p);
+    kill(p, Signal::SIGKILL);
+    let (mut b, r) = second.join().unwrap();
+    assert!(r.is_ok(), "{r:?}\n{}", d.log_tail(30));
+    let q = wait_mpid(&d, "u1", 1);
+    assert_ne!(q, p);
+    clean_noop(&mut b, "re-dispatched session");
+    session_works(&mut b);
+    assert_eq!(mpids_of(&d, "u1").len(), 2, "{:?}", logins(&d));
+    wait_for(DEADLINE, || {
+        (!alive(&d, p) && row_of(&d, p).is_none()).then_some(())
+    })
+    .expect("the killed process reaped and gone from the registry");
+    let log = d.log_contents();
+    assert!(!log.contains("login failed"), "{}", d.log_tail(30));
+    assert!(!log.contains("after the client may have seen it"), "{log}");
+    b.logout().unwrap();
+    // u1's next session reuses the new process.
+    wait_idle(&d, q);
+    let c = login(&d, "u1", "p1");
+    assert_eq!(wait_mpid(&d, "u1", 2), q);
+    c.logout().unwrap();
+}
