@@ -1,0 +1,178 @@
+//! Guarantees of per-user reuse across restarts, live (see `reuse_guarantees.rs`): the
+//! dispatcher, anvil or a user's imap process killed (-9); the master restarts what it
+//! supervises and logins work again, reuse included.
+
+mod support;
+
+use foreman::stock::{wait_for, StockDovecot};
+use foreman::wire::anvil_ext::ProcState;
+use nix::sys::signal::Signal;
+use support::*;
+
+fn start() -> StockDovecot {
+    reuse_builder(&reuse(10, 2, 2))
+        .user("u1", "p1")
+        .user("u2", "p2")
+        .start()
+        .expect("start the reuse stack")
+}
+
+/// Waits for a `foreman <word>` child other than `old`.
+fn wait_restarted(d: &StockDovecot, word: &str, old: u32) -> u32 {
+    wait_for(DEADLINE, || foreman_child(d, word).filter(|&p| p != old))
+        .unwrap_or_else(|| panic!("no new {word} process\n{}", d.log_tail(30)))
+}
+
+/// u1 logs in and out; the process that served it, idle again.
+fn served_once(d: &StockDovecot, user: &str, pw: &str) -> u32 {
+    let n = mpids_of(d, user).len();
+    let mut c = login(d, user, pw);
+    session_works(&mut c);
+    let p = wait_mpid(d, user, n);
+    c.logout().unwrap();
+    wait_idle(d, p);
+    p
+}
+
+#[test]
+fn dispatcher_killed_is_restarted_and_reuse_goes_on() {
+    let d = start();
+    let p = served_once(&d, "u1", "p1");
+    let old = foreman_child(&d, "dispatch").expect("the dispatcher");
+    kill(old, Signal::SIGKILL);
+    let new = wait_restarted(&d, "dispatch", old);
+    assert!(!alive(&d, old));
+    // The registry outlived the dispatcher: u1 gets its process back.
+    let again = served_once(&d, "u1", "p1");
+    assert_eq!(again, p, "u1 not reused after a dispatcher restart");
+    let q = served_once(&d, "u2", "p2");
+    assert_ne!(q, p);
+    assert_eq!(foreman_child(&d, "dispatch"), Some(new));
+}
+
+/// A login in flight when the dispatcher dies (it is waiting on a stopped process): the
+/// client gets an answer (imap-login's error or a close), not silence, and the next login
+/// works.
+#[test]
+fn dispatcher_killed_with_a_login_in_flight() {
+    let d = start();
+    let p = served_once(&d, "u1", "p1");
+    kill(p, Signal::SIGSTOP);
+    let port = d.imap_port().unwrap();
+    let inflight = std::thread::spawn(move || {
+        let mut c = foreman::stock::ImapClient::connect(port).unwrap();
+        c.login("u1", "p1").map(|r| r.tagged).map_err(|e| e.to_string())
+    });
+    let mut reg = registry(&d);
+    wait_for(DEADLINE, || {
+        imap_rows_on(&mut reg)
+            .iter()
+            .any(|r| {
+                r.pid.get() == p && r.claim == foreman::wire::anvil_ext::ClaimState::Claimed
+            })
+            .then_some(())
+    })
+    .expect("the dispatcher claims the stopped process");
+    let old = foreman_child(&d, "dispatch").unwrap();
+    kill(old, Signal::SIGKILL);
+    let answer = inflight.join().unwrap();
+    // Not served: either a NO or the connection closed (the client never hangs: bounded by
+    // the client's read timeout, which is an error of its own kind).
+    match &answer {
+        Ok(t) => assert!(t.starts_with("NO") || t.starts_with("BAD"), "{answer:?}"),
+        Err(e) => assert!(!e.contains("timed out") && !e.contains("WouldBlock"), "{e}"),
+    }
+    assert_eq!(mpids_of(&d, "u1").len(), 1, "{:?}", logins(&d));
+    kill(p, Signal::SIGCONT);
+    wait_restarted(&d, "dispatch", old);
+    // u2 is served at once; u1 too (its process is still claimed by the dead dispatcher
+    // until the claim expires, so a fresh one serves it meanwhile, or the old one after).
+    let q = served_once(&d, "u2", "p2");
+    assert_ne!(q, p);
+    let r = served_once(&d, "u1", "p1");
+    let sessions = imap_sessions(&d);
+    assert!(
+        sessions.iter().all(|(u, pid)| *pid != r || u == "u1"),
+        "{sessions:?}"
+    );
+}
+
+#[test]
+fn anvil_killed_is_restarted_and_reuse_resumes() {
+    let d = start();
+    let p = served_once(&d, "u1", "p1");
+    let old = foreman_child(&d, "anvil").expect("anvil");
+    kill(old, Signal::SIGKILL);
+    wait_restarted(&d, "anvil", old);
+    // The new registry knows nothing of u1's binding: the master retires the served
+    // process (it must never be handed to another user) ...
+    wait_for(DEADLINE, || (!alive(&d, p)).then_some(()))
+        .unwrap_or_else(|| panic!("served process {p} not retired\n{}", d.log_tail(30)));
+    // ... and re-reported the fresh ones.
+    wait_for(DEADLINE, || {
+        let rows = imap_rows(&d);
+        (rows.len() == imap_pids(&d).len()
+            && rows.iter().filter(|r| r.state == ProcState::Fresh).count() >= 2)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("registry {:?}\n{}", imap_rows(&d), d.log_tail(30)));
+    // Logins work and reuse resumes. Stock auth loses its anvil-auth-penalty connection with
+    // the anvil and cannot reconnect (it runs as dovecot, the socket is root's 0600); it
+    // restarts, and a login it authenticated before is refused by the auth-master lookup
+    // (stock imap fails such a login the same way: "Internal login failure"). Such logins
+    // are retried here; any other failure is not.
+    let q = wait_for(DEADLINE, || {
+        let n = mpids_of(&d, "u1").len();
+        let mut c = d.imap().unwrap();
+        if !c.login("u1", "p1").unwrap().is_ok() {
+            return None;
+        }
+        let q = wait_mpid(&d, "u1", n);
+        c.logout().unwrap();
+        wait_idle(&d, q);
+        Some(q)
+    })
+    .unwrap_or_else(|| panic!("no login works after the anvil restart\n{}", d.log_tail(30)));
+    assert_ne!(q, p);
+    let again = served_once(&d, "u1", "p1");
+    assert_eq!(again, q, "reuse did not resume after the anvil restart");
+    let r = served_once(&d, "u2", "p2");
+    assert_ne!(r, q);
+    for l in d.log_contents().lines() {
+        assert!(
+            !l.contains("login failed") || l.contains("(auth restarted?)"),
+            "{l}\n{}",
+            d.log_tail(30)
+        );
+    }
+}
+
+#[test]
+fn imap_process_killed_next_login_gets_a_new_one() {
+    let d = start();
+    // Idle process killed.
+    let p = served_once(&d, "u1", "p1");
+    kill(p, Signal::SIGKILL);
+    wait_for(DEADLINE, || {
+        (!alive(&d, p) && row_of(&d, p).is_none()).then_some(())
+    })
+    .expect("reaped and gone from the registry");
+    let q = served_once(&d, "u1", "p1");
+    assert_ne!(q, p);
+
+    // Busy process killed: its client sees the connection close; the next login works.
+    let mut c = login(&d, "u1", "p1");
+    assert_eq!(wait_mpid(&d, "u1", 2), q);
+    kill(q, Signal::SIGKILL);
+    let closed = c.wait_closed(DEADLINE);
+    assert!(closed.is_ok(), "{closed:?}");
+    let r = served_once(&d, "u1", "p1");
+    assert_ne!(r, q);
+    assert_ne!(r, p);
+    assert!(
+        !d.log_contents().contains("login failed"),
+        "{}",
+        d.log_tail(30)
+    );
+}
+
