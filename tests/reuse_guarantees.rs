@@ -37,7 +37,10 @@ fn one_client(port: u16, user: &str, pw: &str) -> Outcome {
             return out;
         }
     };
-    out.login = c.login(user, pw).map(|r| r.tagged).map_err(|e| e.to_string());
+    out.login = c
+        .login(user, pw)
+        .map(|r| r.tagged)
+        .map_err(|e| e.to_string());
     if out.login.is_err() {
         return out;
     }
@@ -206,12 +209,8 @@ fn two_users_in_parallel_never_share_a_process() {
     check_outcomes(&d, &outcomes);
     let l = logins(&d);
     assert_eq!(l.len(), 100, "{l:?}");
-    let of = |u: &str| -> BTreeSet<u32> {
-        l.iter()
-            .filter(|x| x.user == u)
-            .map(|x| x.mpid)
-            .collect()
-    };
+    let of =
+        |u: &str| -> BTreeSet<u32> { l.iter().filter(|x| x.user == u).map(|x| x.mpid).collect() };
     let (p1, p2) = (of("u1"), of("u2"));
     assert_eq!(l.iter().filter(|x| x.user == "u1").count(), 50);
     let shared: Vec<&u32> = p1.intersection(&p2).collect();

@@ -99,7 +99,10 @@ fn process_turning_busy_between_lookup_and_connect() {
         .unwrap();
     let second = login_in_thread(&d, "u1", "p1");
     wait_claimed(&d, &mut reg, p);
-    assert!(mpids_of(&d, "u1").len() == 1, "served while P was believed idle");
+    assert!(
+        mpids_of(&d, "u1").len() == 1,
+        "served while P was believed idle"
+    );
     // The truth, as the master would report it.
     reg.send_line(format!("PROC-BUSY\t{p}\t{}", now_ms()).as_bytes())
         .unwrap();

@@ -61,15 +61,15 @@ fn dispatcher_killed_with_a_login_in_flight() {
     let port = d.imap_port().unwrap();
     let inflight = std::thread::spawn(move || {
         let mut c = foreman::stock::ImapClient::connect(port).unwrap();
-        c.login("u1", "p1").map(|r| r.tagged).map_err(|e| e.to_string())
+        c.login("u1", "p1")
+            .map(|r| r.tagged)
+            .map_err(|e| e.to_string())
     });
     let mut reg = registry(&d);
     wait_for(DEADLINE, || {
         imap_rows_on(&mut reg)
             .iter()
-            .any(|r| {
-                r.pid.get() == p && r.claim == foreman::wire::anvil_ext::ClaimState::Claimed
-            })
+            .any(|r| r.pid.get() == p && r.claim == foreman::wire::anvil_ext::ClaimState::Claimed)
             .then_some(())
     })
     .expect("the dispatcher claims the stopped process");
@@ -175,4 +175,3 @@ fn imap_process_killed_next_login_gets_a_new_one() {
         d.log_tail(30)
     );
 }
-

@@ -263,7 +263,10 @@ pub struct UserdbDir {
 
 impl UserdbDir {
     pub fn new(users: &[DbUser<'_>]) -> UserdbDir {
-        let dir = tempfile::Builder::new().prefix("fm-udb-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("fm-udb-")
+            .tempdir()
+            .unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let nogroup = 65534;
         let mut text = String::new();
