@@ -168,7 +168,7 @@ fn hundred_parallel_logins_of_one_user_each_served_exactly_once() {
     check_outcomes(&d, &outcomes);
 
     // imap-login: exactly 100 logins, each handed to an imap process (mpid).
-    let l = logins(&d);
+    let l = wait_logins(&d, 100);
     assert_eq!(l.len(), 100, "{l:?}");
     assert!(l.iter().all(|l| l.user == "u1"), "{l:?}");
     // imap: 100 sessions ended, every one of u1, in the processes imap-login named.
@@ -207,7 +207,7 @@ fn two_users_in_parallel_never_share_a_process() {
     }
     let outcomes = run_parallel(&d, &users, Duration::from_secs(60));
     check_outcomes(&d, &outcomes);
-    let l = logins(&d);
+    let l = wait_logins(&d, 100);
     assert_eq!(l.len(), 100, "{l:?}");
     let of =
         |u: &str| -> BTreeSet<u32> { l.iter().filter(|x| x.user == u).map(|x| x.mpid).collect() };

@@ -53,8 +53,14 @@ fn in_and_out(d: &StockDovecot, user: &str, pw: &str) -> u32 {
     p
 }
 
-/// The pid of the master's `evicting idle process <pid>` line, if any.
+/// The pids of the master's `evicting idle process <pid>` lines, once there is one.
 fn evicted(d: &StockDovecot) -> Vec<u32> {
+    wait_for(DEADLINE, || Some(evicted_now(d)).filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| panic!("nothing evicted\n{}", d.log_tail(30)))
+}
+
+/// The pids of the master's `evicting idle process <pid>` lines so far.
+fn evicted_now(d: &StockDovecot) -> Vec<u32> {
     d.log_contents()
         .lines()
         .filter_map(|l| {

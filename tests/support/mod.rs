@@ -311,3 +311,16 @@ impl UserdbDir {
         b.master_command("/bin/sh", &["-c", &script, "fm-userdb"])
     }
 }
+
+/// Waits until the log has a line containing `needle` (the log process writes lines
+/// asynchronously: a client may see its answer before the line is in the file).
+pub fn wait_log(d: &StockDovecot, needle: &str) {
+    wait_for(DEADLINE, || d.log_contents().contains(needle).then_some(()))
+        .unwrap_or_else(|| panic!("no log line with {needle:?}\n{}", d.log_tail(30)));
+}
+
+/// Waits until the log has at least `n` `Login:` lines; all of them.
+pub fn wait_logins(d: &StockDovecot, n: usize) -> Vec<Login> {
+    wait_for(DEADLINE, || Some(logins(d)).filter(|l| l.len() >= n))
+        .unwrap_or_else(|| panic!("fewer than {n} Login lines: {:?}", logins(d)))
+}
