@@ -183,3 +183,44 @@ fn target_killed_mid_handoff_login_served_once_elsewhere() {
     assert_eq!(wait_mpid(&d, "u1", 2), q);
     c.logout().unwrap();
 }
+
+/// A user's idle process hangs (SIGSTOP: it never accepts, never answers VERSION, stays
+/// "idle" in the registry). The user's next login should go to a fresh process; the
+/// dispatcher instead claims the hung process again and again (reuse is always preferred,
+/// and a missing VERSION releases it `unused`) until its 60 s deadline fails the login.
+#[test]
+#[ignore = "bug: a hung idle process starves its user's logins (claimed again after each VERSION timeout) until the 60 s deadline fails them"]
+fn hung_idle_process_does_not_starve_its_user() {
+    let d = start();
+    let c = login(&d, "u1", "p1");
+    let p = wait_mpid(&d, "u1", 0);
+    c.logout().unwrap();
+    wait_idle(&d, p);
+    kill(p, Signal::SIGSTOP);
+    // A raw client: the answer may take the dispatcher's whole 60 s deadline.
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::net::TcpStream::connect(("127.0.0.1", d.imap_port().unwrap())).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(75)))
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let started = Instant::now();
+    (&s).write_all(b"x LOGIN u1 p1\r\n").unwrap();
+    // (imap-login says `* OK Waiting for authentication master process to respond..` after
+    // 30 s without the dispatcher's reply.)
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap() == 0 || !line.starts_with("* ") {
+            break;
+        }
+    }
+    kill(p, Signal::SIGCONT);
+    assert!(
+        line.starts_with("x OK"),
+        "after {:?}: {line:?}\n{}",
+        started.elapsed(),
+        d.log_tail(10)
+    );
+    assert_ne!(wait_mpid(&d, "u1", 1), p);
+}
