@@ -225,3 +225,62 @@ fn users_of_different_uids_each_get_their_own_processes() {
     // Reuse per user: the second round went to the same processes.
     assert_eq!(rounds[0], rounds[1]);
 }
+
+/// The userdb renames users (`userdb_user=` extra field): to an empty name (auth itself
+/// refuses that and keeps the login name: `username attempted to be changed to empty`) and
+/// to a name with a control byte (the dispatcher refuses it, clear log line). imap never sees
+/// an empty or control-byte user and never dies.
+#[test]
+fn userdb_renames_never_bring_an_empty_or_control_user_to_imap() {
+    let users = [
+        DbUser {
+            name: "u1",
+            password: "p1",
+            uid: 60001,
+        },
+        DbUser {
+            name: "e",
+            password: "pw",
+            uid: 60002,
+        },
+        DbUser {
+            name: "c",
+            password: "pw",
+            uid: 60003,
+        },
+    ];
+    let db = UserdbDir::new(&users);
+    let text: String = fs::read_to_string(db.path())
+        .unwrap()
+        .lines()
+        .map(|l| match l.split(':').next() {
+            Some("e") => format!("{l}userdb_user=\n"),
+            Some("c") => format!("{l}userdb_user=x\x01y\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    fs::write(db.path(), text).unwrap();
+    let fm = format!("{FOREMAN} master");
+    let d = db
+        .apply(reuse_builder(&reuse(10, 2, 2)), &users, &fm)
+        .start()
+        .expect("start the reuse stack");
+
+    let mut e = login(&d, "e", "pw");
+    session_works(&mut e);
+    e.logout().unwrap();
+    wait_log(&d, "username attempted to be changed to empty");
+    assert_eq!(mpids_of(&d, "e").len(), 1);
+
+    let mut c = d.imap().unwrap();
+    let r = c.login("c", "pw").unwrap();
+    assert!(r.tagged.starts_with(INTERNAL), "{r:?}\n{}", d.log_tail(20));
+    wait_log(
+        &d,
+        "foreman-dispatch: Error: login failed: user name \"x\\x01y\" contains a control character",
+    );
+    let mut ok = login(&d, "u1", "p1");
+    session_works(&mut ok);
+    ok.logout().unwrap();
+    imap_never_saw(&d, |u| u.is_empty() || u.bytes().any(|b| b < 0x20));
+}
