@@ -308,3 +308,71 @@ fn distinct_uids_at_process_limit_foreman_evicts_where_stock_drops() {
     assert!(!d.log_contents().contains("Fatal"), "{}", d.log_tail(30));
     c.logout().unwrap();
 }
+
+/// Eviction under pressure: 12 users (one uid: only the registry keeps them apart), two
+/// sessions each in a row, all users at once, process_limit 4. Every login is served once,
+/// no process ever serves two users, and the pool never exceeds its limit.
+#[test]
+fn many_users_at_a_small_limit_all_served_never_shared() {
+    let mut b = reuse_builder(&reuse(4, 0, 0)).mail_max_userip_connections(100);
+    let names: Vec<String> = (1..=12).map(|i| format!("m{i}")).collect();
+    for n in &names {
+        b = b.user(n.clone(), "pw");
+    }
+    let d = b.start().expect("start the reuse stack");
+    let port = d.imap_port().unwrap();
+    let threads: Vec<_> = names
+        .iter()
+        .cloned()
+        .map(|n| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                for _ in 0..2 {
+                    let mut c = ImapClient::connect(port).unwrap();
+                    let r = c.login(&n, "pw").unwrap();
+                    let ok = r.is_ok();
+                    out.push(r);
+                    if ok {
+                        let noop = c.command("NOOP").unwrap();
+                        out.push(noop);
+                        c.logout().unwrap();
+                    }
+                }
+                (n, out)
+            })
+        })
+        .collect();
+    let mut most = 0;
+    while !threads.iter().all(|t| t.is_finished()) {
+        most = most.max(imap_pids(&d).len());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for t in threads {
+        let (n, out) = t.join().unwrap();
+        assert_eq!(out.len(), 4, "{n}: {out:?}\n{}", d.log_tail(30));
+        for r in &out {
+            assert!(r.is_ok(), "{n}: {out:?}\n{}", d.log_tail(30));
+            assert!(
+                r.untagged.iter().all(|l| !l.contains("Logged in")),
+                "{n}: {out:?}"
+            );
+        }
+    }
+    assert!(most <= 4, "{most} imap processes at once (limit 4)");
+    let l = wait_logins(&d, 24);
+    assert_eq!(l.len(), 24);
+    let mut owner = std::collections::BTreeMap::new();
+    for x in &l {
+        if let Some(prev) = owner.insert(x.mpid, x.user.clone()) {
+            assert_eq!(prev, x.user, "pid {} served two users: {l:?}", x.mpid);
+        }
+    }
+    for (pid, users) in per_pid(&d) {
+        assert_eq!(users.len(), 1, "{pid} served {users:?}");
+    }
+    assert!(
+        !d.log_contents().contains("login failed"),
+        "{}",
+        d.log_tail(30)
+    );
+}
