@@ -175,3 +175,133 @@ fn imap_process_killed_next_login_gets_a_new_one() {
         d.log_tail(30)
     );
 }
+
+/// Runs `gdb` on the master with a breakpoint on the `send` of its first `PROC-BUSY` report:
+/// the master freezes right before that report until [`Freeze::release`] (or drop).
+struct Freeze {
+    gdb: std::process::Child,
+    go: std::path::PathBuf,
+}
+
+impl Freeze {
+    /// `None` when gdb is not installed.
+    fn before_proc_busy(d: &StockDovecot) -> Option<Freeze> {
+        let go = d.dir().join("gdb-go");
+        let script = format!(
+            "set pagination off\n\
+             break __libc_send if *(char*)($rsi) == 'P' && *(char*)($rsi+6) == 'U'\n\
+             shell touch {0}.ready\ncontinue\nshell touch {0}.stopped\n\
+             shell while [ ! -e {0} ]; do sleep 0.05; done\ndelete\ndetach\nquit\n",
+            go.display()
+        );
+        let cmd = d.dir().join("gdb.cmd");
+        std::fs::write(&cmd, script).unwrap();
+        let out = std::fs::File::create(d.dir().join("gdb.out")).unwrap();
+        let gdb = std::process::Command::new("gdb")
+            .args([
+                "-q",
+                "-nx",
+                "-batch",
+                "-p",
+                &d.pid().unwrap().to_string(),
+                "-x",
+            ])
+            .arg(&cmd)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .ok()?;
+        wait_for(DEADLINE, || {
+            go.with_extension("ready").exists().then_some(())
+        })
+        .expect("gdb attached");
+        Some(Freeze { gdb, go })
+    }
+
+    fn wait_stopped(&self) -> bool {
+        wait_for(DEADLINE, || {
+            self.go.with_extension("stopped").exists().then_some(())
+        })
+        .is_some()
+    }
+
+    /// Lets the master go on (gdb removes the breakpoint and detaches).
+    fn release(self) {}
+}
+
+impl Drop for Freeze {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.go, "");
+        let _ = self.gdb.wait();
+    }
+}
+
+/// After an anvil restart the master re-reports each live process as `PROC-BIRTH` (fresh)
+/// and then, in a separate send, `PROC-BUSY` when it has served somebody. A CLAIM that lands
+/// between the two gets the served process as a *fresh* one for another user. Made
+/// deterministic by freezing the master (gdb) right before that PROC-BUSY: u2's login, which
+/// was waiting on a stopped fresh spare, is handed u1's former process.
+#[test]
+#[ignore = "bug: master re-reports a served process as PROC-BIRTH then PROC-BUSY in separate sends; a CLAIM in between hands it to another user as fresh"]
+fn anvil_restart_never_hands_a_served_process_to_another_user() {
+    let d = reuse_builder(&reuse(10, 0, 1))
+        .user("u1", "p1")
+        .user("u2", "p2")
+        .start()
+        .expect("start the reuse stack");
+    let p = served_once(&d, "u1", "p1");
+    let spare = wait_for(DEADLINE, || {
+        imap_rows(&d)
+            .into_iter()
+            .find(|r| r.pid.get() != p && r.state == ProcState::Fresh)
+    })
+    .expect("a fresh spare")
+    .pid
+    .get();
+    // u2's login waits (5 s) on the stopped spare while the anvil restarts.
+    kill(spare, Signal::SIGSTOP);
+    let port = d.imap_port().unwrap();
+    let login = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut rd = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        rd.read_line(&mut line).unwrap();
+        (&s).write_all(b"x LOGIN u2 p2\r\n").unwrap();
+        loop {
+            line.clear();
+            if rd.read_line(&mut line).unwrap_or(0) == 0 || line.starts_with("x ") {
+                return line;
+            }
+        }
+    });
+    let mut reg = registry(&d);
+    wait_for(DEADLINE, || {
+        let rows = reg.dump(b"PROC-LIST\timap\tu2").unwrap();
+        rows.iter()
+            .any(|r| String::from_utf8_lossy(r).ends_with("\tclaimed"))
+            .then_some(())
+    })
+    .expect("the spare claimed for u2");
+    let Some(freeze) = Freeze::before_proc_busy(&d) else {
+        eprintln!("gdb not installed: skipped");
+        kill(spare, Signal::SIGCONT);
+        return;
+    };
+    let old = foreman_child(&d, "anvil").expect("anvil");
+    kill(old, Signal::SIGKILL);
+    assert!(freeze.wait_stopped(), "the master never sent PROC-BUSY");
+    // The new registry now lists u1's former process as fresh and unbound.
+    let row = row_of(&d, p);
+    let answer = login.join().unwrap();
+    freeze.release();
+    kill(spare, Signal::SIGCONT);
+    let got = mpids_of(&d, "u2");
+    assert!(
+        got.is_empty() || got[0] != p,
+        "u2 handed {p}, which served u1 (registry during the re-report: {row:?}; answer \
+         {answer:?})\n{}",
+        d.log_tail(12)
+    );
+}
