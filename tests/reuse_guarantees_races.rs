@@ -224,3 +224,65 @@ fn hung_idle_process_does_not_starve_its_user() {
     );
     assert_ne!(wait_mpid(&d, "u1", 1), p);
 }
+
+/// The dispatcher is killed (-9) right after its hand-off reached imap (gdb stops it when its
+/// `sendmsg` of the request and the client fd returns), before it answers imap-login. The
+/// client sees exactly one LOGIN reply (imap's OK; imap-login writes no NO over it), then
+/// the connection ends (imap-login shuts the socket down); the dispatcher is restarted and
+/// the next login works. Skipped without gdb.
+#[test]
+fn dispatcher_killed_after_the_hand_off_client_sees_one_reply() {
+    let d = start();
+    wait_for(DEADLINE, || (imap_rows(&d).len() >= 2).then_some(())).expect("spares");
+    let disp = foreman_child(&d, "dispatch").expect("the dispatcher");
+    let dir = d.dir().to_owned();
+    let script = format!(
+        "set pagination off\nbreak __libc_sendmsg\nshell touch {0}/gdb-ready\ncontinue\n\
+         finish\nshell touch {0}/gdb-sent\nshell kill -9 {1}\nquit\n",
+        dir.display(),
+        disp
+    );
+    std::fs::write(dir.join("gdb.cmd"), script).unwrap();
+    let out = std::fs::File::create(dir.join("gdb.out")).unwrap();
+    let Ok(mut gdb) = std::process::Command::new("gdb")
+        .args(["-q", "-nx", "-batch", "-p", &disp.to_string(), "-x"])
+        .arg(dir.join("gdb.cmd"))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+    else {
+        eprintln!("gdb not installed: skipped");
+        return;
+    };
+    wait_for(DEADLINE, || dir.join("gdb-ready").exists().then_some(())).expect("gdb attached");
+
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::net::TcpStream::connect(("127.0.0.1", d.imap_port().unwrap())).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut rd = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    rd.read_line(&mut line).unwrap();
+    (&s).write_all(b"x LOGIN u1 p1\r\n").unwrap();
+    let mut lines = Vec::new();
+    loop {
+        line.clear();
+        match rd.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => lines.push(line.trim_end().to_owned()),
+            Err(e) => panic!("no end of the connection: {e}; {lines:?}"),
+        }
+    }
+    let _ = gdb.wait();
+    assert!(dir.join("gdb-sent").exists(), "the hand-off never happened");
+    let replies: Vec<&String> = lines.iter().filter(|l| l.starts_with("x ")).collect();
+    assert_eq!(replies.len(), 1, "{lines:?}");
+    assert!(replies[0].starts_with("x OK "), "{lines:?}");
+    let new = wait_for(DEADLINE, || {
+        foreman_child(&d, "dispatch").filter(|&p| p != disp)
+    })
+    .expect("the dispatcher restarted");
+    assert_ne!(new, disp);
+    let mut c = login(&d, "u1", "p1");
+    session_works(&mut c);
+    c.logout().unwrap();
+}
