@@ -1,6 +1,6 @@
 //! Smaller master options, live with the stock services: `foreman master -p` (the SSL key
 //! password reaches only services with inet listeners), `reuse_port` inet listeners,
-//! `drop_priv_before_exec`, `log_path = syslog` for the master's own lines.
+//! `drop_priv_before_exec`, `shutdown_clients` after a reload.
 
 use std::fs;
 use std::time::Duration;
@@ -164,4 +164,28 @@ fn drop_priv_before_exec_runs_the_binary_as_the_service_user() {
     // (this script does not, so it still runs as root).
     let kept = env_of(dir.path(), "kept");
     assert!(kept.contains(&"ID_U=0".to_owned()), "{kept:?}");
+}
+
+#[test]
+fn shutdown_clients_terminates_old_processes_6_s_after_a_reload() {
+    let d = StockDovecot::builder()
+        .master_command(FOREMAN, &["master"])
+        .user("alice", "pw")
+        .start()
+        .expect("start");
+    let mut c = d.imap().unwrap();
+    assert!(c.login("alice", "pw").unwrap().is_ok());
+    // Keep the session active so imap's own shutdown callback (10 s of inactivity) does not
+    // end it first.
+    let out = d.doveadm(&["reload"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let t0 = std::time::Instant::now();
+    let terminated = wait_for(DEADLINE, || {
+        let _ = c.command("NOOP");
+        d.log_contents()
+            .contains("Processes aren't dying after reload, sent SIGTERM to")
+            .then(|| t0.elapsed())
+    });
+    let after = terminated.unwrap_or_else(|| panic!("no SIGTERM round\n{}", d.log_tail(30)));
+    assert!(after >= Duration::from_secs(5), "too early: {after:?}");
 }

@@ -4,7 +4,8 @@
 //! FOREMAN-NEED spawns fresh processes to the requested count and no more, evicts at
 //! process_limit only what EVICT returns (a claimed process survives), a killed process
 //! leaves the registry, and after an anvil restart the live processes are reported again.
-//! With the stock anvil the master runs without reports.
+//! With the stock anvil the master runs without reports. With the dispatcher, more users than
+//! processes are all served through FOREMAN-NEED and eviction.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -341,4 +342,103 @@ fn with_the_stock_anvil_the_master_runs_without_reports() {
     let mut alice = d.imap().unwrap();
     assert!(alice.login("alice", "pw").unwrap().is_ok());
     alice.logout().unwrap();
+}
+
+/// With the dispatcher (`dispatch::reuse_config`): more users than processes. Each login
+/// that finds no process makes the dispatcher send FOREMAN-NEED; at the threshold the master
+/// spawns into the margin and evicts another user's idle process (chosen by EVICT), so every
+/// login is served and the pool never exceeds process_limit.
+#[test]
+fn with_the_dispatcher_more_users_than_processes_are_served_by_eviction() {
+    use foreman::dispatch::{reuse_config, ReuseConfig};
+    let cfg = ReuseConfig {
+        process_limit: 3,
+        process_limit_margin: 1,
+        fresh_spares: 1,
+        idle_kill: "60 secs".into(),
+    };
+    let users = ["u1", "u2", "u3", "u4", "u5"];
+    let mut b = StockDovecot::builder()
+        .master_command(FOREMAN, &["master"])
+        .custom_anvil(FOREMAN, &["anvil"])
+        .config_line(reuse_config(std::path::Path::new(FOREMAN), &cfg));
+    for u in users {
+        b = b.user(u, "pw");
+    }
+    let d = b.start().expect("start with the dispatcher");
+    let mut most = 0;
+    for round in 0..2 {
+        for u in users {
+            let mut c = d.imap().unwrap();
+            let r = c.login(u, "pw").unwrap();
+            assert!(r.is_ok(), "round {round} {u}: {r:?}\n{}", d.log_tail(40));
+            let r = c.command("SELECT INBOX").unwrap();
+            assert!(r.is_ok(), "{r:?}");
+            c.logout().unwrap();
+            most = most.max(imap_pids(&d).len());
+        }
+    }
+    // Quick sessions of one user: its process is reused (the dispatcher's RELEASE may reach
+    // anvil after the master's PROC-IDLE; a FOREMAN-NEED makes the master repeat it), then
+    // the others are served again.
+    for u in ["u1"; 15].into_iter().chain(users) {
+        let mut c = d.imap().unwrap();
+        let r = c.login(u, "pw").unwrap();
+        assert!(r.is_ok(), "{u}: {r:?}\n{}", d.log_tail(40));
+        c.logout().unwrap();
+        most = most.max(imap_pids(&d).len());
+    }
+    assert!(
+        most <= 3,
+        "at most process_limit imap processes, saw {most}"
+    );
+    let log = d.log_contents();
+    assert!(log.contains("evicting idle process"), "{}", d.log_tail(40));
+    assert!(
+        !log.contains("foreman-dispatch: Error"),
+        "{}",
+        d.log_tail(40)
+    );
+    // The registry agrees with the master about which processes exist.
+    wait_rows(&d, "registry = master's processes", |_| true);
+}
+
+/// A dispatcher's `RELEASE … served` can reach anvil after the master's PROC-IDLE of a short
+/// session, leaving an idle process "busy" in the registry. Played here with PROC-BUSY on a
+/// test connection: a FOREMAN-NEED makes the master repeat its idle reports before it asks
+/// EVICT, so the process can still be evicted (and reused).
+#[test]
+fn a_need_repairs_idle_processes_the_registry_believes_busy() {
+    let d = start("  process_min_avail = 1\n  process_limit = 3\n  process_limit_margin = 0");
+    let mut alice = d.imap().unwrap();
+    assert!(alice.login("alice", "pw").unwrap().is_ok());
+    let mut bob = d.imap().unwrap();
+    assert!(bob.login("bob", "pw2").unwrap().is_ok());
+    wait_rows(&d, "two busy + a spare", |r| {
+        count(r, ProcState::Busy) == 2 && count(r, ProcState::Fresh) == 1
+    });
+    alice.logout().unwrap();
+    bob.logout().unwrap();
+    let rows = wait_rows(&d, "two idle + a spare", |r| count(r, ProcState::Idle) == 2);
+    let idle: Vec<u32> = rows
+        .iter()
+        .filter(|r| r.1 == ProcState::Idle)
+        .map(|r| r.0)
+        .collect();
+    // The late RELEASE: both look busy now.
+    let mut reg = registry(&d);
+    for pid in &idle {
+        reg.send_line(format!("PROC-BUSY\t{pid}\t1").as_bytes())
+            .unwrap();
+    }
+    wait_rows(&d, "the registry believes them busy", |r| {
+        count(r, ProcState::Busy) == 2
+    });
+    let mut c = Control::connect(&d);
+    let total = c.imap_total();
+    assert_eq!(c.need(1), "+");
+    let rows = wait_rows(&d, "one of them evicted, a new spare", |r| {
+        idle.iter().filter(|p| r.iter().any(|x| x.0 == **p)).count() == 1 && r.len() == 3
+    });
+    assert_eq!(c.imap_total(), total + 1, "{rows:?}");
 }

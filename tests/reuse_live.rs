@@ -3,9 +3,9 @@
 //!
 //! Until the master reports its imap processes to anvil itself (branch `mreg`), the test
 //! plays that part: it watches `$BASE/imap-master-<pid>` (the per-process listeners; mode 0 =
-//! busy) and sends PROC-BIRTH / PROC-IDLE over a foreman-anvil connection. Extra reports once
-//! the master reports too are harmless (a second PROC-BIRTH of a registered pid only replaces
-//! the entry while it is fresh; the test reports births before any login).
+//! busy) and sends PROC-BIRTH (only for pids the registry does not know: a second birth would
+//! wipe a binding) and PROC-IDLE after a logout (harmless when the master sends it too) over
+//! a foreman-anvil connection.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -60,7 +60,10 @@ fn now_ms() -> u64 {
 
 impl Reporter {
     fn new(base: &Path) -> Reporter {
-        let mut conn = UnixStream::connect(base.join("anvil")).unwrap();
+        // The harness waits for the socket file; the master may not listen on it yet.
+        let path = base.join("anvil");
+        let mut conn = wait_for(DEADLINE, || UnixStream::connect(&path).ok())
+            .unwrap_or_else(|| panic!("connect {}", path.display()));
         conn.write_all(b"VERSION\tforeman-anvil\t1\t0\n").unwrap();
         let mut line = String::new();
         BufReader::new(conn.try_clone().unwrap())
@@ -91,11 +94,13 @@ impl Reporter {
         out
     }
 
-    /// Reports every process not reported yet; returns how many exist.
+    /// Reports every process the registry does not know yet (once the master reports its
+    /// processes itself, this reports nothing); returns how many processes exist.
     fn births(&mut self) -> usize {
         let all = self.listeners();
+        let known: BTreeSet<u32> = self.rows("PROC-DUMP").into_iter().map(|r| r.0).collect();
         for (pid, _) in &all {
-            if self.born.insert(*pid) {
+            if !known.contains(pid) && self.born.insert(*pid) {
                 self.conn
                     .write_all(format!("PROC-BIRTH\timap\t{pid}\t0\n").as_bytes())
                     .unwrap();
@@ -110,12 +115,6 @@ impl Reporter {
             .unwrap();
     }
 
-    fn busy(&mut self, pid: u32) {
-        self.conn
-            .write_all(format!("PROC-BUSY\t{pid}\t{}\n", now_ms()).as_bytes())
-            .unwrap();
-    }
-
     /// `PROC-LIST imap <user>`: the pids bound to `user` in the registry.
     fn bound_to(&mut self, user: &str) -> Vec<u32> {
         self.claims_of(user).into_iter().map(|(p, _)| p).collect()
@@ -123,21 +122,50 @@ impl Reporter {
 
     /// `PROC-LIST imap <user>`: (pid, claim column) of the processes bound to `user`.
     fn claims_of(&mut self, user: &str) -> Vec<(u32, String)> {
-        self.conn
-            .write_all(format!("PROC-LIST\timap\t{user}\n").as_bytes())
-            .unwrap();
+        let rows = self.rows(&format!("PROC-LIST\timap\t{user}"));
+        rows.into_iter()
+            .map(|(pid, u, claim)| {
+                assert_eq!(u, user);
+                (pid, claim)
+            })
+            .collect()
+    }
+
+    /// The registry's state column (`fresh`, `idle`, `busy`) of `pid`.
+    fn state(&mut self, pid: u32) -> Option<String> {
+        self.conn.write_all(b"PROC-DUMP\n").unwrap();
         let mut r = BufReader::new(self.conn.try_clone().unwrap());
-        let mut pids = Vec::new();
+        let mut found = None;
         loop {
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
             let line = line.trim_end_matches('\n');
             if line.is_empty() {
-                return pids;
+                return found;
             }
             let f: Vec<&str> = line.split('\t').collect();
-            assert_eq!(f[2], user, "{line}");
-            pids.push((f[0].parse().unwrap(), f[6].to_owned()));
+            if f[0] == pid.to_string() {
+                found = Some(f[4].to_owned());
+            }
+        }
+    }
+
+    /// (pid, user, claim) of each row a PROC-LIST / PROC-DUMP returns.
+    fn rows(&mut self, command: &str) -> Vec<(u32, String, String)> {
+        self.conn
+            .write_all(format!("{command}\n").as_bytes())
+            .unwrap();
+        let mut r = BufReader::new(self.conn.try_clone().unwrap());
+        let mut rows = Vec::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                return rows;
+            }
+            let f: Vec<&str> = line.split('\t').collect();
+            rows.push((f[0].parse().unwrap(), f[2].to_owned(), f[6].to_owned()));
         }
     }
 
@@ -239,6 +267,11 @@ fn login_reply_equals_stock() {
         let stock = b.start().expect("start stock dovecot");
         let (c, stock_reply) = login_reply(&stock, "u1", "p1");
         c.logout().unwrap();
+        // A client that asked CAPABILITY before LOGIN: imap-login's prefix byte is `1`, the
+        // capabilities come untagged before a plain tagged OK.
+        let (c, stock_after_cap) = login_reply_after_capability(&stock);
+        c.logout().unwrap();
+        assert_eq!(stock_after_cap.tagged, "OK Logged in");
 
         let d = start_with(settings);
         let mut rep = Reporter::new(d.base_dir());
@@ -249,6 +282,9 @@ fn login_reply_equals_stock() {
         session_works(&mut c);
         c.logout().unwrap();
         assert_eq!(ours, stock_reply, "settings {settings:?}");
+        let (c, ours_after_cap) = login_reply_after_capability(&d);
+        c.logout().unwrap();
+        assert_eq!(ours_after_cap, stock_after_cap, "settings {settings:?}");
         let caps = ours.untagged.join(" ") + &ours.tagged;
         assert!(caps.contains("CAPABILITY IMAP4rev1 "), "{caps}");
         if !settings.is_empty() {
@@ -268,6 +304,14 @@ fn login_reply_equals_stock() {
             d.log_tail(30)
         );
     }
+}
+
+fn login_reply_after_capability(d: &StockDovecot) -> (ImapClient, foreman::stock::imap::ImapReply) {
+    let mut c = ImapClient::connect(d.imap_port().unwrap()).unwrap();
+    assert!(c.command("CAPABILITY").unwrap().is_ok());
+    let r = c.login("u1", "p1").unwrap();
+    assert!(r.is_ok(), "LOGIN: {r:?}\n{}", d.log_tail(40));
+    (c, r)
 }
 
 fn login_reply(
@@ -340,8 +384,9 @@ fn pipelined_command_after_login_is_answered() {
 }
 
 /// A process the registry wrongly believes idle (its listener is mode 0 because it is busy):
-/// the dispatcher's connect is refused (it has no DAC override), it releases the claim and
-/// retries; once the registry knows the process is busy, a fresh process serves the user.
+/// the dispatcher's connect is refused (it has no DAC override), it releases the claim
+/// `busy` (not claimed again until the master reports on it) and retries: a fresh process
+/// serves the user.
 /// Also: the dispatcher runs without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH.
 #[test]
 fn busy_process_believed_idle_is_skipped() {
@@ -351,6 +396,12 @@ fn busy_process_believed_idle_is_skipped() {
     let (mut a, _) = login(&d, "u1", "p1");
     let p = wait_for(DEADLINE, || login_mpid(&d, "u1", 0)).unwrap();
     wait_for(DEADLINE, || (!rep.is_idle(p)).then_some(())).expect("P's listener closed");
+    // Once the registry has P busy (the dispatcher's RELEASE served, and the master's own
+    // PROC-BUSY if it reports), nothing changes P's state until A logs out: now lie.
+    wait_for(DEADLINE, || {
+        (rep.state(p).as_deref() == Some("busy")).then_some(())
+    })
+    .expect("P busy in the registry");
     rep.idle(p); // the lie
     rep.births();
     let port = d.imap_port().unwrap();
@@ -359,15 +410,9 @@ fn busy_process_believed_idle_is_skipped() {
         let r = c.login("u1", "p1").unwrap();
         (c, r)
     });
-    // The dispatcher holds a claim on P (it is retrying on it) ...
-    wait_for(DEADLINE, || {
-        rep.claims_of("u1")
-            .contains(&(p, "claimed".to_owned()))
-            .then_some(())
-    })
-    .expect("the dispatcher claims P");
-    // ... until the truth arrives.
-    rep.busy(p);
+    // CLAIM must return P first (idle, bound to u1: a reuse hit); the connect is refused
+    // (mode 0, no DAC override), the dispatcher releases P `busy` and claims again: a
+    // fresh process serves B.
     let (mut b, r) = second.join().unwrap();
     assert!(r.is_ok(), "{r:?}\n{}", d.log_tail(30));
     let q = wait_for(DEADLINE, || login_mpid(&d, "u1", 1)).unwrap();
@@ -392,4 +437,148 @@ fn busy_process_believed_idle_is_skipped() {
         assert_eq!(bits & 0b110, 0, "{set} {hex}");
         assert_ne!(bits, 0, "{set}: the other capabilities stay");
     }
+}
+
+/// The whole path with nothing faked: the master reports its imap processes to anvil
+/// itself, and with no spare process at all (`process_min_avail = 0`) every first login of
+/// a user goes CLAIM → none → FOREMAN-NEED → the master spawns → CLAIM again.
+#[test]
+fn no_spares_the_master_spawns_on_need_and_reuse_follows() {
+    let cfg = ReuseConfig {
+        process_limit: 10,
+        process_limit_margin: 2,
+        fresh_spares: 0,
+        idle_kill: "60 secs".into(),
+    };
+    let d = StockDovecot::builder()
+        .master_command(FOREMAN, &["master"])
+        .custom_anvil(FOREMAN, &["anvil"])
+        .config_line(reuse_config(Path::new(FOREMAN), &cfg))
+        .user("u1", "p1")
+        .user("u2", "p2")
+        .start()
+        .expect("start");
+    let base = d.base_dir().to_owned();
+    let mut rep = Reporter::new(&base);
+    for round in 0..2 {
+        for (n, user) in ["u1", "u2"].iter().enumerate() {
+            let (mut c, _) = login(&d, user, &format!("p{}", n + 1));
+            session_works(&mut c);
+            c.logout().unwrap();
+            let pid = wait_for(DEADLINE, || login_mpid(&d, user, round)).unwrap();
+            // Wait until the master has reported the process idle again.
+            wait_for(DEADLINE, || {
+                (rep.state(pid).as_deref() == Some("idle")).then_some(())
+            })
+            .unwrap_or_else(|| panic!("{user}'s process never idle\n{}", d.log_tail(30)));
+        }
+    }
+    let p1 = login_mpid(&d, "u1", 0).unwrap();
+    let p2 = login_mpid(&d, "u2", 0).unwrap();
+    assert_ne!(p1, p2);
+    assert_eq!(login_mpid(&d, "u1", 1), Some(p1));
+    assert_eq!(login_mpid(&d, "u2", 1), Some(p2));
+    assert_eq!(rep.bound_to("u1"), vec![p1]);
+    assert_eq!(rep.bound_to("u2"), vec![p2]);
+    assert_eq!(rep.born.len(), 0, "the test reported nothing");
+    let log = d.log_contents();
+    assert!(!log.contains("foreman-dispatch: Error"), "{log}");
+    assert!(!log.contains("foreman-dispatch: Warning"), "{log}");
+}
+
+/// Many concurrent logins of a few users against a pool smaller than the number of clients
+/// (5 clients, 3 processes: logins wait, the master evicts idle processes): every login
+/// succeeds and works, and no imap process ever serves two users (imap's own log lines name the user
+/// and pid of every session).
+#[test]
+fn concurrent_logins_never_mix_users_in_a_process() {
+    let cfg = ReuseConfig {
+        process_limit: 3,
+        process_limit_margin: 1,
+        fresh_spares: 1,
+        idle_kill: "60 secs".into(),
+    };
+    let d = StockDovecot::builder()
+        .master_command(FOREMAN, &["master"])
+        .custom_anvil(FOREMAN, &["anvil"])
+        .config_line(reuse_config(Path::new(FOREMAN), &cfg))
+        .user("u1", "p1")
+        .user("u2", "p2")
+        .user("u3", "p3")
+        .start()
+        .expect("start");
+    let port = d.imap_port().unwrap();
+    let threads: Vec<_> = (0..5)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for round in 0..4 {
+                    let n = (t + round) % 3 + 1;
+                    let mut c = ImapClient::connect(port).unwrap();
+                    let r = c.login(&format!("u{n}"), &format!("p{n}")).unwrap();
+                    assert!(r.is_ok(), "thread {t} round {round}: {r:?}");
+                    session_works(&mut c);
+                    c.logout().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .unwrap_or_else(|_| panic!("a client failed\n{}", d.log_tail(40)));
+    }
+    // imap(u1)<1234><session>: ... Disconnected (logged through the log process: wait)
+    let log = wait_for(DEADLINE, || {
+        let log = d.log_contents();
+        (log.matches("Disconnected: Logged out").count() >= 20).then_some(log)
+    })
+    .unwrap_or_else(|| panic!("20 sessions\n{}", d.log_contents()));
+    let mut users_of: std::collections::BTreeMap<u32, BTreeSet<String>> = Default::default();
+    let mut sessions = 0;
+    for line in log.lines().filter(|l| l.contains("Disconnected")) {
+        let Some(rest) = line.split(" imap(").nth(1) else {
+            continue;
+        };
+        let (user, rest) = rest.split_once(")<").unwrap();
+        let pid: u32 = rest.split('>').next().unwrap().parse().unwrap();
+        users_of.entry(pid).or_default().insert(user.to_owned());
+        sessions += 1;
+    }
+    assert_eq!(sessions, 20, "{log}");
+    for (pid, users) in &users_of {
+        assert_eq!(users.len(), 1, "pid {pid} served {users:?}\n{log}");
+    }
+    assert!(users_of.len() < 20, "some process was reused: {users_of:?}");
+    assert!(!log.contains("foreman-dispatch: Error"), "{log}");
+}
+
+/// A malformed request on the dispatcher's listener is logged (through the master's log
+/// service, with the dispatcher's prefix) and closes only that connection; logins go on.
+#[test]
+fn bad_login_request_is_logged_and_others_are_served() {
+    use std::io::Read;
+    let d = start();
+    let path = d.base_dir().join("login/foreman-dispatch");
+    let mut bad = UnixStream::connect(&path).unwrap();
+    let mut req = [0u8; 96];
+    req[80..84].copy_from_slice(&5000u32.to_ne_bytes()); // data_size above 1218
+    bad.write_all(&req).unwrap();
+    bad.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut b = [0u8; 12];
+    assert_eq!(bad.read(&mut b).unwrap(), 0, "closed without a reply");
+    let line = wait_for(DEADLINE, || {
+        d.log_contents()
+            .lines()
+            .find(|l| l.contains("Too large auth data_size"))
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| panic!("no log line\n{}", d.log_tail(20)));
+    assert!(
+        line.contains(
+            "foreman-dispatch: Error: login client: Too large auth data_size sent (5000)"
+        ),
+        "{line}"
+    );
+    let (mut c, _) = login(&d, "u1", "p1");
+    session_works(&mut c);
+    c.logout().unwrap();
 }

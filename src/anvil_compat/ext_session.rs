@@ -5,9 +5,10 @@
 
 use bstr::BString;
 
-use super::registry::{Activity, Claim, ClaimKind, Outcome, Process};
+use super::registry::{Activity, Claim, ClaimKind, ConnectBinding, Outcome, Process};
 use super::session::{ConnKind, LogBuf, INPUT_ERROR};
 use super::{Anvil, UnixMillis};
+use crate::wire::anvil::Pid;
 use crate::wire::anvil_ext::{
     encode_ext_reply, is_ext_version, parse_ext_request, ClaimState, ClaimedKind, ExtReply,
     ExtRequest, ProcRow, ProcState, ReleaseOutcome, VERSION_LINE,
@@ -91,6 +92,7 @@ pub fn handle_line(
                 ReleaseOutcome::Served => Outcome::Served,
                 ReleaseOutcome::Unused => Outcome::Unused,
                 ReleaseOutcome::Failed => Outcome::Failed,
+                ReleaseOutcome::Busy => Outcome::Busy,
             };
             if reg.release(now, pid, token, outcome).is_err() {
                 note(format!(
@@ -125,6 +127,28 @@ pub fn handle_line(
     Some(Ok(()))
 }
 
+/// A v1 `CONNECT` on any connection (socket or pipe): if `pid` is a registered process,
+/// binds it to the ident's user when unbound, and logs a warning when it is bound to another
+/// user (a process serving two users is a reuse bug). See "Binding from CONNECT" in
+/// `docs/anvil-extensions.md`. Costs one lookup when the pid is not registered, nothing when
+/// no process is.
+#[inline]
+pub fn on_connect(anvil: &mut Anvil, pid: Pid, ident: &[u8], log: &mut LogBuf) {
+    if !anvil.registry.has_processes() || anvil.registry.get(pid).is_none() {
+        return;
+    }
+    let Some((_, _, user)) = crate::who::split_ident_raw(ident) else {
+        return;
+    };
+    if let ConnectBinding::Conflict { bound_to } = anvil.registry.connect(pid, user) {
+        let mut text = format!("registry: pid {pid} is bound to user ").into_bytes();
+        text.extend_from_slice(&bound_to);
+        text.extend_from_slice(b" but reported a CONNECT for user ");
+        text.extend_from_slice(user);
+        log.push((Level::Warning, text.into()));
+    }
+}
+
 /// The wire row of a process at `now`.
 pub fn row(now: UnixMillis, p: &Process) -> ProcRow {
     let (state, since) = match p.activity {
@@ -133,7 +157,7 @@ pub fn row(now: UnixMillis, p: &Process) -> ProcRow {
         Activity::Busy { since } => (ProcState::Busy, since),
     };
     let (user, uid) = match &p.binding {
-        Some(b) => (b.user.clone(), b.uid),
+        Some(b) => (b.user.clone(), b.uid.unwrap_or(p.birth_uid)),
         None => (BString::default(), p.birth_uid),
     };
     ProcRow {
@@ -251,7 +275,9 @@ mod tests {
             b"VERSION\tforeman-anvil\t1\t0\nPROC-BIRTH\timap\t7\t0\nEVICT\tpop3\t7\n\
               EVICT\timap\t7\nEVICT\timap\t7\nPROC-BUSY\t8\t1\nPROC-DEATH\t7\nPROC-DEATH\t7\n",
         );
-        assert_eq!(out, b"VERSION\tforeman-anvil\t1\t0\nnone\n7\nnone\n");
+        // A second EVICT of the reserved pid confirms it (the master may have stopped
+        // waiting for the first answer).
+        assert_eq!(out, b"VERSION\tforeman-anvil\t1\t0\nnone\n7\n7\n");
         assert_eq!(
             logs,
             [
@@ -259,5 +285,40 @@ mod tests {
                 "registry: death of unknown pid 7"
             ]
         );
+    }
+
+    #[test]
+    fn connect_on_any_connection_binds_a_registered_process() {
+        let mut anvil = Anvil::new();
+        feed(
+            &mut anvil,
+            ConnKind::SOCKET,
+            b"VERSION\tforeman-anvil\t1\t0\nPROC-BIRTH\timap\t4242\t0\nPROC-BIRTH\timap\t4243\t1001\n",
+        );
+        // A stock imap process reports its session on the shared pipe.
+        let (_, logs, _) = feed(
+            &mut anvil,
+            ConnKind::SHARED_PIPE,
+            b"VERSION\tanvil\t1\t0\nCONNECT\t4242\timap/127.0.0.1/alice\n\
+              CONNECT\t4243\timap/bob\nCONNECT\t77\timap/127.0.0.1/carol\n\
+              CONNECT\t4242\timap/127.0.0.1/mallory\n",
+        );
+        assert_eq!(
+            logs,
+            ["registry: pid 4242 is bound to user alice but reported a CONNECT for user mallory"]
+        );
+        // The v1 table counts every session as before.
+        assert_eq!(anvil.connect_limit.lookup(b"imap/127.0.0.1/mallory"), 1);
+        let (out, _, _) = feed(
+            &mut anvil,
+            ConnKind::SOCKET,
+            b"VERSION\tforeman-anvil\t1\t0\nPROC-DUMP\nCLAIM\timap\tcarol\t1002\n",
+        );
+        let want: &[u8] = b"VERSION\tforeman-anvil\t1\t0\n\
+            4242\timap\talice\t0\tfresh\t1795892735000\t-\n\
+            4243\timap\tbob\t1001\tfresh\t1795892735000\t-\n\
+            \n\
+            none\n";
+        assert_eq!(bstr::BStr::new(&out), bstr::BStr::new(want));
     }
 }

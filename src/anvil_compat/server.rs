@@ -1,6 +1,8 @@
 //! The tokio shell around [`super::session`]: accepts socket clients, reads the master and
-//! shared pipes, runs the penalty timer, writes status records to fd 5 and log lines to fd 2,
-//! exits when the master-dead pipe (fd 6) reports an error and no socket client is left.
+//! shared pipes, runs the penalty timer and the registry upkeep (every [`UPKEEP_INTERVAL`]
+//! while the registry holds anything: expired claims are dropped and logged, old arrival
+//! history forgotten, [`super::registry::Registry::upkeep`]), writes status records to
+//! fd 5 and log lines to fd 2, exits when the master-dead pipe (fd 6) reports an error and no socket client is left.
 //! Runs either under a Dovecot master (fds of master-interface.md §5.1 / anvil-protocol.md
 //! §1.2) or standalone on sockets it binds itself. Design note: `docs/anvil-server.md`.
 //!
@@ -32,6 +34,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 
+use super::registry::{Policy, Registry, DEFAULT_CLAIM_TTL};
 use super::session::{ConnKind, LogBuf, Session};
 use super::{Anvil, UnixMillis};
 use crate::logging::{LogFormat, Logger};
@@ -49,6 +52,8 @@ pub const OUTPUT_CAP: usize = 1024 * 1024;
 const KEEP_OUTPUT_CAPACITY: usize = 64 * 1024;
 /// Pause after an accept() failure such as EMFILE, so it cannot spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How often the registry's upkeep runs while the registry holds anything.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// The log prefix stock anvil sets.
 const LOG_PREFIX: &str = "anvil: ";
 
@@ -59,6 +64,8 @@ pub struct StandaloneOptions {
     pub socket: PathBuf,
     /// The auth penalty socket (`anvil-auth-penalty`), if wanted.
     pub penalty_socket: Option<PathBuf>,
+    /// The registry's claim lifetime (`docs/anvil-extensions.md`), ms.
+    pub claim_ttl: UnixMillis,
 }
 
 /// Errors that stop the anvil server.
@@ -118,6 +125,7 @@ pub fn run_standalone(opts: StandaloneOptions) -> Result<(), ServerError> {
             log_fdpass: None,
             client_limit: None,
             anvil_restarted: false,
+            claim_ttl: opts.claim_ttl,
             logger,
         })
     });
@@ -196,6 +204,7 @@ pub fn run_under_master() -> Result<(), ServerError> {
             log_fdpass: Some(fds.log_fdpass),
             client_limit: Some(env.client_limit),
             anvil_restarted: env.anvil_restarted,
+            claim_ttl: DEFAULT_CLAIM_TTL,
             logger,
         })
     })
@@ -229,6 +238,7 @@ struct Setup {
     /// `None`: unlimited (standalone).
     client_limit: Option<u32>,
     anvil_restarted: bool,
+    claim_ttl: UnixMillis,
     logger: Logger,
 }
 
@@ -303,6 +313,9 @@ struct Shared {
     /// The penalty deadline the timer task last saw.
     penalty_seen: Cell<Option<UnixMillis>>,
     penalty_changed: Notify,
+    /// The upkeep task waits for the registry to hold something.
+    upkeep_waiting: Cell<bool>,
+    registry_used: Notify,
     exit: Notify,
 }
 
@@ -376,13 +389,24 @@ impl Shared {
             self.penalty_changed.notify_one();
         }
     }
+
+    /// Wakes the upkeep task if it waits and a feed filled the registry.
+    fn note_registry(&self, anvil: &Anvil) {
+        if self.upkeep_waiting.get() && !anvil.registry.is_empty() {
+            self.upkeep_waiting.set(false);
+            self.registry_used.notify_one();
+        }
+    }
 }
 
 async fn serve(setup: Setup, mut signals: Signals) -> Result<(), ServerError> {
     let (gate, _) = watch::channel(true);
     let standalone = setup.status.is_none();
     let shared = Rc::new(Shared {
-        anvil: RefCell::new(Anvil::default()),
+        anvil: RefCell::new(Anvil {
+            registry: Registry::new(Policy::Predictive, setup.claim_ttl),
+            ..Anvil::default()
+        }),
         logger: RefCell::new(setup.logger),
         scratch: RefCell::new(Scratch {
             input: vec![0; MAX_LINE + READ_CHUNK],
@@ -410,6 +434,8 @@ async fn serve(setup: Setup, mut signals: Signals) -> Result<(), ServerError> {
         },
         penalty_seen: Cell::new(None),
         penalty_changed: Notify::new(),
+        upkeep_waiting: Cell::new(false),
+        registry_used: Notify::new(),
         exit: Notify::new(),
     });
 
@@ -430,6 +456,7 @@ async fn serve(setup: Setup, mut signals: Signals) -> Result<(), ServerError> {
         ));
     }
     tokio::task::spawn_local(penalty_timer(shared.clone()));
+    tokio::task::spawn_local(registry_upkeep(shared.clone()));
     if let Some(fd) = setup.master_dead {
         tokio::task::spawn_local(watch_master_dead(shared.clone(), fd));
     }
@@ -775,6 +802,7 @@ fn step(shared: &Shared, conn: &mut Conn, io: &impl ConnIo, read: bool) -> Step 
         let mut anvil = shared.anvil.borrow_mut();
         let fed = feed_bounded(conn, &mut anvil, input, out, log);
         shared.note_penalty_deadline(&anvil);
+        shared.note_registry(&anvil);
         fed
     };
     if !log.is_empty() {
@@ -850,6 +878,32 @@ async fn penalty_timer(shared: Rc<Shared>) {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
             _ = shared.penalty_changed.notified() => {}
+        }
+    }
+}
+
+/// Runs [`Registry::upkeep`] every [`UPKEEP_INTERVAL`] while the registry holds anything,
+/// and logs each claim that expired without a release (its dispatcher died or hung).
+async fn registry_upkeep(shared: Rc<Shared>) {
+    loop {
+        if shared.anvil.borrow().registry.is_empty() {
+            shared.upkeep_waiting.set(true);
+            shared.registry_used.notified().await;
+            continue;
+        }
+        tokio::time::sleep(UPKEEP_INTERVAL).await;
+        let done = shared.anvil.borrow_mut().registry.upkeep(now_ms());
+        for e in done.expired {
+            let mut text = format!(
+                "registry: claim of pid {} (token {}) expired without a release",
+                e.pid, e.token
+            )
+            .into_bytes();
+            if let Some(user) = e.user {
+                text.extend_from_slice(b", process kept bound to user ");
+                text.extend_from_slice(&user);
+            }
+            shared.log(Level::Warning, text);
         }
     }
 }

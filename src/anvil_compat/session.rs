@@ -325,7 +325,10 @@ impl Session {
             );
         }
         match request {
-            Request::Connect { pid, ident } => anvil.connect_limit.connect(pid, &ident),
+            Request::Connect { pid, ident } => {
+                anvil.connect_limit.connect(pid, &ident);
+                super::ext_session::on_connect(anvil, pid, &ident, log);
+            }
             Request::Disconnect { pid, ident } => {
                 if anvil.connect_limit.disconnect(pid, &ident).is_err() {
                     let text =

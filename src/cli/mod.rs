@@ -25,6 +25,9 @@ pub enum Command {
         /// Standalone: also bind the auth penalty socket here.
         #[arg(long, requires = "socket")]
         penalty_socket: Option<PathBuf>,
+        /// Standalone: lifetime of a registry claim in ms (docs/anvil-extensions.md).
+        #[arg(long, requires = "socket", default_value_t = crate::anvil_compat::registry::DEFAULT_CLAIM_TTL)]
+        claim_ttl_ms: u64,
     },
     /// List logged-in users, like `doveadm who`.
     Who {
@@ -34,6 +37,9 @@ pub enum Command {
         /// One line per session.
         #[arg(short = '1')]
         one_per_session: bool,
+        /// The reuse processes per user instead (Foreman anvil only, docs/who.md).
+        #[arg(long, conflicts_with = "one_per_session")]
+        processes: bool,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -152,11 +158,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Anvil {
             socket: Some(socket),
             penalty_socket,
+            claim_ttl_ms,
         } => {
             crate::anvil_compat::server::run_standalone(
                 crate::anvil_compat::server::StandaloneOptions {
                     socket,
                     penalty_socket,
+                    claim_ttl: claim_ttl_ms,
                 },
             )?;
             Ok(ExitCode::SUCCESS)
@@ -168,12 +176,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Who {
             socket,
             one_per_session,
+            processes,
             json,
             masks,
         } => {
             let opts = crate::who::Options {
                 socket: socket.unwrap_or_else(|| crate::who::DEFAULT_SOCKET.into()),
                 one_per_session,
+                processes,
                 json,
                 masks,
                 screen: crate::who::stdout_screen(),

@@ -30,7 +30,12 @@ const PLUGIN_CAPS: &[(&str, &str, &[&str])] = &[
     ("imap_acl", "02_imap_acl", &["ACL", "RIGHTS=texk"]),
     ("imap_quota", "11_imap_quota", &["QUOTA"]),
     ("imap_zlib", "30_imap_zlib", &["COMPRESS=DEFLATE"]),
+    ("imap_old_stats", "95_imap_old_stats", &[]),
 ];
+
+/// Plugins that change the capability string in ways not modelled here: fts backends with
+/// fuzzy search make stock add `SEARCH=FUZZY`.
+const UNMODELLED: &[&str] = &["fts_lucene", "fts_solr"];
 
 /// The settings the capability string depends on (stock defaults in [`Default`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +144,9 @@ impl CapSettings {
             match PLUGIN_CAPS.iter().find(|(n, _, _)| *n == name) {
                 Some((_, key, c)) if !known.iter().any(|(k, _)| k == key) => known.push((key, c)),
                 Some(_) => {}
-                None if name.starts_with("imap_") => unknown.push(p.clone()),
+                None if name.starts_with("imap_") || UNMODELLED.contains(&name) => {
+                    unknown.push(p.clone())
+                }
                 None => {}
             }
         }
@@ -221,9 +228,11 @@ mod tests {
 
     #[test]
     fn unknown_imap_plugins_are_reported() {
-        let s = CapSettings::from_config_reply(b"mail_plugins=imap_sieve imap_quota fts\n");
+        let s = CapSettings::from_config_reply(
+            b"mail_plugins=imap_sieve imap_quota fts fts_solr old_stats imap_old_stats\n",
+        );
         let (c, u) = s.capability_string();
         assert_eq!(c, format!("{BUILTIN} LITERAL+ NOTIFY QUOTA"));
-        assert_eq!(u, vec!["imap_sieve".to_owned()]);
+        assert_eq!(u, vec!["imap_sieve".to_owned(), "fts_solr".to_owned()]);
     }
 }

@@ -144,7 +144,7 @@ pub enum Next {
 /// RELEASE outcome and next step for an attempt.
 pub fn decide(a: &Attempt) -> (ReleaseOutcome, Next) {
     match a {
-        Attempt::ConnectBusy | Attempt::NoVersion => (ReleaseOutcome::Unused, Next::ClaimAgain),
+        Attempt::ConnectBusy | Attempt::NoVersion => (ReleaseOutcome::Busy, Next::ClaimAgain),
         Attempt::Accepted => (ReleaseOutcome::Served, Next::ReplyOk),
         Attempt::Failed {
             client_untouched: true,
@@ -316,8 +316,8 @@ mod tests {
         use Next::*;
         use ReleaseOutcome::*;
         let cases = [
-            (Attempt::ConnectBusy, (Unused, ClaimAgain)),
-            (Attempt::NoVersion, (Unused, ClaimAgain)),
+            (Attempt::ConnectBusy, (Busy, ClaimAgain)),
+            (Attempt::NoVersion, (Busy, ClaimAgain)),
             (Attempt::Accepted, (Served, ReplyOk)),
             (
                 Attempt::Failed {

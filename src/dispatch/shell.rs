@@ -35,11 +35,11 @@ use crate::wire::DecodeError;
 /// Errors that stop the dispatcher.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    #[error("{0}")]
+    #[error(transparent)]
     Env(#[from] crate::master_compat::child_env::ChildEnvError),
-    #[error("{0}")]
+    #[error(transparent)]
     Sys(#[from] sys::SysError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -184,7 +184,14 @@ struct Ctx {
     next_auth_id: Cell<u32>,
     /// When the last "master refused FOREMAN-NEED" warning was logged.
     need_warned: Cell<Option<Instant>>,
+    /// The last FOREMAN-NEED accepted: (waiting count, when). Many waiting logins retry in
+    /// the same few ms; the same count again within [`NEED_COALESCE`] is not re-sent (the
+    /// command is idempotent, so this only saves round trips).
+    need_sent: Cell<Option<(u32, Instant)>>,
 }
+
+/// See [`Ctx::need_sent`].
+const NEED_COALESCE: Duration = Duration::from_millis(5);
 
 impl Ctx {
     fn new(opts: Options, logger: Logger) -> Ctx {
@@ -197,6 +204,7 @@ impl Ctx {
             caps: RefCell::new(None),
             next_auth_id: Cell::new(1),
             need_warned: Cell::new(None),
+            need_sent: Cell::new(None),
         }
     }
 
@@ -400,6 +408,16 @@ async fn login(ctx: &Ctx, req: &AuthRequest, data: &LoginData, client: OwnedFd) 
     let mut attempts = 0u32;
     let mut waiting = WaitGuard::new(ctx);
     loop {
+        if round > 0 && client_gone(&client) {
+            ctx.log(
+                Level::Info,
+                format!(
+                    "user {}: client disconnected while waiting for a process",
+                    show(&valid.user)
+                ),
+            );
+            return fail(my_pid);
+        }
         let claimed = match ctx.claim(&valid.user, valid.uid).await {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {
@@ -515,6 +533,20 @@ impl<'a> WaitGuard<'a> {
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
         self.leave();
+    }
+}
+
+/// The client connection is closed in both directions or broken (POLLHUP / POLLERR). A
+/// half-close (the client shut down only its sending side, e.g. a pipelined script) is not
+/// "gone": it still expects its replies.
+fn client_gone(client: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(client.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        _ => false,
     }
 }
 
@@ -676,12 +708,14 @@ impl Ctx {
     /// Tells the master how many logins wait (`FOREMAN-NEED`). Errors are logged at most
     /// every 10 s: an older master does not know the command.
     async fn need(&self) {
-        let line = format!(
-            "FOREMAN-NEED\t{}\t{}\n",
-            self.opts.service,
-            self.waiting.get()
-        );
         let mut guard = self.master.lock().await;
+        let waiting = self.waiting.get();
+        if let Some((n, at)) = self.need_sent.get() {
+            if n == waiting && at.elapsed() < NEED_COALESCE {
+                return;
+            }
+        }
+        let line = format!("FOREMAN-NEED\t{}\t{waiting}\n", self.opts.service);
         let r = async {
             if guard.is_none() {
                 let mut c = LineConn::connect(&self.path("master")).await?;
@@ -707,6 +741,9 @@ impl Ctx {
             }
         }
         .await;
+        if r.is_ok() {
+            self.need_sent.set(Some((waiting, Instant::now())));
+        }
         if let Err(e) = r {
             *guard = None;
             let now = Instant::now();

@@ -992,12 +992,6 @@ impl Shell {
             gen.sup.adopt_anvil(moved);
         }
         let old_id = self.gens[old_i].id;
-        if self.registry.is_up() {
-            // Before Start: the new list has no process yet, so nothing is re-reported.
-            let _ = gen
-                .sup
-                .handle(Instant::now(), Event::RegistryConnected(true));
-        }
         let connect = gen.sup.has_reuse_pool()
             && self.registry.state() == registry_client::State::Off
             && self.anvil_running();
@@ -1006,6 +1000,12 @@ impl Shell {
             self.registry_connect();
         }
         self.queue.push_back((old_id, Event::Retire));
+        if self.registry.is_up() {
+            // Before Start: the new list has no process yet, so nothing is re-reported. Queued
+            // like every event so that its actions (Listen among them) are executed: dropping
+            // them left the supervisor believing it listened while the shell did not.
+            self.queue.push_back((id, Event::RegistryConnected(true)));
+        }
         self.queue.push_back((id, Event::Start));
     }
 

@@ -9,6 +9,14 @@
 //! `process_avail` (= processes with at least one free slot). The service's listeners are
 //! polled only while `process_avail == 0`, the service is not throttled and not waiting in
 //! the drop path; a readable listener forks one process (demand spawning).
+//!
+//! Reuse pools (services with a `%{pid}` unix listener, docs/reuse.md "Master") additionally
+//! emit registry reports ([`Report`]: birth at spawn, busy/idle from status records, death at
+//! reap), count `process_min_avail` in *fresh* processes (never busy yet), serve
+//! [`Event::NeedFresh`] (FOREMAN-NEED) with the spawn-into-the-margin rule, and while the
+//! registry connection is up ([`Event::RegistryConnected`]) kill a process only after an
+//! [`Action::AskEvict`] came back with its pid ([`Event::EvictAnswer`]); without a registry
+//! they fall back to their own longest-idle choice.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -60,7 +68,8 @@ pub enum Event {
     Shutdown,
     /// A new process of the service is needed although idle processes may exist (they
     /// cannot take this client, e.g. they are reserved for other users): spawn, or evict the
-    /// longest-idle process at `process_limit − process_limit_margin`.
+    /// longest-idle process (reuse pool with a registry: the one `EVICT` returns) at
+    /// `process_limit − process_limit_margin`.
     NeedProcess(ServiceId),
     /// `FOREMAN-NEED <service> <waiting>` (reuse pools, docs/reuse.md): make sure the pool has
     /// at least `waiting + process_min_avail` fresh processes (spawning ones and evictions
@@ -827,7 +836,29 @@ impl Supervisor {
     }
 
     fn need_fresh(&mut self, now: Instant, s: ServiceId, waiting: u32, out: &mut Vec<Action>) {
+        self.refresh_idle_reports(s, out);
         self.fresh_up_to(now, s, waiting, true, out);
+    }
+
+    /// Re-reports `PROC-IDLE` for every process the master sees idle after it served
+    /// somebody. A dispatcher's `RELEASE … served` (busy since now) can reach anvil after the
+    /// master's `PROC-IDLE` for a short session (two connections, no order between them); the
+    /// process would then look busy to the registry until its next status change, neither
+    /// reusable nor evictable. A NEED means a login is stuck, so the master repeats what it
+    /// knows first (same `since`: nothing changes where the registry was right); the `EVICT`
+    /// that may follow goes out after it on the same connection.
+    fn refresh_idle_reports(&self, s: ServiceId, out: &mut Vec<Action>) {
+        if !self.registry || self.retired {
+            return;
+        }
+        let limit = self.svcs[s].client_limit;
+        for (&pid, p) in &self.procs {
+            if p.service == s && p.served && !p.reported_busy && !dying(p) && p.available == limit {
+                if let Some(since) = p.idle_start {
+                    out.push(Action::Registry(Report::Idle { pid, since }));
+                }
+            }
+        }
     }
 
     /// Evicts idle processes while the service is above its threshold (counting the
@@ -869,6 +900,20 @@ impl Supervisor {
         out: &mut Vec<Action>,
     ) -> bool {
         if self.svcs[s].reuse && self.registry {
+            // No more open questions than processes the registry could return.
+            let candidates = self
+                .procs
+                .values()
+                .filter(|p| p.service == s && p.served && !dying(p))
+                .count();
+            let open = self
+                .asks
+                .iter()
+                .filter(|a| a.service == s && a.pid.is_none())
+                .count();
+            if open >= candidates {
+                return false;
+            }
             self.asks.push_back(Ask {
                 service: s,
                 pid: None,

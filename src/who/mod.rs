@@ -6,12 +6,16 @@
 //! (rows via [`crate::wire::anvil::decode_connect_row`], idents split into service, IP and
 //! username) → [`Filter`] → [`aggregate`] (default mode) → [`render_table`] / [`render_json`].
 //!
+//! `--processes` ([`processes`]) lists the reuse processes of a Foreman anvil's registry
+//! instead (`PROC-DUMP` over a `foreman-anvil` connection).
+//!
 //! Differences from stock, on purpose: grouping is linear in the number of sessions (hash map
 //! plus insertion order; stock's output order is hash order, unspecified), groups are printed
 //! in order of first appearance, and an empty username is grouped like any other instead of
 //! crashing.
 
 pub mod net;
+pub mod processes;
 pub mod table;
 
 use std::io::{Read, Write};
@@ -71,6 +75,13 @@ pub enum WhoError {
     /// anvil closed the connection before the end of the dump.
     #[error("anvil connection {}: closed before the end of the dump", path.display())]
     Truncated { path: PathBuf },
+    /// `--processes` against an anvil without the registry (stock anvil closes the
+    /// connection at the `foreman-anvil` handshake).
+    #[error("anvil at {} is not a Foreman anvil (no foreman-anvil greeting): no process registry", path.display())]
+    NotForeman { path: PathBuf },
+    /// `--processes` with a network mask (usage error).
+    #[error("Network masks do not apply to --processes")]
+    NetworkMaskWithProcesses,
 }
 
 /// The C library's text for an I/O error (`No such file or directory`), as doveadm prints it.
@@ -85,7 +96,9 @@ impl WhoError {
     /// How doveadm labels this error on stderr: `Error` for usage, `Fatal` for I/O.
     pub fn label(&self) -> &'static str {
         match self {
-            WhoError::MultipleUserMasks | WhoError::MultipleNetworkMasks => "Error",
+            WhoError::MultipleUserMasks
+            | WhoError::MultipleNetworkMasks
+            | WhoError::NetworkMaskWithProcesses => "Error",
             _ => "Fatal",
         }
     }
@@ -93,8 +106,13 @@ impl WhoError {
     /// The exit code: 64 usage (as doveadm), 75 anvil unreachable (as doveadm), 74 output.
     pub fn exit_code(&self) -> u8 {
         match self {
-            WhoError::MultipleUserMasks | WhoError::MultipleNetworkMasks => 64,
-            WhoError::Connect { .. } | WhoError::Io { .. } | WhoError::Truncated { .. } => 75,
+            WhoError::MultipleUserMasks
+            | WhoError::MultipleNetworkMasks
+            | WhoError::NetworkMaskWithProcesses => 64,
+            WhoError::Connect { .. }
+            | WhoError::Io { .. }
+            | WhoError::Truncated { .. }
+            | WhoError::NotForeman { .. } => 75,
             WhoError::Output { .. } => 74,
         }
     }
@@ -122,9 +140,19 @@ pub struct Dump {
 /// The text before the first `/` is the service; if the rest holds another `/`, the text
 /// before it is the IP (unparsable → no IP) and the rest the username. `None` without `/`.
 pub fn split_ident(ident: &[u8]) -> Option<(&[u8], Option<IpAddr>, &[u8])> {
+    let (service, ip, username) = split_ident_raw(ident)?;
+    Some((service, ip.and_then(net::parse_ip), username))
+}
+
+/// An ident's parts as bytes: (service, IP text if any, username).
+pub type RawIdent<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
+
+/// [`split_ident`] without parsing the IP. Also used by the anvil to learn which user a
+/// process serves from its `CONNECT`.
+pub fn split_ident_raw(ident: &[u8]) -> Option<RawIdent<'_>> {
     let (service, rest) = ident.split_once_str("/")?;
     match rest.split_once_str("/") {
-        Some((ip, username)) => Some((service, net::parse_ip(ip), username)),
+        Some((ip, username)) => Some((service, Some(ip), username)),
         None => Some((service, None, rest)),
     }
 }
@@ -160,6 +188,13 @@ pub fn parse_dump(mut bytes: &[u8]) -> Option<Dump> {
 
 /// Connects to anvil, sends `CONNECT-DUMP` and reads the reply up to its empty line.
 pub fn fetch_dump(socket: &Path) -> Result<Vec<u8>, WhoError> {
+    fetch(socket, REQUEST)
+}
+
+/// Connects to anvil, sends `request` (a handshake and one dump command) and reads the reply
+/// up to its empty line. EOF before any byte is [`WhoError::NotForeman`] for a
+/// `foreman-anvil` request (stock anvil closes the connection at that handshake).
+pub fn fetch(socket: &Path, request: &[u8]) -> Result<Vec<u8>, WhoError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| WhoError::Connect {
         path: socket.into(),
         source,
@@ -169,15 +204,20 @@ pub fn fetch_dump(socket: &Path) -> Result<Vec<u8>, WhoError> {
         source,
     };
     stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
-    stream.write_all(REQUEST).map_err(io)?;
+    stream.write_all(request).map_err(io)?;
     let mut reply = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let n = stream.read(&mut chunk).map_err(io)?;
         if n == 0 {
-            return Err(WhoError::Truncated {
-                path: socket.into(),
-            });
+            let path = socket.into();
+            return Err(
+                if reply.is_empty() && request.starts_with(crate::wire::anvil_ext::VERSION_LINE) {
+                    WhoError::NotForeman { path }
+                } else {
+                    WhoError::Truncated { path }
+                },
+            );
         }
         let scan_from = reply.len().saturating_sub(1);
         reply.extend_from_slice(&chunk[..n]);
@@ -496,6 +536,8 @@ pub fn invalid_row_message(raw: &[u8]) -> Vec<u8> {
 pub struct Options {
     pub socket: PathBuf,
     pub one_per_session: bool,
+    /// List the registry's processes instead of sessions ([`processes`]).
+    pub processes: bool,
     pub json: bool,
     pub masks: Vec<String>,
     /// Screen width for the table (see [`table`]).
@@ -506,10 +548,57 @@ pub struct Options {
 /// on `stderr` and skipped, like stock.
 pub fn run(opts: &Options, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<(), WhoError> {
     let filter = Filter::parse(&opts.masks)?;
+    if opts.processes {
+        return run_processes(opts, &filter, stdout, stderr);
+    }
     let reply = fetch_dump(&opts.socket)?;
     let dump = parse_dump(&reply).ok_or_else(|| WhoError::Truncated {
         path: opts.socket.clone(),
     })?;
+    write_out(stdout, stderr, &dump.invalid, |out| {
+        if opts.json {
+            write_json(&dump, &filter, opts.one_per_session, out)
+        } else {
+            write_table(&dump, &filter, opts.one_per_session, opts.screen, out)
+        }
+    })
+}
+
+/// `--processes`: one `PROC-DUMP`, rendered per user at the local wall clock.
+fn run_processes(
+    opts: &Options,
+    filter: &Filter,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<(), WhoError> {
+    if filter.network.is_some() {
+        return Err(WhoError::NetworkMaskWithProcesses);
+    }
+    let reply = fetch(&opts.socket, processes::REQUEST)?;
+    let path = opts.socket.clone();
+    let dump = processes::parse_proc_dump(&reply).map_err(|e| match e {
+        processes::ProcDumpError::NoGreeting => WhoError::NotForeman { path },
+        processes::ProcDumpError::Truncated => WhoError::Truncated { path },
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    write_out(stdout, stderr, &dump.invalid, |out| {
+        if opts.json {
+            processes::write_json(&dump, filter, now, out)
+        } else {
+            processes::write_table(&dump, filter, now, opts.screen, out)
+        }
+    })
+}
+
+/// Reports invalid rows on `stderr`, then writes the output through a buffer.
+fn write_out(
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    invalid: &[BString],
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), WhoError> {
     // A reader that went away (`foreman who | head`) is not an error worth reporting.
     let io = |what| {
         move |source: std::io::Error| match source.kind() {
@@ -518,18 +607,13 @@ pub fn run(opts: &Options, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Re
         }
     };
     let result = (|| {
-        for raw in &dump.invalid {
+        for raw in invalid {
             stderr
                 .write_all(&invalid_row_message(raw))
                 .map_err(io("stderr"))?;
         }
         let mut out = std::io::BufWriter::new(stdout);
-        if opts.json {
-            write_json(&dump, &filter, opts.one_per_session, &mut out).map_err(io("stdout"))?;
-        } else {
-            write_table(&dump, &filter, opts.one_per_session, opts.screen, &mut out)
-                .map_err(io("stdout"))?;
-        }
+        write(&mut out).map_err(io("stdout"))?;
         out.flush().map_err(io("stdout"))
     })();
     match result {

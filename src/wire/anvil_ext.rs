@@ -100,6 +100,8 @@ pub enum ReleaseOutcome {
     Unused,
     /// `failed`
     Failed,
+    /// `busy`
+    Busy,
 }
 
 impl ReleaseOutcome {
@@ -108,6 +110,7 @@ impl ReleaseOutcome {
             ReleaseOutcome::Served => b"served",
             ReleaseOutcome::Unused => b"unused",
             ReleaseOutcome::Failed => b"failed",
+            ReleaseOutcome::Busy => b"busy",
         }
     }
 
@@ -116,6 +119,7 @@ impl ReleaseOutcome {
             b"served" => ReleaseOutcome::Served,
             b"unused" => ReleaseOutcome::Unused,
             b"failed" => ReleaseOutcome::Failed,
+            b"busy" => ReleaseOutcome::Busy,
             _ => return None,
         })
     }

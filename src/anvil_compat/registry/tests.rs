@@ -253,7 +253,7 @@ fn op() -> impl Strategy<Value = Op> {
         p.clone().prop_map(Op::Busy),
         p.clone().prop_map(Op::Death),
         (0u8..4, 1u32..4).prop_map(|(u, uid)| Op::Claim(u, uid)),
-        (p.clone(), 0u8..3, 0u8..4).prop_map(|(p, o, k)| Op::Release(p, o, k)),
+        (p.clone(), 0u8..4, 0u8..4).prop_map(|(p, o, k)| Op::Release(p, o, k)),
         Just(Op::Evict),
         p.prop_map(Op::EvictPid),
         (0u64..700).prop_map(Op::Tick),
@@ -286,7 +286,10 @@ proptest! {
                     held.remove(&p); served.remove(&p); evicting.retain(|&e| e != p);
                 }
                 Op::Idle(p) => { let _ = r.set_idle(pid(p), now); }
-                Op::Busy(p) => { let _ = r.set_busy(pid(p), now); }
+                Op::Busy(p) => {
+                    // A busy report ends an eviction reservation (the master moved on).
+                    if r.set_busy(pid(p), now).is_ok() { evicting.retain(|&e| e != p); }
+                }
                 Op::Death(p) => {
                     r.death(pid(p));
                     held.remove(&p); served.remove(&p); evicting.retain(|&e| e != p);
@@ -314,12 +317,12 @@ proptest! {
                     }
                 }
                 Op::Release(p, o, k) => {
-                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed][o as usize];
+                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed, Outcome::Busy][o as usize];
                     match held.get(&p).copied() {
                         Some((token, u, uid, _)) if k != 0 => {
                             prop_assert!(r.release(now, pid(p), token, outcome).is_ok());
                             held.remove(&p);
-                            if outcome != Outcome::Unused {
+                            if !matches!(outcome, Outcome::Unused | Outcome::Busy) {
                                 served.entry(p).or_insert((u, uid));
                             }
                         }
@@ -357,4 +360,341 @@ proptest! {
             }
         }
     }
+}
+
+// ---- CONNECT binding, upkeep ----
+
+#[test]
+fn connect_binds_an_unbound_process_to_its_user() {
+    let mut r = Registry::new(Policy::LongestIdle, 1_000);
+    r.birth(0, S, pid(10), 0);
+    r.birth(0, S, pid(11), 1001);
+    // 10 served alice through stock imap-login: bound, uid unknown (born as root).
+    assert_eq!(r.connect(pid(10), b"alice"), ConnectBinding::Bound);
+    assert_eq!(r.connect(pid(10), b"alice"), ConnectBinding::Already);
+    assert_eq!(
+        r.get(pid(10)).unwrap().binding,
+        Some(Binding {
+            user: "alice".into(),
+            uid: None
+        })
+    );
+    // 11 was born as 1001: its uid is known.
+    assert_eq!(r.connect(pid(11), b"bob"), ConnectBinding::Bound);
+    assert_eq!(
+        r.get(pid(11)).unwrap().binding.as_ref().unwrap().uid,
+        Some(1001)
+    );
+    // Another user on a bound process: reported, binding kept.
+    assert_eq!(
+        r.connect(pid(10), b"mallory"),
+        ConnectBinding::Conflict {
+            bound_to: "alice".into()
+        }
+    );
+    assert_eq!(r.connect(pid(99), b"alice"), ConnectBinding::NotRegistered);
+    assert_eq!(r.connect(pid(10), b""), ConnectBinding::NotRegistered);
+    // Bound but still fresh: no longer a spare for anybody, not yet idle.
+    assert_eq!(r.claim(1, S, b"carol", 1002).unwrap(), None);
+    r.set_idle(pid(10), 5).unwrap();
+    assert_eq!(r.claim(6, S, b"carol", 1002).unwrap(), None);
+    // The unknown uid admits alice with any uid; a served release fixes it.
+    let c = r.claim(7, S, b"alice", 1000).unwrap().unwrap();
+    assert_eq!((c.pid, c.kind), (pid(10), ClaimKind::Reuse));
+    r.release(8, c.pid, c.token, Outcome::Served).unwrap();
+    assert_eq!(
+        r.get(pid(10)).unwrap().binding.as_ref().unwrap().uid,
+        Some(1000)
+    );
+    r.set_idle(pid(10), 9).unwrap();
+    assert_eq!(r.claim(10, S, b"alice", 2000).unwrap(), None);
+    r.check_index();
+}
+
+#[test]
+fn connect_confirms_a_claim_binding() {
+    // A claim bound a fresh process, the process then reported the user's CONNECT: it
+    // served alice, so `unused` must not unbind it.
+    let mut r = Registry::new(Policy::LongestIdle, 1_000);
+    r.birth(0, S, pid(10), 0);
+    let c = r.claim(1, S, b"alice", 1000).unwrap().unwrap();
+    assert_eq!(r.connect(pid(10), b"alice"), ConnectBinding::Already);
+    r.release(2, c.pid, c.token, Outcome::Unused).unwrap();
+    assert_eq!(r.user_of(pid(10)).unwrap(), "alice");
+    assert_eq!(r.claim(3, S, b"bob", 1001).unwrap(), None);
+    r.check_index();
+}
+
+#[test]
+fn upkeep_reports_claims_of_vanished_dispatchers() {
+    let mut r = Registry::new(Policy::LongestIdle, 1_000);
+    r.birth(0, S, pid(10), 0);
+    r.birth(0, S, pid(11), 0);
+    let a = r.claim(100, S, b"alice", 1000).unwrap().unwrap();
+    let b = r.claim(600, S, b"bob", 1001).unwrap().unwrap();
+    // Nothing expired yet at 1099 (alice's claim is active while now < 1100).
+    assert_eq!(r.upkeep(1_099).expired, []);
+    assert!(r.get(a.pid).unwrap().claim_at(1_099).is_some());
+    let done = r.upkeep(1_100);
+    assert_eq!(
+        done.expired,
+        [ExpiredClaim {
+            pid: a.pid,
+            token: a.token,
+            user: Some("alice".into())
+        }]
+    );
+    // Reported once; the process keeps its binding (an expired claim counts as failed).
+    assert_eq!(r.upkeep(1_200).expired, []);
+    assert_eq!(r.user_of(a.pid).unwrap(), "alice");
+    assert_eq!(r.upkeep(1_600).expired.len(), 1);
+    assert_eq!(
+        r.release(1_601, b.pid, b.token, Outcome::Served),
+        Err(RegistryError::StaleToken {
+            pid: b.pid,
+            token: b.token
+        })
+    );
+    r.check_index();
+}
+
+#[test]
+fn upkeep_forgets_history_the_policy_no_longer_uses() {
+    let mut r = Registry::new(Policy::Predictive, 1_000);
+    // a: every 60 s; b: every 10 s, last seen at 20 s.
+    for t in [0u64, 60_000, 120_000] {
+        r.claim(t, S, b"a", 1).unwrap();
+    }
+    for t in [0u64, 10_000, 20_000] {
+        r.claim(t, S, b"b", 2).unwrap();
+    }
+    assert_eq!(r.history_len(), 2);
+    // Within the first hour everything stays, even b, gone after 4 × 10 s.
+    assert_eq!(r.upkeep(HISTORY_MIN_KEEP).forgotten, 0);
+    // An hour after b's last arrival b goes; a (last seen at 120 s) stays younger than
+    // an hour a little longer.
+    assert_eq!(r.upkeep(20_001 + HISTORY_MIN_KEEP).forgotten, 1);
+    assert_eq!(r.upkeep(120_001 + HISTORY_MIN_KEEP).forgotten, 1);
+    assert_eq!(r.history_len(), 0);
+    assert!(r.is_empty());
+    // A regular user with a long interval stays while they are expected back.
+    let mut r = Registry::new(Policy::Predictive, 1_000);
+    let day = 24 * HISTORY_MIN_KEEP;
+    for t in [0, day, 2 * day] {
+        r.claim(t, S, b"daily", 3).unwrap();
+    }
+    assert_eq!(r.upkeep(2 * day + 2 * HISTORY_MIN_KEEP).forgotten, 0);
+    assert_eq!(r.upkeep(2 * day + 4 * day + 1).forgotten, 1);
+}
+
+#[test]
+fn upkeep_bounds_the_history_in_entries() {
+    let mut r = Registry::new(Policy::LruByUser, 1_000);
+    let n = HISTORY_MAX_ENTRIES + 10;
+    for i in 0..n {
+        // Each user once, 2 s apart, all recent enough to be kept by age.
+        r.claim(i as u64 * 2, S, format!("u{i}").as_bytes(), 1)
+            .unwrap();
+    }
+    let done = r.upkeep(n as u64 * 2);
+    assert_eq!(done.forgotten, 10);
+    assert_eq!(r.history_len(), HISTORY_MAX_ENTRIES);
+    // The oldest went: u0..u9.
+    r.birth(0, S, pid(1), 0);
+    let c = r.claim(n as u64 * 2, S, b"u0", 1).unwrap().unwrap();
+    assert_eq!(c.kind, ClaimKind::Fresh);
+    assert_eq!(r.history_len(), HISTORY_MAX_ENTRIES + 1);
+}
+
+// ---- the indexed registry against a scan of the whole table ----
+
+const S2: &[u8] = b"pop3";
+
+#[derive(Debug, Clone)]
+enum ModelOp {
+    Base(Op),
+    /// A birth in the second service.
+    BirthPop3(u32, u32),
+    ClaimPop3(u8, u32),
+    Connect(u32, u8),
+    Upkeep,
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    prop_oneof![
+        6 => op().prop_map(ModelOp::Base),
+        1 => (1u32..8, prop_oneof![Just(0u32), 1u32..4]).prop_map(|(p, u)| ModelOp::BirthPop3(p, u)),
+        1 => (0u8..4, 1u32..4).prop_map(|(u, uid)| ModelOp::ClaimPop3(u, uid)),
+        1 => (1u32..8, 0u8..4).prop_map(|(p, u)| ModelOp::Connect(p, u)),
+        1 => Just(ModelOp::Upkeep),
+    ]
+}
+
+/// What `CLAIM` picks by scanning every process (the registry before its indexes).
+fn scan_claim(
+    r: &Registry,
+    now: UnixMillis,
+    service: &[u8],
+    user: &[u8],
+    uid: u32,
+) -> Option<(Pid, ClaimKind)> {
+    let usable = |p: &&Process| p.service == service && p.claimable_at(now);
+    let reuse = r
+        .procs
+        .values()
+        .filter(usable)
+        .filter(|p| {
+            p.binding.as_ref().is_some_and(|b| b.admits(user, uid))
+                && matches!(p.activity, Activity::Idle { .. })
+        })
+        .max_by_key(|p| (idle_since(p), std::cmp::Reverse(p.pid)))
+        .map(|p| (p.pid, ClaimKind::Reuse));
+    reuse.or_else(|| {
+        r.procs
+            .values()
+            .filter(usable)
+            .filter(|p| {
+                p.binding.is_none()
+                    && p.activity == Activity::Fresh
+                    && (p.birth_uid == 0 || p.birth_uid == uid)
+            })
+            .min_by_key(|p| (p.born, p.pid))
+            .map(|p| (p.pid, ClaimKind::Fresh))
+    })
+}
+
+/// The eviction candidates of a scan, by pid.
+fn scan_evictable(r: &Registry, now: UnixMillis, service: &[u8]) -> Vec<Pid> {
+    let mut v: Vec<Pid> = r
+        .procs
+        .values()
+        .filter(|p| p.service == service && p.claim_at(now).is_none())
+        .filter(|p| matches!(p.activity, Activity::Idle { .. }))
+        .map(|p| p.pid)
+        .collect();
+    v.sort();
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn matches_the_naive_model(ops in proptest::collection::vec(model_op(), 1..200)) {
+        let policies = [Policy::LongestIdle, Policy::LruByUser, Policy::Predictive];
+        let mut r = Registry::new(policies[ops.len() % 3], 1_000);
+        let mut now = 0u64;
+        let mut tokens: HashMap<u32, u64> = HashMap::new();
+        for op in ops {
+            match op {
+                ModelOp::Base(Op::Birth(p, uid)) => { r.birth(now, S, pid(p), uid); }
+                ModelOp::BirthPop3(p, uid) => { r.birth(now, S2, pid(p), uid); }
+                ModelOp::Base(Op::Idle(p)) => { let _ = r.set_idle(pid(p), now); }
+                ModelOp::Base(Op::Busy(p)) => { let _ = r.set_busy(pid(p), now); }
+                ModelOp::Base(Op::Death(p)) => { r.death(pid(p)); }
+                ModelOp::Base(Op::Claim(u, uid)) | ModelOp::ClaimPop3(u, uid) => {
+                    let service = if matches!(op, ModelOp::ClaimPop3(..)) { S2 } else { S };
+                    let user = [b'u', b'0' + u];
+                    let want = scan_claim(&r, now, service, &user, uid);
+                    let got = r.claim(now, service, &user, uid).unwrap();
+                    prop_assert_eq!(got.map(|c| (c.pid, c.kind)), want);
+                    if let Some(c) = got { tokens.insert(c.pid.get(), c.token); }
+                }
+                ModelOp::Base(Op::Release(p, o, _)) => {
+                    let outcome = [Outcome::Served, Outcome::Unused, Outcome::Failed, Outcome::Busy][o as usize];
+                    let token = tokens.get(&p).copied().unwrap_or(0);
+                    let _ = r.release(now, pid(p), token, outcome);
+                }
+                ModelOp::Base(Op::Evict) => {
+                    for service in [S, S2] {
+                        let mut listed = r.evictable(now, service);
+                        listed.sort();
+                        prop_assert_eq!(listed, scan_evictable(&r, now, service));
+                    }
+                    r.evict(now, S);
+                }
+                ModelOp::Base(Op::EvictPid(p)) => { let _ = r.evict_pid(now, pid(p)); }
+                ModelOp::Base(Op::Tick(dt)) => now += dt,
+                ModelOp::Connect(p, u) => { r.connect(pid(p), &[b'u', b'0' + u]); }
+                ModelOp::Upkeep => { r.upkeep(now); }
+            }
+            r.check_index();
+            for service in [S, S2] {
+                let n = r.procs.values().filter(|p| p.service == service).count();
+                prop_assert_eq!(r.count(service), n);
+            }
+        }
+    }
+}
+
+/// Regression: a hung idle process (SIGSTOPped in the live test) was claimed for its user
+/// again after every failed attempt, starving that user's logins until the deadline.
+#[test]
+fn release_busy_keeps_a_hung_process_out_of_claims_until_a_report_or_the_ttl() {
+    let mut r = Registry::new(Policy::LongestIdle, 1_000);
+    let p = pid(7);
+    r.birth(0, b"imap", p, 0);
+    let c = r.claim(1, b"imap", b"u1", 1000).unwrap().unwrap();
+    r.release(2, p, c.token, Outcome::Served).unwrap();
+    r.set_idle(p, 3).unwrap();
+    let c = r.claim(4, b"imap", b"u1", 1000).unwrap().unwrap();
+    assert_eq!((c.pid, c.kind), (p, ClaimKind::Reuse));
+    r.release(5, p, c.token, Outcome::Busy).unwrap();
+    assert_eq!(r.claim(6, b"imap", b"u1", 1000).unwrap(), None);
+    // Still evictable: its state did not change.
+    assert_eq!(r.evictable(6, b"imap"), vec![p]);
+    // The master's next report ends the suspicion ...
+    r.set_idle(p, 7).unwrap();
+    let c = r.claim(8, b"imap", b"u1", 1000).unwrap().unwrap();
+    r.release(9, p, c.token, Outcome::Busy).unwrap();
+    assert_eq!(r.claim(10, b"imap", b"u1", 1000).unwrap(), None);
+    // ... and so does the TTL.
+    assert_eq!(
+        r.claim(9 + 1_000, b"imap", b"u1", 1000)
+            .unwrap()
+            .map(|c| c.pid),
+        Some(p)
+    );
+}
+
+/// Regression (found by the master developer with release builds): the dispatcher's
+/// `RELEASE … served` and the master's `PROC-IDLE` travel on two connections; when a short
+/// session's idle report overtook the release, the release marked the process busy for good
+/// and the pool ran dry.
+#[test]
+fn served_release_after_a_newer_idle_report_leaves_the_process_idle() {
+    let mut r = Registry::new(Policy::LongestIdle, 30_000);
+    let p = pid(7);
+    r.birth(0, b"imap", p, 0);
+    let c = r.claim(1, b"imap", b"u1", 1000).unwrap().unwrap();
+    r.set_busy(p, 2).unwrap();
+    r.set_idle(p, 3).unwrap();
+    r.release(4, p, c.token, Outcome::Served).unwrap();
+    assert_eq!(r.get(p).unwrap().activity, Activity::Idle { since: 3 });
+    let again = r.claim(5, b"imap", b"u1", 1000).unwrap().unwrap();
+    assert_eq!((again.pid, again.kind), (p, ClaimKind::Reuse));
+    // Without a newer report the release still marks it busy.
+    r.release(6, p, again.token, Outcome::Served).unwrap();
+    assert_eq!(r.get(p).unwrap().activity, Activity::Busy { since: 6 });
+}
+
+/// An eviction reservation ends when the process reports busy (it took a client instead of
+/// exiting and the master moved on); `EVICT <svc> <pid>` of a reserved process confirms it.
+#[test]
+fn busy_report_ends_an_eviction_reservation_and_evict_pid_is_idempotent() {
+    let mut r = Registry::new(Policy::LongestIdle, 30_000);
+    let p = pid(7);
+    r.birth(0, b"imap", p, 0);
+    let c = r.claim(1, b"imap", b"u1", 1000).unwrap().unwrap();
+    r.release(2, p, c.token, Outcome::Served).unwrap();
+    r.set_idle(p, 3).unwrap();
+    assert_eq!(r.evict(4, b"imap"), Some(p));
+    assert!(r.evict_pid(5, p).is_ok());
+    assert_eq!(r.claim(6, b"imap", b"u1", 1000).unwrap(), None);
+    r.set_busy(p, 7).unwrap();
+    r.set_idle(p, 8).unwrap();
+    assert_eq!(
+        r.claim(9, b"imap", b"u1", 1000).unwrap().map(|c| c.pid),
+        Some(p)
+    );
 }

@@ -1038,6 +1038,60 @@ fn a_retired_list_reports_its_processes_busy_and_never_idle_again() {
     assert_eq!(reports(&acts), vec![Report::Death { pid: fresh }]);
 }
 
+#[test]
+fn a_huge_need_asks_at_most_once_per_process_that_could_go() {
+    let set = reuse_set_limits(4, 0, "");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    pool(&mut h, &set, 3, true);
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: u32::MAX,
+    });
+    assert_eq!(
+        asks(&acts).len(),
+        3,
+        "three served processes, three questions"
+    );
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: u32::MAX,
+    });
+    assert!(asks(&acts).is_empty(), "{acts:?}");
+}
+
+#[test]
+fn a_need_repeats_the_idle_reports_of_served_processes_before_asking() {
+    let set = reuse_set_limits(4, 0, "");
+    let imap = id(&set, "imap");
+    let mut h = Harness::new(&set);
+    let (served, (_, fresh)) = pool(&mut h, &set, 3, true);
+    let acts = h.ev(Event::NeedFresh {
+        service: imap,
+        waiting: 1,
+    });
+    let idle: Vec<u32> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Registry(Report::Idle { pid, .. }) => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    let mut want: Vec<u32> = served.iter().map(|s| s.1).collect();
+    want.sort_unstable();
+    assert_eq!(idle, want, "the fresh one {fresh} is not repeated");
+    // The EVICT comes after the repeated reports (same connection, so anvil sees them first).
+    let first_ask = acts
+        .iter()
+        .position(|a| matches!(a, Action::AskEvict { .. }))
+        .unwrap();
+    let last_idle = acts
+        .iter()
+        .rposition(|a| matches!(a, Action::Registry(Report::Idle { .. })))
+        .unwrap();
+    assert!(last_idle < first_ask);
+}
+
 mod random_sequences {
     use super::*;
     use proptest::prelude::*;

@@ -278,6 +278,7 @@ fn request() -> impl Strategy<Value = ExtRequest> {
     let outcome = prop_oneof![
         Just(ReleaseOutcome::Served),
         Just(ReleaseOutcome::Unused),
+        Just(ReleaseOutcome::Busy),
         Just(ReleaseOutcome::Failed)
     ];
     prop_oneof![
