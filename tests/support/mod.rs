@@ -324,3 +324,22 @@ pub fn wait_logins(d: &StockDovecot, n: usize) -> Vec<Login> {
     wait_for(DEADLINE, || Some(logins(d)).filter(|l| l.len() >= n))
         .unwrap_or_else(|| panic!("fewer than {n} Login lines: {:?}", logins(d)))
 }
+
+/// Waits until the registry shows a dispatch claim on `user`'s process `pid` (the dispatcher
+/// took it and is trying it). Asks in a tight loop (`PROC-LIST` on one connection, bounded
+/// by [`DEADLINE`]): a claim that ends in a refused connect lasts only microseconds.
+pub fn wait_claimed(d: &StockDovecot, reg: &mut AnvilClient, user: &str, pid: u32) {
+    let end = std::time::Instant::now() + DEADLINE;
+    let want = format!("{pid}\t");
+    let cmd = format!("PROC-LIST\timap\t{user}");
+    while std::time::Instant::now() < end {
+        let rows = reg.dump(cmd.as_bytes()).unwrap();
+        if rows.iter().any(|r| {
+            let r = String::from_utf8_lossy(r);
+            r.starts_with(&want) && r.ends_with("\tclaimed")
+        }) {
+            return;
+        }
+    }
+    panic!("the dispatcher never claimed {pid}\n{}", d.log_tail(30));
+}
