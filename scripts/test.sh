@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/deps.sh
 install_stock_dovecot
-install_debian_packages valgrind
+install_debian_packages valgrind gdb
 cargo build --locked --all-targets
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

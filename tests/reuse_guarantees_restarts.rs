@@ -230,13 +230,13 @@ impl Drop for Freeze {
     }
 }
 
-/// After an anvil restart the master re-reports each live process as `PROC-BIRTH` (fresh)
-/// and then, in a separate send, `PROC-BUSY` when it has served somebody. A CLAIM that lands
-/// between the two gets the served process as a *fresh* one for another user. Made
-/// deterministic by freezing the master (gdb) right before that PROC-BUSY: u2's login, which
-/// was waiting on a stopped fresh spare, is handed u1's former process.
+/// Regression: after an anvil restart the master re-reported each live process as
+/// `PROC-BIRTH` (fresh) and then, in a separate send, `PROC-BUSY` when it had served somebody;
+/// a CLAIM landing between the two got the served process as a *fresh* one for another user.
+/// Made deterministic by freezing the master (gdb) right before that PROC-BUSY. Fixed by
+/// `PROC-BIRTH … used` (one command); the freeze point is then never reached and u2's login,
+/// which waits on a stopped fresh spare, must still never get u1's former process.
 #[test]
-#[ignore = "bug: master re-reports a served process as PROC-BIRTH then PROC-BUSY in separate sends; a CLAIM in between hands it to another user as fresh"]
 fn anvil_restart_never_hands_a_served_process_to_another_user() {
     let d = reuse_builder(&reuse(10, 0, 1))
         .user("u1", "p1")
