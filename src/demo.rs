@@ -1,7 +1,8 @@
 //! `foreman demo`: the README's demo stack. Stock Dovecot 2.3 services (config, log, auth,
 //! imap-login, imap, pop3-login, pop3, …) supervised by `foreman master`, with Foreman's
-//! anvil, on 127.0.0.1 high ports in a temporary directory with a demo user, and
-//! instructions on how to log in. Runs until SIGINT/SIGTERM, then stops everything it started.
+//! anvil and per-user reuse (the dispatcher, `dispatch::reuse_config`), on 127.0.0.1 high
+//! ports in a temporary directory with two demo users of different uids, and instructions on
+//! how to log in. Runs until SIGINT/SIGTERM, then stops everything it started.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +11,10 @@ use crate::stock::{StockDovecot, StockError};
 
 /// The demo user's name and password.
 pub const DEMO_USER: (&str, &str) = ("demo", "demo");
+/// A second demo user, with another uid: its connections never share the first's processes.
+pub const DEMO_USER2: (&str, &str) = ("alice", "alice");
+/// The demo users' uids start here (one uid per user).
+const DEMO_UID_BASE: u32 = 41000;
 
 /// Errors of the demo.
 #[derive(Debug, thiserror::Error)]
@@ -29,21 +34,39 @@ pub enum DemoError {
 /// and blocks until a signal arrives or the stack dies.
 pub fn run(foreman: PathBuf) -> Result<(), DemoError> {
     let mut dovecot = StockDovecot::builder()
-        .master_command(&foreman, &["master"])
-        .custom_anvil(&foreman, &["anvil"])
+        .foreman_reuse(foreman.clone(), crate::dispatch::ReuseConfig::default())
         .user(DEMO_USER.0, DEMO_USER.1)
+        .user(DEMO_USER2.0, DEMO_USER2.1)
+        .distinct_uids(DEMO_UID_BASE)
+        .seed_inboxes()
         .start()?;
     let imap = dovecot.imap_port().unwrap_or_default();
+    // Stock doveadm refuses Foreman's settings (process_limit_margin): point it at the copy
+    // without them that the master writes for the stock services.
+    let stock_conf = dovecot
+        .base_dir()
+        .join(crate::master_compat::master::STOCK_CONFIG_NAME);
     let pop3 = dovecot.pop3_port().unwrap_or_default();
     println!(
         "Foreman demo: stock Dovecot 2.3 services under `foreman master`, with Foreman's anvil"
+    );
+    println!(
+        "and per-user reuse: a user's next IMAP connection goes to that user's idle imap process"
     );
     println!();
     println!(
         "  IMAP  127.0.0.1:{imap}    try: socat - TCP:127.0.0.1:{imap}   then: a LOGIN demo demo"
     );
     println!("  POP3  127.0.0.1:{pop3}    try: socat - TCP:127.0.0.1:{pop3}   then: USER demo / PASS demo");
-    println!("  user  {} / password {}", DEMO_USER.0, DEMO_USER.1);
+    println!(
+        "  users {} / {}  and  {} / {}  (uids {} and {})",
+        DEMO_USER.0,
+        DEMO_USER.1,
+        DEMO_USER2.0,
+        DEMO_USER2.1,
+        DEMO_UID_BASE,
+        DEMO_UID_BASE + 1
+    );
     println!();
     println!(
         "  who is logged in:  {} who -a {}",
@@ -51,16 +74,21 @@ pub fn run(foreman: PathBuf) -> Result<(), DemoError> {
         dovecot.anvil_socket().display()
     );
     println!(
+        "  imap processes per user (state, idle time):  {} who --processes -a {}",
+        foreman.display(),
+        dovecot.anvil_socket().display()
+    );
+    println!(
         "  same with stock:   doveadm -c {} who",
-        dovecot.conf_path().display()
+        stock_conf.display()
     );
     println!(
         "  auth penalties:    doveadm -c {} penalty",
-        dovecot.conf_path().display()
+        stock_conf.display()
     );
     println!(
         "  processes:         doveadm -c {} process status",
-        dovecot.conf_path().display()
+        stock_conf.display()
     );
     println!(
         "  log:               {}",

@@ -1,6 +1,7 @@
 //! The README's demo command works: `foreman demo` starts the stack (stock services under
 //! `foreman master`, Foreman's anvil), prints how to log in, the demo user can log in over
-//! IMAP and shows up in `foreman who`, and SIGINT stops everything with exit status 0.
+//! IMAP and shows up in `foreman who`, keeps an idle imap process for the user (per-user
+//! reuse, `foreman who --processes`), and SIGINT stops everything with exit status 0.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -85,6 +86,22 @@ fn demo_starts_serves_the_demo_user_and_stops_on_sigint() {
     });
     assert!(who.is_some(), "demo user never appeared in foreman who");
     imap.logout().expect("LOGOUT");
+
+    // Per-user reuse is on: demo's imap process stays, idle, bound to demo.
+    let processes = foreman::stock::wait_for(DEADLINE, || {
+        let out = Command::new(exe)
+            .args(["who", "--processes", "-a", &anvil])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .any(|l| l.starts_with("demo ") && l.contains("idle"))
+            .then_some(text)
+    });
+    assert!(
+        processes.is_some(),
+        "demo's idle imap process never appeared in foreman who --processes"
+    );
 
     kill(pid, Signal::SIGINT).unwrap();
     let status = foreman::stock::wait_for(DEADLINE, || demo.try_wait().ok().flatten());
