@@ -73,14 +73,19 @@ impl std::fmt::Display for FdType {
 
 /// What `fstat` says about `fd`: `Ok(None)` for a type we do not name, `Err` if it is not open.
 fn fd_type(fd: RawFd) -> io::Result<Option<FdType>> {
-    // SAFETY: fstat only writes into the zeroed stat buffer we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    cvt(unsafe { libc::fstat(fd, &mut st) })?;
-    Ok(match st.st_mode & libc::S_IFMT {
+    Ok(match fstat(fd)?.st_mode & libc::S_IFMT {
         libc::S_IFIFO => Some(FdType::Fifo),
         libc::S_IFSOCK => Some(FdType::Socket),
         _ => None,
     })
+}
+
+/// `fstat` of `fd`; `Err` if it is not open.
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: fstat only writes into the zeroed stat buffer we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st)
 }
 
 fn check_fd(fd: RawFd, what: &'static str, expected: FdType) -> Result<(), SysError> {
@@ -233,83 +238,25 @@ pub enum FdPass {
 /// carries more than one fd, the extra ones are closed.
 pub fn recv_passed_fd(sock: BorrowedFd<'_>) -> io::Result<FdPass> {
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // Room for a few fds, aligned for cmsghdr.
-    let mut cmsg_buf = [0u64; 16];
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
-    // SAFETY: every pointer in msg points into buffers that outlive the call.
-    let n = unsafe {
-        libc::recvmsg(
-            sock.as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return match err.kind() {
-            io::ErrorKind::WouldBlock => Ok(FdPass::WouldBlock),
-            io::ErrorKind::Interrupted => Ok(FdPass::WouldBlock),
-            _ => Err(err),
-        };
-    }
-    let mut received: Vec<OwnedFd> = Vec::new();
-    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled; each SCM_RIGHTS
-    // payload is an array of fds that now belong to this process.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg) as *const RawFd;
-                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    received.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    match service::recv_with_fd(sock, &mut byte) {
+        Ok((_, Some(fd))) => Ok(FdPass::Fd(fd)),
+        Ok((0, None)) => Ok(FdPass::Eof),
+        Ok((_, None)) => Ok(FdPass::NoFd),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(FdPass::WouldBlock)
         }
-    }
-    let mut fds = received.into_iter();
-    match fds.next() {
-        Some(fd) => Ok(FdPass::Fd(fd)),
-        None if n == 0 => Ok(FdPass::Eof),
-        None => Ok(FdPass::NoFd),
+        Err(e) => Err(e),
     }
 }
 
 /// Sends `fd` with a 1-byte `\0` payload over a unix socket, as the master does on fd 4.
 pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut cmsg_buf = [0u64; 4];
-    // SAFETY: as in recv_passed_fd; the control buffer is large enough for one fd.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd.as_raw_fd());
-        if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    service::sendmsg_with_fd(sock, &[0], fd, 0).map(drop)
 }
 
 /// `dup2(fd, 2)`, then closes `fd`: the new log pipe becomes stderr.
