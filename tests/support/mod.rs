@@ -44,6 +44,15 @@ pub fn reuse_builder(cfg: &ReuseConfig) -> Builder {
         .config_line(reuse_config(Path::new(FOREMAN), cfg))
 }
 
+/// The reuse stack with a pool of 10 (2 margin, 2 fresh spares) and users u1/p1, u2/p2.
+pub fn start_two_users() -> StockDovecot {
+    reuse_builder(&reuse(10, 2, 2))
+        .user("u1", "p1")
+        .user("u2", "p2")
+        .start()
+        .expect("start the reuse stack")
+}
+
 /// One imap-login `Login:` line: the user and the imap pid that got the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Login {
@@ -120,6 +129,37 @@ pub fn session_works(c: &mut ImapClient) {
     assert!(r.is_ok(), "SELECT: {r:?}");
     let r = c.command("NOOP").unwrap();
     assert!(r.is_ok(), "NOOP: {r:?}");
+}
+
+/// Logs `user` in, checks the session works and logs out; the mpid imap-login named.
+pub fn in_and_out(d: &StockDovecot, user: &str, pw: &str) -> u32 {
+    let n = mpids_of(d, user).len();
+    let mut c = login(d, user, pw);
+    session_works(&mut c);
+    let p = wait_mpid(d, user, n);
+    c.logout().unwrap();
+    p
+}
+
+/// [`in_and_out`], then waits until the process that served `user` is idle again; its pid.
+pub fn served_once(d: &StockDovecot, user: &str, pw: &str) -> u32 {
+    let p = in_and_out(d, user, pw);
+    wait_idle(d, p);
+    p
+}
+
+/// LOGIN on a new connection in a thread: the client and the reply.
+pub fn login_in_thread(
+    d: &StockDovecot,
+    user: &'static str,
+    pw: &'static str,
+) -> std::thread::JoinHandle<(ImapClient, foreman::stock::imap::ImapReply)> {
+    let port = d.imap_port().unwrap();
+    std::thread::spawn(move || {
+        let mut c = ImapClient::connect(port).unwrap();
+        let r = c.login(user, pw).unwrap();
+        (c, r)
+    })
 }
 
 /// A foreman-anvil connection (greeting checked).
@@ -253,6 +293,24 @@ pub struct DbUser<'a> {
     pub uid: u32,
 }
 
+impl<'a> DbUser<'a> {
+    pub const fn new(name: &'a str, password: &'a str, uid: u32) -> DbUser<'a> {
+        DbUser {
+            name,
+            password,
+            uid,
+        }
+    }
+}
+
+/// u1..u4 (passwords p1..p4) with uids 60001..60004.
+pub const FOUR_UIDS: [DbUser<'static>; 4] = [
+    DbUser::new("u1", "p1", 60001),
+    DbUser::new("u2", "p2", 60002),
+    DbUser::new("u3", "p3", 60003),
+    DbUser::new("u4", "p4", 60004),
+];
+
 /// A passwd-file userdb with its own uid per user (and homes owned by those uids), swapped
 /// in for the harness's static userdb (one uid for everybody). The harness has no option
 /// for it, so the master is started through `sh`, which edits the generated dovecot.conf
@@ -309,6 +367,14 @@ impl UserdbDir {
             self.path().display()
         );
         b.master_command("/bin/sh", &["-c", &script, "fm-userdb"])
+    }
+
+    /// The reuse stack (`cfg`) under `foreman master` with this userdb, started.
+    pub fn start_foreman(&self, cfg: &ReuseConfig, users: &[DbUser<'_>]) -> StockDovecot {
+        let fm = format!("{FOREMAN} master");
+        self.apply(reuse_builder(cfg), users, &fm)
+            .start()
+            .expect("start the reuse stack")
     }
 }
 
