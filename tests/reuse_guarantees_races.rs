@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use foreman::stock::{wait_for, ImapClient};
 use foreman::wire::anvil_ext::ProcState;
@@ -16,13 +16,6 @@ use support::*;
 #[test]
 fn connect_helper() {
     support::connect_helper();
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// NOOP whose reply carries nothing but NOOP's own lines (no stray LOGIN reply from a

@@ -1,4 +1,5 @@
-//! Helpers shared by the live tests of per-user reuse (`tests/reuse_guarantees*.rs`): a stock
+//! Helpers shared by the live tests of per-user reuse and of the master's pool
+//! (`tests/reuse_guarantees*.rs`, `reuse_live.rs`, `master_registry.rs`, `master_per_pid.rs`): a stock
 //! stack (imap-login, auth, imap) under `foreman master` with Foreman's anvil and the
 //! dispatcher (`dispatch::reuse_config`), imap-login's `Login:` lines (`mpid=` = the imap
 //! process that got the client), the registry (`PROC-DUMP` on a foreman-anvil connection),
@@ -113,6 +114,14 @@ pub fn imap_sessions(d: &StockDovecot) -> Vec<(String, u32)> {
             Some((user.to_owned(), pid))
         })
         .collect()
+}
+
+/// Milliseconds since the epoch (the registry's clock in PROC-* lines).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// LOGIN that must succeed.
