@@ -1,10 +1,10 @@
 //! Helpers shared by the live tests of per-user reuse and of the master's pool
-//! (`tests/reuse_guarantees*.rs`, `reuse_live.rs`, `master_registry.rs`, `master_per_pid.rs`): a stock
-//! stack (imap-login, auth, imap) under `foreman master` with Foreman's anvil and the
-//! dispatcher (`dispatch::reuse_config`), imap-login's `Login:` lines (`mpid=` = the imap
-//! process that got the client), the registry (`PROC-DUMP` on a foreman-anvil connection),
-//! the processes of the instance, a client that connects as user `nobody`, and a userdb with
-//! a uid per user.
+//! (`tests/reuse_guarantees*.rs`, `reuse_live.rs`, `master_registry.rs`,
+//! `master_per_pid.rs`): a stock stack (imap-login, auth, imap) under `foreman master` with
+//! Foreman's anvil and the dispatcher (`dispatch::reuse_config`), imap-login's `Login:` lines
+//! (`mpid=` = the imap process that got the client), the registry (`PROC-DUMP` on a
+//! foreman-anvil connection), the processes of the instance, a client that connects as user
+//! `nobody`, and a userdb with a uid per user.
 //!
 //! Every test file includes it with `mod support;`; not every file uses every helper.
 #![allow(dead_code)]
