@@ -6,8 +6,13 @@
 //! foreman-anvil connection), the processes of the instance, a client that connects as user
 //! `nobody`, and a userdb with a uid per user.
 //!
+//! [`anvil`]: a standalone `foreman anvil` and `foreman who` (`anvil_standalone.rs`,
+//! `who_cli.rs`, `who_processes.rs`).
+//!
 //! Every test file includes it with `mod support;`; not every file uses every helper.
 #![allow(dead_code)]
+
+pub mod anvil;
 
 use std::fs;
 use std::io::Write;
