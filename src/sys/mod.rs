@@ -220,6 +220,14 @@ pub fn async_fd(
         .map_err(|e| e.into_parts().1)
 }
 
+/// Waits on the master-dead pipe (fd 6, master-interface.md §5.1) until an error or
+/// hang-up condition says the master is gone. `Err` only if the fd cannot be registered.
+pub async fn master_dead(fd: OwnedFd) -> io::Result<()> {
+    let fd = async_fd(fd, tokio::io::Interest::ERROR)?;
+    let _ = fd.ready(tokio::io::Interest::ERROR).await;
+    Ok(())
+}
+
 /// Result of one [`recv_passed_fd`].
 #[derive(Debug)]
 pub enum FdPass {
