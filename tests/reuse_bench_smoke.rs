@@ -7,6 +7,7 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
+use foreman::bench::reuse::TABLE_COLUMNS;
 use foreman::stock::{procs, wait_for, Protocol, StockDovecot};
 
 /// The columns of a table line (separated by two spaces or more).
@@ -30,18 +31,7 @@ fn bench_reuse_quick_prints_the_table_and_foreman_never_mixes_users() {
         .lines()
         .find(|l| l.starts_with("figure"))
         .unwrap_or_else(|| panic!("no table:\n{text}"));
-    assert_eq!(
-        columns(header),
-        [
-            "figure",
-            "stock fresh",
-            "stock reuse",
-            "foreman",
-            "foreman/fresh",
-            "foreman/reuse",
-            "target"
-        ]
-    );
+    assert_eq!(columns(header), TABLE_COLUMNS[..7]);
     // --quick: users 1 and 4, one uid and many uids.
     let cross: Vec<Vec<&str>> = text
         .lines()
