@@ -62,6 +62,14 @@ impl Reporter {
         }
     }
 
+    /// [`Reporter::new`] once the instance has at least `n` imap processes (all reported).
+    fn with_processes(d: &StockDovecot, n: usize) -> Reporter {
+        let mut rep = Reporter::new(d.base_dir());
+        wait_for(DEADLINE, || (rep.births() >= n).then_some(()))
+            .unwrap_or_else(|| panic!("fewer than {n} imap processes\n{}", d.log_tail(40)));
+        rep
+    }
+
     /// (pid, idle) of every per-process listener.
     fn listeners(&self) -> Vec<(u32, bool)> {
         let mut out = Vec::new();
@@ -165,10 +173,7 @@ fn login_mpid(d: &StockDovecot, user: &str, n: usize) -> Option<u32> {
 #[test]
 fn same_user_gets_same_process_other_user_another() {
     let d = start();
-    let base = d.base_dir().to_owned();
-    let mut rep = Reporter::new(&base);
-    wait_for(DEADLINE, || (rep.births() >= 1).then_some(()))
-        .unwrap_or_else(|| panic!("no imap process\n{}", d.log_tail(40)));
+    let mut rep = Reporter::with_processes(&d, 1);
 
     // u1, first time: a fresh process P.
     let (mut c, ok1) = login_reply(&d, "u1", "p1");
@@ -236,8 +241,7 @@ fn login_reply_equals_stock() {
         assert_eq!(stock_after_cap.tagged, "OK Logged in");
 
         let d = start_with(settings);
-        let mut rep = Reporter::new(d.base_dir());
-        wait_for(DEADLINE, || (rep.births() >= 1).then_some(())).expect("an imap process");
+        let mut rep = Reporter::with_processes(&d, 1);
         let (mut c, ours) = login_reply(&d, "u1", "p1");
         // The hand-off really happened (the registry bound a process to u1).
         assert_eq!(rep.bound_to("u1").len(), 1);
@@ -292,8 +296,7 @@ fn login_reply(
 #[test]
 fn concurrent_sessions_of_one_user_get_two_processes() {
     let d = start();
-    let mut rep = Reporter::new(d.base_dir());
-    wait_for(DEADLINE, || (rep.births() >= 2).then_some(())).expect("two imap processes");
+    let mut rep = Reporter::with_processes(&d, 2);
     let mut a = login(&d, "u1", "p1");
     rep.births();
     let mut b = login(&d, "u1", "p1");
@@ -317,8 +320,7 @@ fn concurrent_sessions_of_one_user_get_two_processes() {
 fn pipelined_command_after_login_is_answered() {
     use std::io::Read;
     let d = start();
-    let mut rep = Reporter::new(d.base_dir());
-    wait_for(DEADLINE, || (rep.births() >= 1).then_some(())).expect("an imap process");
+    let mut rep = Reporter::with_processes(&d, 1);
     let mut s = std::net::TcpStream::connect(("127.0.0.1", d.imap_port().unwrap())).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut got = Vec::new();
@@ -353,8 +355,7 @@ fn pipelined_command_after_login_is_answered() {
 #[test]
 fn busy_process_believed_idle_is_skipped() {
     let d = start();
-    let mut rep = Reporter::new(d.base_dir());
-    wait_for(DEADLINE, || (rep.births() >= 2).then_some(())).expect("two imap processes");
+    let mut rep = Reporter::with_processes(&d, 2);
     let mut a = login(&d, "u1", "p1");
     let p = wait_mpid(&d, "u1", 0);
     wait_for(DEADLINE, || (!rep.is_idle(p)).then_some(())).expect("P's listener closed");
