@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use foreman::stock::{wait_for, AnvilClient, StockDovecot};
 use foreman::wire::anvil_ext::{ProcState, VERSION_LINE};
 use support::{
-    foreman_child, imap_pids, imap_rows, imap_rows_on, kill, registry, reuse, reuse_builder,
+    foreman_child, imap_pids, imap_rows, imap_rows_on, kill, login, registry, reuse, reuse_builder,
     DEADLINE, FOREMAN,
 };
 
@@ -185,10 +185,8 @@ fn need_spawns_to_the_requested_count_and_no_more() {
 fn need_at_process_limit_evicts_what_evict_returns_and_never_a_claimed_process() {
     let d = start("  process_min_avail = 1\n  process_limit = 3");
     // Two users at once: two processes serve them, a third is the spare (= process_limit).
-    let mut alice = d.imap().unwrap();
-    assert!(alice.login("alice", "pw").unwrap().is_ok());
-    let mut bob = d.imap().unwrap();
-    assert!(bob.login("bob", "pw2").unwrap().is_ok());
+    let alice = login(&d, "alice", "pw");
+    let bob = login(&d, "bob", "pw2");
     wait_rows(&d, "two busy + a spare", |r| {
         r.len() == 3 && count(r, ProcState::Busy) == 2 && count(r, ProcState::Fresh) == 1
     });
@@ -246,8 +244,7 @@ fn need_at_process_limit_evicts_what_evict_returns_and_never_a_claimed_process()
 #[test]
 fn after_an_anvil_restart_the_live_processes_are_reported_again() {
     let d = start("  process_min_avail = 2");
-    let mut alice = d.imap().unwrap();
-    assert!(alice.login("alice", "pw").unwrap().is_ok());
+    let alice = login(&d, "alice", "pw");
     let rows = wait_rows(&d, "one busy, two fresh", |r| {
         count(r, ProcState::Busy) == 1 && count(r, ProcState::Fresh) == 2
     });
@@ -287,8 +284,7 @@ fn with_the_stock_anvil_the_master_runs_without_reports() {
             .then_some(())
     });
     assert!(logged.is_some(), "{}", d.log_tail(30));
-    let mut alice = d.imap().unwrap();
-    assert!(alice.login("alice", "pw").unwrap().is_ok());
+    let alice = login(&d, "alice", "pw");
     alice.logout().unwrap();
 }
 
@@ -348,10 +344,8 @@ fn with_the_dispatcher_more_users_than_processes_are_served_by_eviction() {
 #[test]
 fn a_need_repairs_idle_processes_the_registry_believes_busy() {
     let d = start("  process_min_avail = 1\n  process_limit = 3\n  process_limit_margin = 0");
-    let mut alice = d.imap().unwrap();
-    assert!(alice.login("alice", "pw").unwrap().is_ok());
-    let mut bob = d.imap().unwrap();
-    assert!(bob.login("bob", "pw2").unwrap().is_ok());
+    let alice = login(&d, "alice", "pw");
+    let bob = login(&d, "bob", "pw2");
     wait_rows(&d, "two busy + a spare", |r| {
         count(r, ProcState::Busy) == 2 && count(r, ProcState::Fresh) == 1
     });
