@@ -103,6 +103,26 @@ fn check_fd(fd: RawFd, what: &'static str, expected: FdType) -> Result<(), SysEr
     })
 }
 
+/// fd 5 must be the master's status pipe: stock checks it first and uses this exact message.
+fn check_status_fd() -> Result<(), SysError> {
+    use crate::master_compat::child_env::MASTER_STATUS_FD;
+    if fd_type(MASTER_STATUS_FD).ok().flatten() != Some(FdType::Fifo) {
+        return Err(SysError::NotStartedByMaster);
+    }
+    Ok(())
+}
+
+/// Sets `taken` (once per process: `AlreadyTaken` the second time) and returns what turns
+/// an inherited fd number into an owned fd. Only for fds just checked to be open.
+fn take_once(taken: &AtomicBool) -> Result<impl Fn(RawFd) -> OwnedFd, SysError> {
+    if taken.swap(true, Ordering::SeqCst) {
+        return Err(SysError::AlreadyTaken);
+    }
+    // SAFETY: callers pass only inherited fds they just checked to be open, and the flag
+    // guarantees that no other OwnedFd for these numbers is ever created in this process.
+    Ok(|fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The fds a Dovecot 2.3 master gives its anvil (anvil-protocol.md §1.2), validated and owned.
 #[derive(Debug)]
 pub struct AnvilFds {
@@ -131,10 +151,7 @@ pub fn take_anvil_fds(socket_count: u32) -> Result<AnvilFds, SysError> {
     if socket_count < 2 {
         return Err(SysError::TooFewSockets(socket_count));
     }
-    // Stock checks fd 5 first and uses this exact message.
-    if fd_type(MASTER_STATUS_FD).ok().flatten() != Some(FdType::Fifo) {
-        return Err(SysError::NotStartedByMaster);
-    }
+    check_status_fd()?;
     check_fd(
         MASTER_ANVIL_LOG_FDPASS_FD,
         "log fd-pass socket",
@@ -147,12 +164,7 @@ pub fn take_anvil_fds(socket_count: u32) -> Result<AnvilFds, SysError> {
     for fd in MASTER_LISTEN_FD_FIRST + 2..last {
         check_fd(fd, "listener", FdType::Socket)?;
     }
-    if ANVIL_FDS_TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(SysError::AlreadyTaken);
-    }
-    // SAFETY: every fd was just checked to be open, and the flag above guarantees that no
-    // other OwnedFd for these numbers is ever created in this process.
-    let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+    let own = take_once(&ANVIL_FDS_TAKEN)?;
     Ok(AnvilFds {
         log_fdpass: own(MASTER_ANVIL_LOG_FDPASS_FD),
         status: own(MASTER_STATUS_FD),

@@ -4,9 +4,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use super::{check_fd, cvt, fd_type, FdType, SysError};
+use super::{check_fd, check_status_fd, cvt, take_once, FdType, SysError};
 
 /// The fds a master gives a plain service process (master-interface.md §5.1), owned.
 #[derive(Debug)]
@@ -27,19 +27,13 @@ pub fn take_service_fds(socket_count: u32) -> Result<ServiceFds, SysError> {
     use crate::master_compat::child_env::{
         MASTER_DEAD_FD, MASTER_LISTEN_FD_FIRST, MASTER_STATUS_FD,
     };
-    if fd_type(MASTER_STATUS_FD).ok().flatten() != Some(FdType::Fifo) {
-        return Err(SysError::NotStartedByMaster);
-    }
+    check_status_fd()?;
     check_fd(MASTER_DEAD_FD, "master-dead pipe", FdType::Fifo)?;
     let last = MASTER_LISTEN_FD_FIRST + socket_count as i32;
     for fd in MASTER_LISTEN_FD_FIRST..last {
         check_fd(fd, "listener", FdType::Socket)?;
     }
-    if SERVICE_FDS_TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(SysError::AlreadyTaken);
-    }
-    // SAFETY: each fd was just checked to be open; the flag guarantees no second OwnedFd.
-    let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+    let own = take_once(&SERVICE_FDS_TAKEN)?;
     Ok(ServiceFds {
         status: own(MASTER_STATUS_FD),
         master_dead: own(MASTER_DEAD_FD),
