@@ -23,6 +23,13 @@ const T: Duration = Duration::from_secs(10);
 /// auth's USER reply for u1 (uid 1000).
 const U1: &str = "USER\t{id}\tu1\tuid=1000\thome=/h/u1";
 
+/// A temporary base dir (removed when the first value drops) and its path.
+fn temp_base() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_owned();
+    (dir, base)
+}
+
 fn read_line(r: &mut impl BufRead) -> String {
     let mut l = String::new();
     r.read_line(&mut l).unwrap();
@@ -225,8 +232,7 @@ fn lines(rx: &mpsc::Receiver<String>, n: usize) -> Vec<String> {
 
 #[test]
 fn refused_untouched_hand_off_is_retried_on_another_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec!["11\t1\tfresh", "12\t2\tfresh"]);
     fake_auth(&base, "USER\t{id}\tu1\tuid=1000\tgid=1000\thome=/h/u1");
     let refused = fake_imap(&base, 11, Imap::Refuse);
@@ -278,8 +284,7 @@ fn refused_untouched_hand_off_is_retried_on_another_process() {
 
 #[test]
 fn refused_hand_off_after_the_client_saw_bytes_fails_the_login() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec!["11\t1\treuse", "12\t2\tfresh"]);
     fake_auth(&base, U1);
     let touched = fake_imap(&base, 11, Imap::TouchThenRefuse);
@@ -302,8 +307,7 @@ fn refused_hand_off_after_the_client_saw_bytes_fails_the_login() {
 
 #[test]
 fn auth_lookup_failure_fails_the_login_like_stock() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec![]);
     fake_auth(&base, "NOTFOUND\t{id}");
     let (mut client, server_side) = tcp_pair();
@@ -326,8 +330,7 @@ fn auth_lookup_failure_fails_the_login_like_stock() {
 
 #[test]
 fn uid_zero_is_never_handed_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec!["11\t1\tfresh"]);
     fake_auth(&base, "USER\t{id}\troot\tuid=0\thome=/root");
     let _imap = fake_imap(&base, 11, Imap::Accept);
@@ -368,8 +371,7 @@ fn fake_master(base: &Path) -> mpsc::Receiver<String> {
 
 #[test]
 fn no_process_asks_the_master_and_claims_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec!["none", "none", "12\t5\tfresh"]);
     let master = fake_master(&base);
     fake_auth(&base, U1);
@@ -398,8 +400,7 @@ fn no_process_asks_the_master_and_claims_again() {
 
 #[test]
 fn busy_process_without_version_is_released_busy() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec!["11\t1\treuse", "12\t2\tfresh"]);
     fake_auth(&base, U1);
     // Process 11 listens but never accepts: our connect sits in its backlog.
@@ -421,8 +422,7 @@ fn busy_process_without_version_is_released_busy() {
 
 #[test]
 fn anvil_restart_costs_only_a_reconnect() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     // An anvil that serves one login per connection, then "restarts" (closes).
     let l = StdListener::bind(base.join("anvil")).unwrap();
     let (tx, anvil) = mpsc::channel::<String>();
@@ -470,8 +470,7 @@ fn anvil_restart_costs_only_a_reconnect() {
 
 #[test]
 fn stock_anvil_fails_the_login_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     // Stock anvil: reads the unknown handshake and closes.
     let l = StdListener::bind(base.join("anvil")).unwrap();
     thread::spawn(move || {
@@ -488,8 +487,7 @@ fn stock_anvil_fails_the_login_at_once() {
 
 #[test]
 fn client_reset_while_waiting_ends_the_login() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec![]); // always `none`
     let _master = fake_master(&base);
     fake_auth(&base, U1);
