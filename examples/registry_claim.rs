@@ -28,6 +28,13 @@ fn pid(n: u32) -> Pid {
     Pid::new(n).unwrap()
 }
 
+/// CLAIM for `user` (which must get a process), then RELEASE with `outcome`; the pid.
+fn claim_release(r: &mut Registry, now: u64, user: &[u8], uid: u32, outcome: Outcome) -> Pid {
+    let c = r.claim(now, S, user, uid).unwrap().unwrap();
+    r.release(now, c.pid, c.token, outcome).unwrap();
+    c.pid
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let procs: u32 = args.next().map_or(10_000, |a| a.parse().unwrap());
@@ -45,11 +52,13 @@ fn main() {
             next += 1;
         }
         for k in 0..2u64 {
-            let c = r
-                .claim(now + k, S, user.as_bytes(), 10_000 + u)
-                .unwrap()
-                .unwrap();
-            r.release(now + k, c.pid, c.token, Outcome::Served).unwrap();
+            claim_release(
+                &mut r,
+                now + k,
+                user.as_bytes(),
+                10_000 + u,
+                Outcome::Served,
+            );
         }
         for p in [next - 2, next - 1] {
             r.set_idle(pid(p), now + u64::from(p)).unwrap();
@@ -57,11 +66,8 @@ fn main() {
     }
     for b in 0..busy {
         r.birth(now, S, pid(next), 0);
-        let c = r
-            .claim(now, S, format!("busy{b}").as_bytes(), 50_000 + b)
-            .unwrap()
-            .unwrap();
-        r.release(now, c.pid, c.token, Outcome::Served).unwrap();
+        let user = format!("busy{b}");
+        claim_release(&mut r, now, user.as_bytes(), 50_000 + b, Outcome::Served);
         next += 1;
     }
     for _ in 0..spares {
@@ -85,15 +91,10 @@ fn main() {
 
     time("reuse", &mut r, &mut |r, i| {
         let u = i % idle_users;
-        let c = r
-            .claim(t, S, &users[u as usize], 10_000 + u)
-            .unwrap()
-            .unwrap();
-        r.release(t, c.pid, c.token, Outcome::Unused).unwrap();
+        claim_release(r, t, &users[u as usize], 10_000 + u, Outcome::Unused);
     });
     time("fresh", &mut r, &mut |r, i| {
-        let c = r.claim(t, S, b"newcomer", 90_000 + i % 7).unwrap().unwrap();
-        r.release(t, c.pid, c.token, Outcome::Unused).unwrap();
+        claim_release(r, t, b"newcomer", 90_000 + i % 7, Outcome::Unused);
     });
     // Misses: users whose processes are all busy, once every spare is taken (claimed for
     // one user and held).
@@ -116,11 +117,7 @@ fn main() {
         r.birth(t, S, pid(next_pid), 0);
         next_pid += 1;
         let u = i % idle_users;
-        let c = r
-            .claim(t, S, &users[u as usize], 10_000 + u)
-            .unwrap()
-            .unwrap();
-        r.release(t, c.pid, c.token, Outcome::Served).unwrap();
-        r.set_idle(c.pid, t).unwrap();
+        let p = claim_release(r, t, &users[u as usize], 10_000 + u, Outcome::Served);
+        r.set_idle(p, t).unwrap();
     });
 }

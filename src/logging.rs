@@ -40,6 +40,19 @@ impl Logger {
         }
     }
 
+    /// The logger of a service process started by a master: Dovecot's internal format when
+    /// the master asked for it (`LOG_SERVICE=1`), else plain lines.
+    pub fn for_service(env: &crate::master_compat::child_env::ChildEnv, prefix: &str) -> Logger {
+        let format = if env.log_service {
+            LogFormat::Internal {
+                pid: std::process::id(),
+            }
+        } else {
+            LogFormat::Plain
+        };
+        Logger::new(format, prefix, false)
+    }
+
     /// The format in use.
     pub fn format(&self) -> &LogFormat {
         &self.format

@@ -2,104 +2,19 @@
 //! master harness (pipes on fds 4-9 placed by `foreman::sys::place_fds`), talked to with
 //! raw bytes. Every wait is on a condition with a bounded deadline.
 
+mod support;
+
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+use support::anvil::{foreman, wait_until, Captured, Standalone};
 
 const HANDSHAKE: &[u8] = b"VERSION\tanvil\t1\t0\n";
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn foreman() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_foreman"))
-}
-
-/// Polls `cond` until it holds or the deadline passes.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Collects a child's stderr (or any pipe) in the background.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn spawn(mut from: impl Read + Send + 'static) -> Captured {
-        let c = Captured::default();
-        let sink = c.0.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = from.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        c
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn wait_contains(&self, needle: &[u8]) {
-        wait_for(
-            &format!("log line {:?}", String::from_utf8_lossy(needle)),
-            || self.bytes().windows(needle.len()).any(|w| w == needle),
-        );
-    }
-}
-
-/// A standalone anvil in its own temporary directory, killed on drop.
-struct Standalone {
-    child: Child,
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    stderr: Captured,
-}
-
-impl Standalone {
-    fn start() -> Standalone {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("anvil");
-        let mut child = foreman()
-            .arg("anvil")
-            .arg("--socket")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Captured::spawn(child.stderr.take().unwrap());
-        wait_for("the anvil socket", || UnixStream::connect(&socket).is_ok());
-        Standalone {
-            child,
-            _dir: dir,
-            socket,
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Client(UnixStream);
 
@@ -593,9 +508,9 @@ fn under_a_fake_master() {
 
     // KILL from the master pipe is accepted.
     FakeMaster::write_pipe(&m.master_pipe, b"CONNECT\t200\tv\n");
-    wait_for("CONNECT via the master pipe", || c.lookup("v") == "1");
+    wait_until("CONNECT via the master pipe", || c.lookup("v") == "1");
     FakeMaster::write_pipe(&m.master_pipe, b"KILL\t200\n");
-    wait_for("KILL via the master pipe", || c.lookup("v") == "0");
+    wait_until("KILL via the master pipe", || c.lookup("v") == "0");
 
     // KILL from the shared pipe is refused: logged in the internal format.
     FakeMaster::write_pipe(&m.shared_pipe, b"CONNECT\t300\tw\nKILL\t300\n");
@@ -648,7 +563,7 @@ fn under_a_fake_master() {
     // clients still served, exit 0 once the last one leaves.
     drop(m.dead.take());
     m.status_until(0);
-    wait_for("the listener to close", || {
+    wait_until("the listener to close", || {
         UnixStream::connect(&m.socket).is_err()
     });
     assert_eq!(c.lookup("w"), "1");
@@ -657,7 +572,7 @@ fn under_a_fake_master() {
         "anvil exited while a client was connected"
     );
     drop(c);
-    wait_for("anvil to exit", || m.exited().is_some());
+    wait_until("anvil to exit", || m.exited().is_some());
     assert!(m.exited().unwrap().success());
 }
 
@@ -687,7 +602,7 @@ fn penalty_expiry_timer_runs() {
     c.send(b"PENALTY-SET-EXPIRE-SECS\t1\nPENALTY-INC\t10.0.0.1\t0\t3\nPENALTY-GET\t10.0.0.1\n");
     assert!(c.line().starts_with(b"3 "));
     // The record is purged by the timer about a second later.
-    wait_for("the penalty record to expire", || {
+    wait_until("the penalty record to expire", || {
         c.send(b"PENALTY-GET\t10.0.0.1\n");
         c.line() == b"0 0"
     });
@@ -706,13 +621,13 @@ fn sigquit_stops_accepting_and_exits_after_the_last_client() {
     c.send(b"CONNECT\t1\tq\n");
     assert_eq!(c.lookup("q"), "1");
     signal(&anvil.child, nix::sys::signal::Signal::SIGQUIT);
-    wait_for("the listener to close", || {
+    wait_until("the listener to close", || {
         UnixStream::connect(&anvil.socket).is_err()
     });
     assert_eq!(c.lookup("q"), "1");
     assert!(anvil.child.try_wait().unwrap().is_none());
     drop(c);
-    wait_for("anvil to exit", || {
+    wait_until("anvil to exit", || {
         anvil.child.try_wait().unwrap().is_some()
     });
     assert!(anvil.child.wait().unwrap().success());
@@ -723,7 +638,7 @@ fn sigterm_exits_and_removes_the_socket() {
     let mut anvil = Standalone::start();
     let _c = Client::handshaken(&anvil.socket);
     signal(&anvil.child, nix::sys::signal::Signal::SIGTERM);
-    wait_for("anvil to exit", || {
+    wait_until("anvil to exit", || {
         anvil.child.try_wait().unwrap().is_some()
     });
     assert!(anvil.child.wait().unwrap().success());
@@ -742,7 +657,7 @@ fn restarted_anvil_skips_stale_pipe_lines_silently() {
     FakeMaster::write_pipe(&m.shared_pipe, HANDSHAKE);
     FakeMaster::write_pipe(&m.shared_pipe, b"CONNECT\t3\tfresh\n");
     let mut c = Client::handshaken(&m.socket);
-    wait_for("the fresh CONNECT", || c.lookup("fresh") == "1");
+    wait_until("the fresh CONNECT", || c.lookup("fresh") == "1");
     assert_eq!(c.lookup("stale"), "0");
     // Sockets are not exempt: a bad first line there is still an error.
     let mut bad = Client::connect(&m.socket);

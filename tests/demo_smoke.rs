@@ -76,12 +76,16 @@ fn demo_starts_serves_the_demo_user_and_stops_on_sigint() {
     assert!(reply.is_ok(), "LOGIN refused: {}", reply.tagged);
 
     // The session reaches the anvil through the shared pipe: wait for it.
-    let who = foreman::stock::wait_for(DEADLINE, || {
+    // `foreman who <mode> -a <anvil>`'s stdout.
+    let foreman_who = |mode: &str| -> Option<String> {
         let out = Command::new(exe)
-            .args(["who", "-1", "-a", &anvil])
+            .args(["who", mode, "-a", &anvil])
             .output()
             .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let who = foreman::stock::wait_for(DEADLINE, || {
+        let text = foreman_who("-1")?;
         text.lines().any(|l| l.starts_with("demo ")).then_some(text)
     });
     assert!(who.is_some(), "demo user never appeared in foreman who");
@@ -89,11 +93,7 @@ fn demo_starts_serves_the_demo_user_and_stops_on_sigint() {
 
     // Per-user reuse is on: demo's imap process stays, idle, bound to demo.
     let processes = foreman::stock::wait_for(DEADLINE, || {
-        let out = Command::new(exe)
-            .args(["who", "--processes", "-a", &anvil])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = foreman_who("--processes")?;
         text.lines()
             .any(|l| l.starts_with("demo ") && l.contains("idle"))
             .then_some(text)

@@ -3,56 +3,21 @@
 //! has no free slot (an unprivileged client gets EACCES), is opened again when a slot frees,
 //! and disappears when the process dies (kill -9 included) and when the master stops.
 
+mod support;
+
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use foreman::stock::{wait_for, StockDovecot};
+use support::{connect_as_nobody, mode, FOREMAN};
 
-const FOREMAN: &str = env!("CARGO_BIN_EXE_foreman");
 const DEADLINE: Duration = Duration::from_secs(15);
-/// Set in the environment of the re-executed test binary: the path to connect to.
-const CLIENT_ENV: &str = "FOREMAN_TEST_CONNECT_PATH";
 
-/// Not a test of its own: when the test binary is re-executed as an unprivileged user with
-/// [`CLIENT_ENV`] set, this connects to that path and prints the outcome.
+/// Not a test of its own: the body of [`connect_as_nobody`]'s re-executed test binary.
 #[test]
 fn connect_helper() {
-    let Ok(path) = std::env::var(CLIENT_ENV) else {
-        return;
-    };
-    match std::os::unix::net::UnixStream::connect(&path) {
-        Ok(_) => println!("CONNECT-RESULT ok"),
-        Err(e) => println!("CONNECT-RESULT errno={}", e.raw_os_error().unwrap_or(0)),
-    }
-}
-
-/// Connects to `path` as user nobody (root would bypass the permission check).
-fn connect_as_nobody(path: &Path) -> String {
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "connect_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CLIENT_ENV, path)
-        .uid(nobody.uid.as_raw())
-        .gid(nobody.gid.as_raw())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once("CONNECT-RESULT ")?;
-            rest.split_whitespace().next().map(str::to_owned)
-        })
-        .unwrap_or_else(|| format!("helper failed: {out:?}"))
+    support::connect_helper();
 }
 
 fn start() -> StockDovecot {
@@ -78,12 +43,6 @@ fn per_pid_sockets(base: &Path) -> Vec<(u32, PathBuf)> {
             Some((pid, e.path()))
         })
         .collect()
-}
-
-fn mode(path: &Path) -> Option<u32> {
-    fs::metadata(path)
-        .ok()
-        .map(|m| m.permissions().mode() & 0o777)
 }
 
 #[test]

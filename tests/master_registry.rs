@@ -7,15 +7,17 @@
 //! With the stock anvil the master runs without reports. With the dispatcher, more users than
 //! processes are all served through FOREMAN-NEED and eviction.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
-use foreman::stock::{procs, wait_for, AnvilClient, StockDovecot};
-use foreman::wire::anvil_ext::{decode_proc_row, ExtReply, ProcRow, ProcState, VERSION_LINE};
-
-const FOREMAN: &str = env!("CARGO_BIN_EXE_foreman");
-const DEADLINE: Duration = Duration::from_secs(20);
+use foreman::stock::{wait_for, AnvilClient, StockDovecot};
+use foreman::wire::anvil_ext::{ProcState, VERSION_LINE};
+use support::{
+    foreman_child, imap_pids, imap_rows, imap_rows_on, kill, login, registry, reuse, reuse_builder,
+    DEADLINE, FOREMAN,
+};
 
 fn start(imap_settings: &str) -> StockDovecot {
     start_with(imap_settings, true)
@@ -37,49 +39,13 @@ fn start_with(imap_settings: &str, foreman_anvil: bool) -> StockDovecot {
         .expect("start the stock stack under foreman master")
 }
 
-/// A foreman-anvil connection (greeting checked).
-fn registry(d: &StockDovecot) -> AnvilClient {
-    let mut c = AnvilClient::connect_raw(&d.anvil_socket()).unwrap();
-    c.send_raw(VERSION_LINE).unwrap();
-    let greeting = c.read_line().unwrap();
-    assert_eq!(greeting, &VERSION_LINE[..VERSION_LINE.len() - 1]);
-    c
-}
-
-fn dump(c: &mut AnvilClient) -> Vec<ProcRow> {
-    c.dump(b"PROC-DUMP")
-        .unwrap()
-        .into_iter()
-        .map(|mut line| {
-            line.push(b'\n');
-            match decode_proc_row(&line) {
-                Ok((_, ExtReply::Row(row))) => row,
-                other => panic!("bad row {other:?}"),
-            }
-        })
-        .collect()
-}
-
-fn dump_of(d: &StockDovecot) -> Vec<ProcRow> {
-    dump(&mut registry(d))
-}
-
 /// (pid, state) of the imap rows, by pid.
-fn imap_rows(d: &StockDovecot) -> Vec<(u32, ProcState)> {
-    dump_of(d)
-        .into_iter()
-        .filter(|r| r.service == "imap")
-        .map(|r| (r.pid.get(), r.state))
-        .collect()
+fn imap_states(d: &StockDovecot) -> Vec<(u32, ProcState)> {
+    pid_states(imap_rows(d))
 }
 
-/// The live imap processes of the master, by pid.
-fn imap_pids(d: &StockDovecot) -> Vec<u32> {
-    procs::children_of(d.pid().unwrap())
-        .into_iter()
-        .filter(|p| p.title_name() == "imap")
-        .map(|p| p.pid)
-        .collect()
+fn pid_states(rows: Vec<foreman::wire::anvil_ext::ProcRow>) -> Vec<(u32, ProcState)> {
+    rows.into_iter().map(|r| (r.pid.get(), r.state)).collect()
 }
 
 /// Waits until the registry lists exactly the master's live imap processes and `check`
@@ -90,14 +56,14 @@ fn wait_rows(
     check: impl Fn(&[(u32, ProcState)]) -> bool,
 ) -> Vec<(u32, ProcState)> {
     let got = wait_for(DEADLINE, || {
-        let rows = imap_rows(d);
+        let rows = imap_states(d);
         let pids: Vec<u32> = rows.iter().map(|r| r.0).collect();
         (pids == imap_pids(d) && check(&rows)).then_some(rows)
     });
     got.unwrap_or_else(|| {
         panic!(
             "{what}: registry {:?}, master's imap children {:?}\n{}",
-            imap_rows(d),
+            imap_states(d),
             imap_pids(d),
             d.log_tail(30)
         )
@@ -154,29 +120,15 @@ impl Control {
     }
 }
 
-/// The anvil process (`foreman anvil …`).
-fn anvil_pid(d: &StockDovecot) -> Option<u32> {
-    procs::children_of(d.pid().unwrap())
-        .into_iter()
-        .find(|p| p.cmdline.split(' ').nth(1) == Some("anvil"))
-        .map(|p| p.pid)
-}
-
-fn kill(pid: u32, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
-}
-
 #[test]
 fn fresh_processes_are_registered_and_follow_a_login() {
     let d = start("  process_min_avail = 2");
     let rows = wait_rows(&d, "two fresh spares", |r| {
         r.len() == 2 && count(r, ProcState::Fresh) == 2
     });
-    for row in dump_of(&d) {
-        if row.service == "imap" {
-            assert!(row.user.is_empty(), "unbound");
-            assert_eq!(row.uid, 0, "birth uid: imap starts as root");
-        }
+    for row in imap_rows(&d) {
+        assert!(row.user.is_empty(), "unbound");
+        assert_eq!(row.uid, 0, "birth uid: imap starts as root");
     }
     let before: Vec<u32> = rows.iter().map(|r| r.0).collect();
 
@@ -233,10 +185,8 @@ fn need_spawns_to_the_requested_count_and_no_more() {
 fn need_at_process_limit_evicts_what_evict_returns_and_never_a_claimed_process() {
     let d = start("  process_min_avail = 1\n  process_limit = 3");
     // Two users at once: two processes serve them, a third is the spare (= process_limit).
-    let mut alice = d.imap().unwrap();
-    assert!(alice.login("alice", "pw").unwrap().is_ok());
-    let mut bob = d.imap().unwrap();
-    assert!(bob.login("bob", "pw2").unwrap().is_ok());
+    let alice = login(&d, "alice", "pw");
+    let bob = login(&d, "bob", "pw2");
     wait_rows(&d, "two busy + a spare", |r| {
         r.len() == 3 && count(r, ProcState::Busy) == 2 && count(r, ProcState::Fresh) == 1
     });
@@ -285,7 +235,7 @@ fn need_at_process_limit_evicts_what_evict_returns_and_never_a_claimed_process()
     // Nothing else is idle and unclaimed: EVICT says none, nothing is killed or spawned.
     assert_eq!(c.need(2), "+");
     assert_eq!(c.imap_total(), total + 1);
-    let rows = imap_rows(&d);
+    let rows = imap_states(&d);
     assert!(rows.iter().any(|&(p, _)| p == idle[0]));
     assert!(rows.iter().any(|&(p, _)| p == spare));
     assert_eq!(imap_pids(&d).len(), 3);
@@ -294,33 +244,28 @@ fn need_at_process_limit_evicts_what_evict_returns_and_never_a_claimed_process()
 #[test]
 fn after_an_anvil_restart_the_live_processes_are_reported_again() {
     let d = start("  process_min_avail = 2");
-    let mut alice = d.imap().unwrap();
-    assert!(alice.login("alice", "pw").unwrap().is_ok());
+    let alice = login(&d, "alice", "pw");
     let rows = wait_rows(&d, "one busy, two fresh", |r| {
         count(r, ProcState::Busy) == 1 && count(r, ProcState::Fresh) == 2
     });
-    let anvil = anvil_pid(&d).expect("anvil process");
+    let anvil = foreman_child(&d, "anvil").expect("anvil process");
     kill(anvil, nix::sys::signal::Signal::SIGKILL);
     // A new anvil (empty registry) gets the same processes again: the fresh ones fresh, the
     // one serving alice busy (never fresh again).
     let again = wait_for(DEADLINE, || {
-        if anvil_pid(&d).is_none_or(|p| p == anvil) {
+        if foreman_child(&d, "anvil").is_none_or(|p| p == anvil) {
             return None;
         }
         let mut c = AnvilClient::connect_raw(&d.anvil_socket()).ok()?;
         c.send_raw(VERSION_LINE).ok()?;
         c.read_line().ok()?;
-        let now: Vec<(u32, ProcState)> = dump(&mut c)
-            .into_iter()
-            .filter(|r| r.service == "imap")
-            .map(|r| (r.pid.get(), r.state))
-            .collect();
+        let now = pid_states(imap_rows_on(&mut c));
         (now == rows).then_some(now)
     });
     assert!(
         again.is_some(),
         "before {rows:?}, now {:?}\n{}",
-        imap_rows(&d),
+        imap_states(&d),
         d.log_tail(30)
     );
     assert!(d.log_contents().contains("anvil registry: connected"));
@@ -339,8 +284,7 @@ fn with_the_stock_anvil_the_master_runs_without_reports() {
             .then_some(())
     });
     assert!(logged.is_some(), "{}", d.log_tail(30));
-    let mut alice = d.imap().unwrap();
-    assert!(alice.login("alice", "pw").unwrap().is_ok());
+    let alice = login(&d, "alice", "pw");
     alice.logout().unwrap();
 }
 
@@ -350,18 +294,8 @@ fn with_the_stock_anvil_the_master_runs_without_reports() {
 /// login is served and the pool never exceeds process_limit.
 #[test]
 fn with_the_dispatcher_more_users_than_processes_are_served_by_eviction() {
-    use foreman::dispatch::{reuse_config, ReuseConfig};
-    let cfg = ReuseConfig {
-        process_limit: 3,
-        process_limit_margin: 1,
-        fresh_spares: 1,
-        idle_kill: "60 secs".into(),
-    };
     let users = ["u1", "u2", "u3", "u4", "u5"];
-    let mut b = StockDovecot::builder()
-        .master_command(FOREMAN, &["master"])
-        .custom_anvil(FOREMAN, &["anvil"])
-        .config_line(reuse_config(std::path::Path::new(FOREMAN), &cfg));
+    let mut b = reuse_builder(&reuse(3, 1, 1));
     for u in users {
         b = b.user(u, "pw");
     }
@@ -410,10 +344,8 @@ fn with_the_dispatcher_more_users_than_processes_are_served_by_eviction() {
 #[test]
 fn a_need_repairs_idle_processes_the_registry_believes_busy() {
     let d = start("  process_min_avail = 1\n  process_limit = 3\n  process_limit_margin = 0");
-    let mut alice = d.imap().unwrap();
-    assert!(alice.login("alice", "pw").unwrap().is_ok());
-    let mut bob = d.imap().unwrap();
-    assert!(bob.login("bob", "pw2").unwrap().is_ok());
+    let alice = login(&d, "alice", "pw");
+    let bob = login(&d, "bob", "pw2");
     wait_rows(&d, "two busy + a spare", |r| {
         count(r, ProcState::Busy) == 2 && count(r, ProcState::Fresh) == 1
     });

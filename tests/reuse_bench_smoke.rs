@@ -7,6 +7,7 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
+use foreman::bench::reuse::TABLE_COLUMNS;
 use foreman::stock::{procs, wait_for, Protocol, StockDovecot};
 
 /// The columns of a table line (separated by two spaces or more).
@@ -30,35 +31,23 @@ fn bench_reuse_quick_prints_the_table_and_foreman_never_mixes_users() {
         .lines()
         .find(|l| l.starts_with("figure"))
         .unwrap_or_else(|| panic!("no table:\n{text}"));
-    assert_eq!(
-        columns(header),
-        [
-            "figure",
-            "stock fresh",
-            "stock reuse",
-            "foreman",
-            "foreman/fresh",
-            "foreman/reuse",
-            "target"
-        ]
-    );
+    assert_eq!(columns(header), TABLE_COLUMNS[..7]);
+    // The rows of figure `what`, as columns.
+    let rows_of = |what: &str| -> Vec<Vec<&str>> {
+        text.lines()
+            .filter(|l| l.contains(&format!(": {what}")))
+            .map(columns)
+            .collect()
+    };
     // --quick: users 1 and 4, one uid and many uids.
-    let cross: Vec<Vec<&str>> = text
-        .lines()
-        .filter(|l| l.contains(": processes serving 2+ users"))
-        .map(columns)
-        .collect();
+    let cross = rows_of("processes serving 2+ users");
     assert_eq!(cross.len(), 4, "{text}");
     for row in &cross {
         assert_eq!(row[3], "0", "foreman column of {row:?}:\n{text}");
         assert_eq!(row.last(), Some(&"PASS"), "{row:?}");
     }
     // The spawn count comes from the master (`doveadm service status`), Foreman's included.
-    let spawned: Vec<Vec<&str>> = text
-        .lines()
-        .filter(|l| l.contains(": processes spawned/login"))
-        .map(columns)
-        .collect();
+    let spawned = rows_of("processes spawned/login");
     assert_eq!(spawned.len(), 4, "{text}");
     for row in &spawned {
         assert!(row[3].parse::<f64>().is_ok(), "foreman column of {row:?}");
@@ -69,10 +58,7 @@ fn bench_reuse_quick_prints_the_table_and_foreman_never_mixes_users() {
         "set-up CPU/login",
         "machine CPU/login",
     ] {
-        let rows = text
-            .lines()
-            .filter(|l| l.contains(&format!(": {what}")))
-            .count();
+        let rows = rows_of(what).len();
         assert_eq!(rows, 4, "{what}:\n{text}");
     }
     assert!(text.contains("targets met: "), "{text}");

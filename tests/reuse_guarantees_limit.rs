@@ -43,14 +43,39 @@ fn start_stock() -> StockDovecot {
     b.start().expect("start stock dovecot")
 }
 
-/// Logs `user` in and out; the mpid imap-login named.
-fn in_and_out(d: &StockDovecot, user: &str, pw: &str) -> u32 {
-    let n = mpids_of(d, user).len();
-    let mut c = login(d, user, pw);
-    session_works(&mut c);
-    let p = wait_mpid(d, user, n);
-    c.logout().unwrap();
-    p
+/// u1..u3 logged in at once (three processes, the limit); the clients and their mpids.
+fn three_sessions(d: &StockDovecot) -> (Vec<ImapClient>, Vec<u32>) {
+    let mut held = Vec::new();
+    let mut pids = Vec::new();
+    for (u, p) in &USERS[..3] {
+        held.push(login(d, u, p));
+        pids.push(wait_mpid(d, u, 0));
+    }
+    (held, pids)
+}
+
+/// [`three_sessions`], then u4's LOGIN in a thread, which is not answered within a second
+/// (asserted): every process is busy.
+fn three_sessions_and_u4_waiting(
+    d: &StockDovecot,
+) -> (
+    Vec<ImapClient>,
+    Vec<u32>,
+    std::thread::JoinHandle<(ImapClient, foreman::stock::imap::ImapReply)>,
+) {
+    let (held, pids) = three_sessions(d);
+    let waiting = login_in_thread(d, "u4", "p4");
+    // Not served while every process is busy (bounded look; the login must still be
+    // pending afterwards).
+    let early = wait_for(Duration::from_secs(1), || {
+        (waiting.is_finished() || !mpids_of(d, "u4").is_empty()).then_some(())
+    });
+    assert!(
+        early.is_none(),
+        "u4 answered while all were busy\n{}",
+        d.log_tail(30)
+    );
+    (held, pids, waiting)
 }
 
 /// The pids of the master's `evicting idle process <pid>` lines, once there is one.
@@ -76,12 +101,10 @@ fn evicted_now(d: &StockDovecot) -> Vec<u32> {
 #[test]
 fn at_process_limit_with_idle_processes_a_new_user_gets_in_by_eviction() {
     let d = start_foreman();
-    let mut old = Vec::new();
-    for (u, p) in &USERS[..3] {
-        let pid = in_and_out(&d, u, p);
-        wait_idle(&d, pid);
-        old.push(pid);
-    }
+    let old: Vec<u32> = USERS[..3]
+        .iter()
+        .map(|(u, p)| served_once(&d, u, p))
+        .collect();
     assert_eq!(old.iter().collect::<BTreeSet<_>>().len(), 3, "{old:?}");
     assert_eq!(imap_pids(&d), {
         let mut o = old.clone();
@@ -129,12 +152,7 @@ fn per_pid(d: &StockDovecot) -> std::collections::BTreeMap<u32, BTreeSet<String>
 fn stock_at_process_limit_hands_a_new_user_another_users_process() {
     let d = start_stock();
     // Three sessions at once fill the pool (three processes, the limit); then all idle.
-    let mut held = Vec::new();
-    let mut old = Vec::new();
-    for (u, p) in &USERS[..3] {
-        held.push(login(&d, u, p));
-        old.push(wait_mpid(&d, u, 0));
-    }
+    let (held, old) = three_sessions(&d);
     for c in held {
         c.logout().unwrap();
     }
@@ -165,28 +183,7 @@ fn stock_at_process_limit_hands_a_new_user_another_users_process() {
 #[test]
 fn at_process_limit_all_busy_a_new_login_waits_and_is_served_once() {
     let d = start_foreman();
-    let mut held = Vec::new();
-    let mut pids = Vec::new();
-    for (u, p) in &USERS[..3] {
-        held.push(login(&d, u, p));
-        pids.push(wait_mpid(&d, u, 0));
-    }
-    let port = d.imap_port().unwrap();
-    let waiting = std::thread::spawn(move || {
-        let mut c = ImapClient::connect(port).unwrap();
-        let r = c.login("u4", "p4").unwrap();
-        (c, r)
-    });
-    // Not served while every process is busy (bounded look; the login must still be
-    // pending afterwards).
-    let early = wait_for(Duration::from_secs(1), || {
-        (waiting.is_finished() || !mpids_of(&d, "u4").is_empty()).then_some(())
-    });
-    assert!(
-        early.is_none(),
-        "u4 answered while all were busy\n{}",
-        d.log_tail(30)
-    );
+    let (mut held, pids, waiting) = three_sessions_and_u4_waiting(&d);
     assert_eq!(imap_pids(&d).len(), 3);
 
     let first = held.remove(0);
@@ -212,22 +209,7 @@ fn at_process_limit_all_busy_a_new_login_waits_and_is_served_once() {
 #[test]
 fn stock_at_process_limit_all_busy_queues_then_shares_a_process() {
     let d = start_stock();
-    let mut held = Vec::new();
-    let mut pids = Vec::new();
-    for (u, p) in &USERS[..3] {
-        held.push(login(&d, u, p));
-        pids.push(wait_mpid(&d, u, 0));
-    }
-    let port = d.imap_port().unwrap();
-    let waiting = std::thread::spawn(move || {
-        let mut c = ImapClient::connect(port).unwrap();
-        let r = c.login("u4", "p4").unwrap();
-        (c, r)
-    });
-    let early = wait_for(Duration::from_secs(1), || {
-        (waiting.is_finished() || !mpids_of(&d, "u4").is_empty()).then_some(())
-    });
-    assert!(early.is_none(), "u4 answered while all were busy");
+    let (mut held, pids, waiting) = three_sessions_and_u4_waiting(&d);
     held.remove(0).logout().unwrap();
     let (_c, r) = waiting.join().unwrap();
     assert!(r.is_ok(), "{r:?}\n{}", d.log_tail(30));
@@ -235,38 +217,10 @@ fn stock_at_process_limit_all_busy_queues_then_shares_a_process() {
     assert_eq!(q, pids[0], "stock: u4 in u1's former process");
 }
 
-const DB_USERS: [DbUser<'static>; 4] = [
-    DbUser {
-        name: "u1",
-        password: "p1",
-        uid: 60001,
-    },
-    DbUser {
-        name: "u2",
-        password: "p2",
-        uid: 60002,
-    },
-    DbUser {
-        name: "u3",
-        password: "p3",
-        uid: 60003,
-    },
-    DbUser {
-        name: "u4",
-        password: "p4",
-        uid: 60004,
-    },
-];
-
 /// u1..u3 in at once (three processes, the limit), then out: three idle processes of three
 /// uids. Then u4 (a fourth uid) logs in: the client and its LOGIN reply (or error).
 fn distinct_uids_scenario(d: &StockDovecot) -> (Vec<u32>, Result<ImapClient, String>) {
-    let mut held = Vec::new();
-    let mut pids = Vec::new();
-    for (u, p) in &USERS[..3] {
-        held.push(login(d, u, p));
-        pids.push(wait_mpid(d, u, 0));
-    }
+    let (held, pids) = three_sessions(d);
     for c in held {
         c.logout().unwrap();
     }
@@ -289,8 +243,8 @@ fn distinct_uids_scenario(d: &StockDovecot) -> (Vec<u32>, Result<ImapClient, Str
 /// a LOGIN reply); Foreman evicts one and serves u4 in a new process.
 #[test]
 fn distinct_uids_at_process_limit_foreman_evicts_where_stock_drops() {
-    let db = UserdbDir::new(&DB_USERS);
-    let mut b = db.apply(StockDovecot::builder(), &DB_USERS, "/usr/sbin/dovecot");
+    let db = UserdbDir::new(&FOUR_UIDS);
+    let mut b = db.apply(StockDovecot::builder(), &FOUR_UIDS, "/usr/sbin/dovecot");
     for l in STOCK_POOL {
         b = b.config_line(*l);
     }
@@ -308,12 +262,8 @@ fn distinct_uids_at_process_limit_foreman_evicts_where_stock_drops() {
     assert!(old.contains(&wait_mpid(&stock, "u4", 0)));
     drop(stock);
 
-    let db = UserdbDir::new(&DB_USERS);
-    let fm = format!("{FOREMAN} master");
-    let d = db
-        .apply(reuse_builder(&reuse(3, 0, 0)), &DB_USERS, &fm)
-        .start()
-        .expect("start the reuse stack");
+    let db = UserdbDir::new(&FOUR_UIDS);
+    let d = db.start_foreman(&reuse(3, 0, 0), &FOUR_UIDS);
     let (old, r) = distinct_uids_scenario(&d);
     let mut c = r.unwrap_or_else(|e| panic!("u4: {e}\n{}", d.log_tail(30)));
     session_works(&mut c);

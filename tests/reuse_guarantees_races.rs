@@ -5,9 +5,9 @@
 
 mod support;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use foreman::stock::{wait_for, ImapClient, StockDovecot};
+use foreman::stock::{wait_for, ImapClient};
 use foreman::wire::anvil_ext::ProcState;
 use nix::sys::signal::Signal;
 use support::*;
@@ -16,35 +16,6 @@ use support::*;
 #[test]
 fn connect_helper() {
     support::connect_helper();
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn start() -> StockDovecot {
-    reuse_builder(&reuse(10, 2, 2))
-        .user("u1", "p1")
-        .user("u2", "p2")
-        .start()
-        .expect("start the reuse stack")
-}
-
-/// LOGIN in a thread.
-fn login_in_thread(
-    d: &StockDovecot,
-    user: &'static str,
-    pw: &'static str,
-) -> std::thread::JoinHandle<(ImapClient, foreman::stock::imap::ImapReply)> {
-    let port = d.imap_port().unwrap();
-    std::thread::spawn(move || {
-        let mut c = ImapClient::connect(port).unwrap();
-        let r = c.login(user, pw).unwrap();
-        (c, r)
-    })
 }
 
 /// NOOP whose reply carries nothing but NOOP's own lines (no stray LOGIN reply from a
@@ -69,7 +40,7 @@ fn clean_noop(c: &mut ImapClient, who: &str) {
 /// per-pid listeners refuse an unprivileged client both busy (mode 0) and idle (0600 root).
 #[test]
 fn process_turning_busy_between_lookup_and_connect() {
-    let d = start();
+    let d = start_two_users();
     let mut a = login(&d, "u1", "p1");
     let p = wait_mpid(&d, "u1", 0);
     let mut reg = registry(&d);
@@ -148,11 +119,8 @@ fn process_turning_busy_between_lookup_and_connect() {
 /// login is served exactly once, by another process.
 #[test]
 fn target_killed_mid_handoff_login_served_once_elsewhere() {
-    let d = start();
-    let c = login(&d, "u1", "p1");
-    let p = wait_mpid(&d, "u1", 0);
-    c.logout().unwrap();
-    wait_idle(&d, p);
+    let d = start_two_users();
+    let p = served_once(&d, "u1", "p1");
 
     kill(p, Signal::SIGSTOP);
     let mut reg = registry(&d);
@@ -188,11 +156,8 @@ fn target_killed_mid_handoff_login_served_once_elsewhere() {
 /// again and again until its 60 s deadline failed the login.)
 #[test]
 fn hung_idle_process_does_not_starve_its_user() {
-    let d = start();
-    let c = login(&d, "u1", "p1");
-    let p = wait_mpid(&d, "u1", 0);
-    c.logout().unwrap();
-    wait_idle(&d, p);
+    let d = start_two_users();
+    let p = served_once(&d, "u1", "p1");
     kill(p, Signal::SIGSTOP);
     // A raw client: the answer may take the dispatcher's whole 60 s deadline.
     use std::io::{BufRead, BufReader, Write};
@@ -229,7 +194,7 @@ fn hung_idle_process_does_not_starve_its_user() {
 /// the next login works. Skipped without gdb.
 #[test]
 fn dispatcher_killed_after_the_hand_off_client_sees_one_reply() {
-    let d = start();
+    let d = start_two_users();
     wait_for(DEADLINE, || (imap_rows(&d).len() >= 2).then_some(())).expect("spares");
     let disp = foreman_child(&d, "dispatch").expect("the dispatcher");
     let dir = d.dir().to_owned();

@@ -9,34 +9,15 @@ use foreman::wire::anvil_ext::ProcState;
 use nix::sys::signal::Signal;
 use support::*;
 
-fn start() -> StockDovecot {
-    reuse_builder(&reuse(10, 2, 2))
-        .user("u1", "p1")
-        .user("u2", "p2")
-        .start()
-        .expect("start the reuse stack")
-}
-
 /// Waits for a `foreman <word>` child other than `old`.
 fn wait_restarted(d: &StockDovecot, word: &str, old: u32) -> u32 {
     wait_for(DEADLINE, || foreman_child(d, word).filter(|&p| p != old))
         .unwrap_or_else(|| panic!("no new {word} process\n{}", d.log_tail(30)))
 }
 
-/// u1 logs in and out; the process that served it, idle again.
-fn served_once(d: &StockDovecot, user: &str, pw: &str) -> u32 {
-    let n = mpids_of(d, user).len();
-    let mut c = login(d, user, pw);
-    session_works(&mut c);
-    let p = wait_mpid(d, user, n);
-    c.logout().unwrap();
-    wait_idle(d, p);
-    p
-}
-
 #[test]
 fn dispatcher_killed_is_restarted_and_reuse_goes_on() {
-    let d = start();
+    let d = start_two_users();
     let p = served_once(&d, "u1", "p1");
     let old = foreman_child(&d, "dispatch").expect("the dispatcher");
     kill(old, Signal::SIGKILL);
@@ -55,7 +36,7 @@ fn dispatcher_killed_is_restarted_and_reuse_goes_on() {
 /// works.
 #[test]
 fn dispatcher_killed_with_a_login_in_flight() {
-    let d = start();
+    let d = start_two_users();
     let p = served_once(&d, "u1", "p1");
     kill(p, Signal::SIGSTOP);
     let port = d.imap_port().unwrap();
@@ -93,7 +74,7 @@ fn dispatcher_killed_with_a_login_in_flight() {
 
 #[test]
 fn anvil_killed_is_restarted_and_reuse_resumes() {
-    let d = start();
+    let d = start_two_users();
     let p = served_once(&d, "u1", "p1");
     let old = foreman_child(&d, "anvil").expect("anvil");
     kill(old, Signal::SIGKILL);
@@ -143,7 +124,7 @@ fn anvil_killed_is_restarted_and_reuse_resumes() {
 
 #[test]
 fn imap_process_killed_next_login_gets_a_new_one() {
-    let d = start();
+    let d = start_two_users();
     // Idle process killed.
     let p = served_once(&d, "u1", "p1");
     kill(p, Signal::SIGKILL);
@@ -304,7 +285,7 @@ fn anvil_restart_never_hands_a_served_process_to_another_user() {
 /// new processes (the old list's processes are retired).
 #[test]
 fn reload_keeps_logins_working() {
-    let d = start();
+    let d = start_two_users();
     let p = served_once(&d, "u1", "p1");
     let old = foreman_child(&d, "dispatch").expect("the dispatcher");
     kill(d.pid().unwrap(), Signal::SIGHUP);

@@ -13,6 +13,16 @@ use support::*;
 
 const INTERNAL: &str = "NO [UNAVAILABLE] Internal error occurred.";
 
+/// A LOGIN the dispatcher refuses: the client gets stock's internal-error NO and the log a
+/// `login failed: <why>` line of the dispatcher. The client.
+fn refused(d: &StockDovecot, user: &str, pw: &str, why: &str) -> ImapClient {
+    let mut c = d.imap().unwrap();
+    let r = c.login(user, pw).unwrap();
+    assert!(r.tagged.starts_with(INTERNAL), "{r:?}\n{}", d.log_tail(20));
+    wait_log(d, &format!("foreman-dispatch: Error: login failed: {why}"));
+    c
+}
+
 /// No imap line names a user for which `bad` holds, and imap never died abnormally.
 fn imap_never_saw(d: &StockDovecot, bad: impl Fn(&str) -> bool) {
     for (u, pid) in imap_sessions(d) {
@@ -48,12 +58,11 @@ fn user_name_with_a_control_byte_never_reaches_imap() {
         .unwrap()
         .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
         .unwrap();
-    let mut c = d.imap().unwrap();
-    let r = c.login("ctl", "pw").unwrap();
-    assert!(r.tagged.starts_with(INTERNAL), "{r:?}\n{}", d.log_tail(20));
-    wait_log(
+    let mut c = refused(
         &d,
-        "foreman-dispatch: Error: login failed: user name \"a\\x01b\" contains a control character",
+        "ctl",
+        "pw",
+        "user name \"a\\x01b\" contains a control character",
     );
     assert!(c.wait_closed(DEADLINE).is_ok(), "imap-login closes it");
     assert!(
@@ -63,9 +72,7 @@ fn user_name_with_a_control_byte_never_reaches_imap() {
         "{:?}",
         imap_rows(&d)
     );
-    let mut ok = login(&d, "u1", "p1");
-    session_works(&mut ok);
-    ok.logout().unwrap();
+    in_and_out(&d, "u1", "p1");
     imap_never_saw(&d, |u| u != "u1");
 }
 
@@ -74,16 +81,8 @@ fn user_name_with_a_control_byte_never_reaches_imap() {
 #[test]
 fn uid_zero_from_the_userdb_never_reaches_imap() {
     let users = [
-        DbUser {
-            name: "u1",
-            password: "p1",
-            uid: 60001,
-        },
-        DbUser {
-            name: "toor",
-            password: "pw",
-            uid: 60002,
-        },
+        DbUser::new("u1", "p1", 60001),
+        DbUser::new("toor", "pw", 60002),
     ];
     let db = UserdbDir::new(&users);
     // passwd-file refuses a 0 in its uid column, not in a `userdb_uid` extra field (with
@@ -95,24 +94,12 @@ fn uid_zero_from_the_userdb_never_reaches_imap() {
     );
     assert!(text.contains("::userdb_uid=0"), "{text}");
     fs::write(db.path(), text).unwrap();
-    let fm = format!("{FOREMAN} master");
-    let d = db
-        .apply(reuse_builder(&reuse(10, 2, 2)), &users, &fm)
-        .start()
-        .expect("start the reuse stack");
-    let mut c = d.imap().unwrap();
-    let r = c.login("toor", "pw").unwrap();
-    assert!(r.tagged.starts_with(INTERNAL), "{r:?}\n{}", d.log_tail(20));
-    wait_log(
-        &d,
-        "foreman-dispatch: Error: login failed: userdb returned 0 as uid for \"toor\"",
-    );
+    let d = db.start_foreman(&reuse(10, 2, 2), &users);
+    let _c = refused(&d, "toor", "pw", "userdb returned 0 as uid for \"toor\"");
     assert!(imap_rows(&d)
         .iter()
         .all(|r| r.uid != 0 || r.user.is_empty()));
-    let mut ok = login(&d, "u1", "p1");
-    session_works(&mut ok);
-    ok.logout().unwrap();
+    in_and_out(&d, "u1", "p1");
     imap_never_saw(&d, |u| u == "toor");
     assert!(mpids_of(&d, "toor").is_empty());
 }
@@ -129,34 +116,9 @@ fn uid_of(pid: u32) -> Option<u32> {
 /// the second round reuses each user's own processes.
 #[test]
 fn users_of_different_uids_each_get_their_own_processes() {
-    let users = [
-        DbUser {
-            name: "u1",
-            password: "p1",
-            uid: 60001,
-        },
-        DbUser {
-            name: "u2",
-            password: "p2",
-            uid: 60002,
-        },
-        DbUser {
-            name: "u3",
-            password: "p3",
-            uid: 60003,
-        },
-        DbUser {
-            name: "u4",
-            password: "p4",
-            uid: 60004,
-        },
-    ];
+    let users = FOUR_UIDS;
     let db = UserdbDir::new(&users);
-    let fm = format!("{FOREMAN} master");
-    let d = db
-        .apply(reuse_builder(&reuse(20, 2, 2)), &users, &fm)
-        .start()
-        .expect("start the reuse stack");
+    let d = db.start_foreman(&reuse(20, 2, 2), &users);
     let port = d.imap_port().unwrap();
     let uid_of_user: BTreeMap<&str, u32> = users.iter().map(|u| (u.name, u.uid)).collect();
 
@@ -233,21 +195,9 @@ fn users_of_different_uids_each_get_their_own_processes() {
 #[test]
 fn userdb_renames_never_bring_an_empty_or_control_user_to_imap() {
     let users = [
-        DbUser {
-            name: "u1",
-            password: "p1",
-            uid: 60001,
-        },
-        DbUser {
-            name: "e",
-            password: "pw",
-            uid: 60002,
-        },
-        DbUser {
-            name: "c",
-            password: "pw",
-            uid: 60003,
-        },
+        DbUser::new("u1", "p1", 60001),
+        DbUser::new("e", "pw", 60002),
+        DbUser::new("c", "pw", 60003),
     ];
     let db = UserdbDir::new(&users);
     let text: String = fs::read_to_string(db.path())
@@ -260,11 +210,7 @@ fn userdb_renames_never_bring_an_empty_or_control_user_to_imap() {
         })
         .collect();
     fs::write(db.path(), text).unwrap();
-    let fm = format!("{FOREMAN} master");
-    let d = db
-        .apply(reuse_builder(&reuse(10, 2, 2)), &users, &fm)
-        .start()
-        .expect("start the reuse stack");
+    let d = db.start_foreman(&reuse(10, 2, 2), &users);
 
     let mut e = login(&d, "e", "pw");
     session_works(&mut e);
@@ -272,15 +218,12 @@ fn userdb_renames_never_bring_an_empty_or_control_user_to_imap() {
     wait_log(&d, "username attempted to be changed to empty");
     assert_eq!(mpids_of(&d, "e").len(), 1);
 
-    let mut c = d.imap().unwrap();
-    let r = c.login("c", "pw").unwrap();
-    assert!(r.tagged.starts_with(INTERNAL), "{r:?}\n{}", d.log_tail(20));
-    wait_log(
+    let _c = refused(
         &d,
-        "foreman-dispatch: Error: login failed: user name \"x\\x01y\" contains a control character",
+        "c",
+        "pw",
+        "user name \"x\\x01y\" contains a control character",
     );
-    let mut ok = login(&d, "u1", "p1");
-    session_works(&mut ok);
-    ok.logout().unwrap();
+    in_and_out(&d, "u1", "p1");
     imap_never_saw(&d, |u| u.is_empty() || u.bytes().any(|b| b < 0x20));
 }

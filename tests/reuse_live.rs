@@ -7,35 +7,27 @@
 //! wipe a binding) and PROC-IDLE after a logout (harmless when the master sends it too) over
 //! a foreman-anvil connection.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use foreman::dispatch::{reuse_config, ReuseConfig};
 use foreman::stock::{wait_for, ImapClient, StockDovecot};
-
-const FOREMAN: &str = env!("CARGO_BIN_EXE_foreman");
-const DEADLINE: Duration = Duration::from_secs(20);
+use support::{
+    foreman_child, login, login_in_thread, mpids_of, now_ms, reuse, reuse_builder, session_works,
+    wait_mpid, DEADLINE,
+};
 
 fn start() -> StockDovecot {
     start_with(&[])
 }
 
 fn start_with(extra: &[&str]) -> StockDovecot {
-    let cfg = ReuseConfig {
-        process_limit: 10,
-        process_limit_margin: 2,
-        fresh_spares: 2,
-        idle_kill: "60 secs".into(),
-    };
-    let mut b = StockDovecot::builder()
-        .master_command(FOREMAN, &["master"])
-        .custom_anvil(FOREMAN, &["anvil"])
-        .config_line(reuse_config(Path::new(FOREMAN), &cfg))
+    let mut b = reuse_builder(&reuse(10, 2, 2))
         .user("u1", "p1")
         .user("u2", "p2");
     for l in extra {
@@ -49,13 +41,6 @@ struct Reporter {
     base: PathBuf,
     conn: UnixStream,
     born: BTreeSet<u32>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 impl Reporter {
@@ -75,6 +60,14 @@ impl Reporter {
             conn,
             born: BTreeSet::new(),
         }
+    }
+
+    /// [`Reporter::new`] once the instance has at least `n` imap processes (all reported).
+    fn with_processes(d: &StockDovecot, n: usize) -> Reporter {
+        let mut rep = Reporter::new(d.base_dir());
+        wait_for(DEADLINE, || (rep.births() >= n).then_some(()))
+            .unwrap_or_else(|| panic!("fewer than {n} imap processes\n{}", d.log_tail(40)));
+        rep
     }
 
     /// (pid, idle) of every per-process listener.
@@ -133,25 +126,24 @@ impl Reporter {
 
     /// The registry's state column (`fresh`, `idle`, `busy`) of `pid`.
     fn state(&mut self, pid: u32) -> Option<String> {
-        self.conn.write_all(b"PROC-DUMP\n").unwrap();
-        let mut r = BufReader::new(self.conn.try_clone().unwrap());
-        let mut found = None;
-        loop {
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap();
-            let line = line.trim_end_matches('\n');
-            if line.is_empty() {
-                return found;
-            }
-            let f: Vec<&str> = line.split('\t').collect();
-            if f[0] == pid.to_string() {
-                found = Some(f[4].to_owned());
-            }
-        }
+        let pid = pid.to_string();
+        self.fields("PROC-DUMP")
+            .into_iter()
+            .rev()
+            .find(|f| f[0] == pid)
+            .map(|f| f[4].clone())
     }
 
     /// (pid, user, claim) of each row a PROC-LIST / PROC-DUMP returns.
     fn rows(&mut self, command: &str) -> Vec<(u32, String, String)> {
+        self.fields(command)
+            .into_iter()
+            .map(|f| (f[0].parse().unwrap(), f[2].clone(), f[6].clone()))
+            .collect()
+    }
+
+    /// The tab-separated fields of each row `command` returns (up to the empty line).
+    fn fields(&mut self, command: &str) -> Vec<Vec<String>> {
         self.conn
             .write_all(format!("{command}\n").as_bytes())
             .unwrap();
@@ -164,8 +156,7 @@ impl Reporter {
             if line.is_empty() {
                 return rows;
             }
-            let f: Vec<&str> = line.split('\t').collect();
-            rows.push((f[0].parse().unwrap(), f[2].to_owned(), f[6].to_owned()));
+            rows.push(line.split('\t').map(str::to_owned).collect());
         }
     }
 
@@ -176,42 +167,18 @@ impl Reporter {
 
 /// The `mpid=` of the n-th (0-based) imap-login `Login:` line of `user`.
 fn login_mpid(d: &StockDovecot, user: &str, n: usize) -> Option<u32> {
-    let log = d.log_contents();
-    let needle = format!("Login: user=<{user}>");
-    let line = log.lines().filter(|l| l.contains(&needle)).nth(n)?;
-    let rest = line.split("mpid=").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn login(d: &StockDovecot, user: &str, pw: &str) -> (ImapClient, String) {
-    let mut c = ImapClient::connect(d.imap_port().unwrap()).unwrap();
-    let r = c.login(user, pw).unwrap();
-    assert!(r.is_ok(), "LOGIN {user}: {r:?}\n{}", d.log_tail(40));
-    (c, r.tagged)
-}
-
-fn session_works(c: &mut ImapClient) {
-    let r = c.command("SELECT INBOX").unwrap();
-    assert!(r.is_ok(), "SELECT: {r:?}");
-    let r = c.command("NOOP").unwrap();
-    assert!(r.is_ok(), "NOOP: {r:?}");
+    mpids_of(d, user).get(n).copied()
 }
 
 #[test]
 fn same_user_gets_same_process_other_user_another() {
     let d = start();
-    let base = d.base_dir().to_owned();
-    let mut rep = Reporter::new(&base);
-    wait_for(DEADLINE, || (rep.births() >= 1).then_some(()))
-        .unwrap_or_else(|| panic!("no imap process\n{}", d.log_tail(40)));
+    let mut rep = Reporter::with_processes(&d, 1);
 
     // u1, first time: a fresh process P.
-    let (mut c, ok1) = login(&d, "u1", "p1");
+    let (mut c, ok1) = login_reply(&d, "u1", "p1");
     session_works(&mut c);
-    let p = wait_for(DEADLINE, || login_mpid(&d, "u1", 0)).expect("Login line of u1");
+    let p = wait_mpid(&d, "u1", 0);
     // The dispatcher claimed P for u1 in the registry.
     assert_eq!(rep.bound_to("u1"), vec![p]);
     c.logout().unwrap();
@@ -220,20 +187,20 @@ fn same_user_gets_same_process_other_user_another() {
     rep.births();
 
     // u1 again: the same process.
-    let (mut c, ok2) = login(&d, "u1", "p1");
+    let (mut c, ok2) = login_reply(&d, "u1", "p1");
     session_works(&mut c);
-    let p2 = wait_for(DEADLINE, || login_mpid(&d, "u1", 1)).expect("second Login line");
+    let p2 = wait_mpid(&d, "u1", 1);
     assert_eq!(p2, p, "u1's second session went to another process");
-    assert_eq!(ok1, ok2);
+    assert_eq!(ok1.tagged, ok2.tagged);
     c.logout().unwrap();
     wait_for(DEADLINE, || rep.is_idle(p).then_some(())).expect("P idle again");
     rep.idle(p);
     rep.births();
 
     // u2: never u1's process.
-    let (mut c, _) = login(&d, "u2", "p2");
+    let mut c = login(&d, "u2", "p2");
     session_works(&mut c);
-    let q = wait_for(DEADLINE, || login_mpid(&d, "u2", 0)).expect("Login line of u2");
+    let q = wait_mpid(&d, "u2", 0);
     assert_ne!(q, p, "u2 was handed u1's process");
     assert_eq!(rep.bound_to("u2"), vec![q]);
     assert_eq!(rep.bound_to("u1"), vec![p]);
@@ -274,8 +241,7 @@ fn login_reply_equals_stock() {
         assert_eq!(stock_after_cap.tagged, "OK Logged in");
 
         let d = start_with(settings);
-        let mut rep = Reporter::new(d.base_dir());
-        wait_for(DEADLINE, || (rep.births() >= 1).then_some(())).expect("an imap process");
+        let mut rep = Reporter::with_processes(&d, 1);
         let (mut c, ours) = login_reply(&d, "u1", "p1");
         // The hand-off really happened (the registry bound a process to u1).
         assert_eq!(rep.bound_to("u1").len(), 1);
@@ -330,15 +296,14 @@ fn login_reply(
 #[test]
 fn concurrent_sessions_of_one_user_get_two_processes() {
     let d = start();
-    let mut rep = Reporter::new(d.base_dir());
-    wait_for(DEADLINE, || (rep.births() >= 2).then_some(())).expect("two imap processes");
-    let (mut a, _) = login(&d, "u1", "p1");
+    let mut rep = Reporter::with_processes(&d, 2);
+    let mut a = login(&d, "u1", "p1");
     rep.births();
-    let (mut b, _) = login(&d, "u1", "p1");
+    let mut b = login(&d, "u1", "p1");
     session_works(&mut a);
     session_works(&mut b);
-    let pa = wait_for(DEADLINE, || login_mpid(&d, "u1", 0)).unwrap();
-    let pb = wait_for(DEADLINE, || login_mpid(&d, "u1", 1)).unwrap();
+    let pa = wait_mpid(&d, "u1", 0);
+    let pb = wait_mpid(&d, "u1", 1);
     assert_ne!(pa, pb);
     let mut bound = rep.bound_to("u1");
     bound.sort();
@@ -355,8 +320,7 @@ fn concurrent_sessions_of_one_user_get_two_processes() {
 fn pipelined_command_after_login_is_answered() {
     use std::io::Read;
     let d = start();
-    let mut rep = Reporter::new(d.base_dir());
-    wait_for(DEADLINE, || (rep.births() >= 1).then_some(())).expect("an imap process");
+    let mut rep = Reporter::with_processes(&d, 1);
     let mut s = std::net::TcpStream::connect(("127.0.0.1", d.imap_port().unwrap())).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut got = Vec::new();
@@ -391,10 +355,9 @@ fn pipelined_command_after_login_is_answered() {
 #[test]
 fn busy_process_believed_idle_is_skipped() {
     let d = start();
-    let mut rep = Reporter::new(d.base_dir());
-    wait_for(DEADLINE, || (rep.births() >= 2).then_some(())).expect("two imap processes");
-    let (mut a, _) = login(&d, "u1", "p1");
-    let p = wait_for(DEADLINE, || login_mpid(&d, "u1", 0)).unwrap();
+    let mut rep = Reporter::with_processes(&d, 2);
+    let mut a = login(&d, "u1", "p1");
+    let p = wait_mpid(&d, "u1", 0);
     wait_for(DEADLINE, || (!rep.is_idle(p)).then_some(())).expect("P's listener closed");
     // Once the registry has P busy (the dispatcher's RELEASE served, and the master's own
     // PROC-BUSY if it reports), nothing changes P's state until A logs out: now lie.
@@ -404,29 +367,21 @@ fn busy_process_believed_idle_is_skipped() {
     .expect("P busy in the registry");
     rep.idle(p); // the lie
     rep.births();
-    let port = d.imap_port().unwrap();
-    let second = std::thread::spawn(move || {
-        let mut c = ImapClient::connect(port).unwrap();
-        let r = c.login("u1", "p1").unwrap();
-        (c, r)
-    });
+    let second = login_in_thread(&d, "u1", "p1");
     // CLAIM must return P first (idle, bound to u1: a reuse hit); the connect is refused
     // (mode 0, no DAC override), the dispatcher releases P `busy` and claims again: a
     // fresh process serves B.
     let (mut b, r) = second.join().unwrap();
     assert!(r.is_ok(), "{r:?}\n{}", d.log_tail(30));
-    let q = wait_for(DEADLINE, || login_mpid(&d, "u1", 1)).unwrap();
+    let q = wait_mpid(&d, "u1", 1);
     assert_ne!(q, p);
     session_works(&mut a);
     session_works(&mut b);
     a.logout().unwrap();
     b.logout().unwrap();
 
-    let dispatcher = foreman::stock::procs::children_of(d.pid().unwrap())
-        .into_iter()
-        .find(|p| p.cmdline.contains("dispatch"))
-        .expect("the dispatcher process");
-    let status = fs::read_to_string(format!("/proc/{}/status", dispatcher.pid)).unwrap();
+    let dispatcher = foreman_child(&d, "dispatch").expect("the dispatcher process");
+    let status = fs::read_to_string(format!("/proc/{dispatcher}/status")).unwrap();
     for set in ["CapEff:", "CapPrm:"] {
         let hex = status
             .lines()
@@ -444,16 +399,7 @@ fn busy_process_believed_idle_is_skipped() {
 /// a user goes CLAIM → none → FOREMAN-NEED → the master spawns → CLAIM again.
 #[test]
 fn no_spares_the_master_spawns_on_need_and_reuse_follows() {
-    let cfg = ReuseConfig {
-        process_limit: 10,
-        process_limit_margin: 2,
-        fresh_spares: 0,
-        idle_kill: "60 secs".into(),
-    };
-    let d = StockDovecot::builder()
-        .master_command(FOREMAN, &["master"])
-        .custom_anvil(FOREMAN, &["anvil"])
-        .config_line(reuse_config(Path::new(FOREMAN), &cfg))
+    let d = reuse_builder(&reuse(10, 2, 0))
         .user("u1", "p1")
         .user("u2", "p2")
         .start()
@@ -462,10 +408,10 @@ fn no_spares_the_master_spawns_on_need_and_reuse_follows() {
     let mut rep = Reporter::new(&base);
     for round in 0..2 {
         for (n, user) in ["u1", "u2"].iter().enumerate() {
-            let (mut c, _) = login(&d, user, &format!("p{}", n + 1));
+            let mut c = login(&d, user, &format!("p{}", n + 1));
             session_works(&mut c);
             c.logout().unwrap();
-            let pid = wait_for(DEADLINE, || login_mpid(&d, user, round)).unwrap();
+            let pid = wait_mpid(&d, user, round);
             // Wait until the master has reported the process idle again.
             wait_for(DEADLINE, || {
                 (rep.state(pid).as_deref() == Some("idle")).then_some(())
@@ -492,16 +438,7 @@ fn no_spares_the_master_spawns_on_need_and_reuse_follows() {
 /// and pid of every session).
 #[test]
 fn concurrent_logins_never_mix_users_in_a_process() {
-    let cfg = ReuseConfig {
-        process_limit: 3,
-        process_limit_margin: 1,
-        fresh_spares: 1,
-        idle_kill: "60 secs".into(),
-    };
-    let d = StockDovecot::builder()
-        .master_command(FOREMAN, &["master"])
-        .custom_anvil(FOREMAN, &["anvil"])
-        .config_line(reuse_config(Path::new(FOREMAN), &cfg))
+    let d = reuse_builder(&reuse(3, 1, 1))
         .user("u1", "p1")
         .user("u2", "p2")
         .user("u3", "p3")
@@ -578,7 +515,7 @@ fn bad_login_request_is_logged_and_others_are_served() {
         ),
         "{line}"
     );
-    let (mut c, _) = login(&d, "u1", "p1");
+    let mut c = login(&d, "u1", "p1");
     session_works(&mut c);
     c.logout().unwrap();
 }

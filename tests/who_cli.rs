@@ -1,11 +1,14 @@
 //! `foreman who` as a binary against a fake anvil (a unix socket in a temp dir serving one
 //! fixed CONNECT-DUMP): request bytes, stdout, stderr and exit codes.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::thread::JoinHandle;
+
+use support::anvil::foreman_who;
 
 /// Serves one connection: reads the request up to `CONNECT-DUMP\n`, writes `reply`, and
 /// returns the request bytes.
@@ -25,16 +28,6 @@ fn fake_anvil(path: &Path, reply: &'static [u8]) -> JoinHandle<Vec<u8>> {
         conn.write_all(reply).unwrap();
         request
     })
-}
-
-fn foreman_who(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_foreman"))
-        .arg("who")
-        .arg("-a")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 const DUMP: &[u8] = b"imap/127.0.0.1/alice\t101\t2\nnoslash\t9\t1\npop3/::1/bob\t202\t1\nimap/10.0.0.1/alice\t103\t1\n\n";

@@ -2,97 +2,32 @@
 //! and a dispatcher's registry lines, and the anvil's registry upkeep (a claim whose
 //! dispatcher vanished expires and is logged). Every wait is on a condition with a deadline.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use support::anvil::{foreman_who, wait_until, Standalone};
+use support::now_ms;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 const EXT_VERSION: &[u8] = b"VERSION\tforeman-anvil\t1\t0\n";
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+/// A standalone anvil whose claims expire after `claim_ttl_ms`.
+fn start_anvil(claim_ttl_ms: u64) -> Standalone {
+    Standalone::start_with(&["--claim-ttl-ms", &claim_ttl_ms.to_string()])
 }
 
-/// Polls `cond` until it holds; panics after [`DEADLINE`].
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
+/// A connection that sent `handshake` (and read the greeting of a foreman-anvil one).
+fn connect(anvil: &Standalone, handshake: &[u8]) -> UnixStream {
+    let mut s = UnixStream::connect(&anvil.socket).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(handshake).unwrap();
+    if handshake == EXT_VERSION {
+        assert_eq!(read_lines(&mut s, 1), EXT_VERSION);
     }
-}
-
-/// A standalone `foreman anvil` in a temporary directory, killed (by its pid) on drop.
-struct Anvil {
-    child: Child,
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    stderr: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Anvil {
-    fn start(claim_ttl_ms: u64) -> Anvil {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("anvil");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_foreman"))
-            .arg("anvil")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--claim-ttl-ms")
-            .arg(claim_ttl_ms.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let mut from = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = from.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        wait_for("the anvil socket", || UnixStream::connect(&socket).is_ok());
-        Anvil {
-            child,
-            _dir: dir,
-            socket,
-            stderr,
-        }
-    }
-
-    fn log(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    /// A connection that sent `handshake` (and read the greeting of a foreman-anvil one).
-    fn connect(&self, handshake: &[u8]) -> UnixStream {
-        let mut s = UnixStream::connect(&self.socket).unwrap();
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        s.write_all(handshake).unwrap();
-        if handshake == EXT_VERSION {
-            assert_eq!(read_lines(&mut s, 1), EXT_VERSION);
-        }
-        s
-    }
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    s
 }
 
 /// Reads until `n` LFs (or EOF).
@@ -121,22 +56,12 @@ fn sync(s: &mut UnixStream) {
     assert_eq!(send(s, "LOOKUP\tsync\n", 1), "0\n");
 }
 
-fn foreman_who(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_foreman"))
-        .arg("who")
-        .arg("-a")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 /// The registry of a small reuse pool: alice idle for 2 h (one process claimed), bob busy,
 /// dave bound through a v1 CONNECT (uid unknown), one fresh spare.
-fn populate(anvil: &Anvil) -> u64 {
+fn populate(anvil: &Standalone) -> u64 {
     let two_hours_ago = now_ms() - 2 * 3_600_000;
-    let mut master = anvil.connect(EXT_VERSION);
-    let mut dispatcher = anvil.connect(EXT_VERSION);
+    let mut master = connect(anvil, EXT_VERSION);
+    let mut dispatcher = connect(anvil, EXT_VERSION);
     for pid in [101, 102, 103, 104, 105] {
         send(&mut master, &format!("PROC-BIRTH\timap\t{pid}\t0\n"), 0);
     }
@@ -169,7 +94,7 @@ fn populate(anvil: &Anvil) -> u64 {
     );
     sync(&mut master);
     // A stock login's session on 104: a plain v1 connection reports it.
-    let mut v1 = anvil.connect(b"VERSION\tanvil\t1\t0\n");
+    let mut v1 = connect(anvil, b"VERSION\tanvil\t1\t0\n");
     v1.write_all(b"CONNECT\t104\timap/127.0.0.1/dave\n")
         .unwrap();
     assert_eq!(send(&mut v1, "LOOKUP\timap/127.0.0.1/dave\n", 1), "1\n");
@@ -183,7 +108,7 @@ fn populate(anvil: &Anvil) -> u64 {
 
 #[test]
 fn processes_table_and_json_from_a_live_registry() {
-    let anvil = Anvil::start(30_000);
+    let anvil = start_anvil(30_000);
     let since = populate(&anvil);
 
     let out = foreman_who(&anvil.socket, &["--processes"]);
@@ -245,20 +170,20 @@ fn processes_table_and_json_from_a_live_registry() {
 
 #[test]
 fn a_claim_whose_dispatcher_vanished_expires() {
-    let anvil = Anvil::start(300);
-    let mut master = anvil.connect(EXT_VERSION);
+    let anvil = start_anvil(300);
+    let mut master = connect(&anvil, EXT_VERSION);
     send(&mut master, "PROC-BIRTH\timap\t4242\t0\n", 0);
     sync(&mut master);
     {
-        let mut dispatcher = anvil.connect(EXT_VERSION);
+        let mut dispatcher = connect(&anvil, EXT_VERSION);
         assert_eq!(
             send(&mut dispatcher, "CLAIM\timap\talice\t1000\n", 1),
             "4242\t1\tfresh\n"
         );
         // The dispatcher goes away without a RELEASE.
     }
-    wait_for("the expiry log line", || {
-        anvil.log().contains(
+    wait_until("the expiry log line", || {
+        anvil.stderr.text().contains(
             "registry: claim of pid 4242 (token 1) expired without a release, \
              process kept bound to user alice",
         )
@@ -269,7 +194,7 @@ fn a_claim_whose_dispatcher_vanished_expires() {
         dump.starts_with("4242\timap\talice\t1000\tfresh\t") && dump.ends_with("\t-\n\n"),
         "{dump:?}"
     );
-    let mut dispatcher = anvil.connect(EXT_VERSION);
+    let mut dispatcher = connect(&anvil, EXT_VERSION);
     assert_eq!(
         send(&mut dispatcher, "CLAIM\timap\tbob\t1001\n", 1),
         "none\n"

@@ -168,12 +168,7 @@ pub fn run_under_master() -> Result<(), ServerError> {
         other => ServerError::Env(other),
     })?;
     let pid = std::process::id();
-    let format = if env.log_service {
-        LogFormat::Internal { pid }
-    } else {
-        LogFormat::Plain
-    };
-    let mut logger = Logger::new(format, LOG_PREFIX, false);
+    let mut logger = Logger::for_service(&env, LOG_PREFIX);
     let fds = sys::take_anvil_fds(env.socket_count)?;
     if let Err(e) = sys::raise_nofile_limit() {
         logger.log(
@@ -910,15 +905,10 @@ async fn registry_upkeep(shared: Rc<Shared>) {
 
 /// fd 6: an error or hang-up condition means the master is gone.
 async fn watch_master_dead(shared: Rc<Shared>, fd: OwnedFd) {
-    let fd = match sys::async_fd(fd, Interest::ERROR) {
-        Ok(fd) => fd,
-        Err(e) => {
-            shared.log(Level::Error, format!("master-dead fd: {e}"));
-            return;
-        }
-    };
-    let _ = fd.ready(Interest::ERROR).await;
-    shared.stop();
+    match sys::master_dead(fd).await {
+        Ok(()) => shared.stop(),
+        Err(e) => shared.log(Level::Error, format!("master-dead fd: {e}")),
+    }
 }
 
 /// fd 4: replacement log fds from the master, each `dup2`ed onto fd 2.

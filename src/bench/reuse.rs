@@ -684,6 +684,18 @@ impl Line {
     }
 }
 
+/// The columns of the comparison table (the last one, untitled, is the verdict).
+pub const TABLE_COLUMNS: [&str; 8] = [
+    "figure",
+    "stock fresh",
+    "stock reuse",
+    "foreman",
+    "foreman/fresh",
+    "foreman/reuse",
+    "target",
+    "",
+];
+
 /// The rows of one cell.
 fn lines(results: &Results, uids: Uids, users: usize) -> Vec<Line> {
     let missing = Outcome::Error("not run".into());
@@ -784,18 +796,8 @@ fn render(opts: &ReuseOptions, results: &Results) -> String {
             all.extend(lines(results, uids, users));
         }
     }
-    let header = [
-        "figure",
-        "stock fresh",
-        "stock reuse",
-        "foreman",
-        "foreman/fresh",
-        "foreman/reuse",
-        "target",
-        "",
-    ];
     let cells: Vec<Vec<String>> = all.iter().map(Line::cells).collect();
-    out.push_str(&align(&header, &cells));
+    out.push_str(&align(&TABLE_COLUMNS, &cells));
     let verdicts: Vec<bool> = all.iter().filter_map(Line::verdict).collect();
     let _ = writeln!(out);
     let _ = writeln!(

@@ -90,12 +90,7 @@ const LOG_PREFIX: &str = "foreman-dispatch: ";
 pub fn run(mut opts: Options) -> Result<(), DispatchError> {
     let env = ChildEnv::from_process()?;
     let pid = std::process::id();
-    let format = if env.log_service {
-        LogFormat::Internal { pid }
-    } else {
-        LogFormat::Plain
-    };
-    let mut logger = Logger::new(format, LOG_PREFIX, false);
+    let mut logger = Logger::for_service(&env, LOG_PREFIX);
     let fds = sys::service::take_service_fds(env.socket_count)?;
     if opts.config_socket.is_none() {
         opts.config_socket = std::env::var_os("CONFIG_FILE").map(PathBuf::from);
@@ -141,8 +136,7 @@ pub fn run(mut opts: Options) -> Result<(), DispatchError> {
         for l in listeners {
             tokio::task::spawn_local(accept_loop(ctx.clone(), l));
         }
-        let dead = sys::async_fd(fds.master_dead, Interest::ERROR)?;
-        let _ = dead.ready(Interest::ERROR).await;
+        sys::master_dead(fds.master_dead).await?;
         drop(status);
         Ok(())
     })

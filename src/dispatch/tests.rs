@@ -20,6 +20,15 @@ use crate::wire::master_auth::{
 };
 
 const T: Duration = Duration::from_secs(10);
+/// auth's USER reply for u1 (uid 1000).
+const U1: &str = "USER\t{id}\tu1\tuid=1000\thome=/h/u1";
+
+/// A temporary base dir (removed when the first value drops) and its path.
+fn temp_base() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_owned();
+    (dir, base)
+}
 
 fn read_line(r: &mut impl BufRead) -> String {
     let mut l = String::new();
@@ -203,22 +212,34 @@ fn with_dispatcher<R: Send + 'static>(
     })
 }
 
+/// [`login_request`] with the dispatcher running: its reply.
+fn one_login(base: PathBuf, server_side: TcpStream) -> AuthReply {
+    let b = base.clone();
+    with_dispatcher(base, move || login_request(&b, &server_side))
+}
+
+/// `rx` gets nothing more within 200 ms.
+fn assert_quiet(rx: &mpsc::Receiver<String>, what: &str) {
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "{what}"
+    );
+}
+
 fn lines(rx: &mpsc::Receiver<String>, n: usize) -> Vec<String> {
     (0..n).map(|_| rx.recv_timeout(T).unwrap()).collect()
 }
 
 #[test]
 fn refused_untouched_hand_off_is_retried_on_another_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec!["11\t1\tfresh", "12\t2\tfresh"]);
     fake_auth(&base, "USER\t{id}\tu1\tuid=1000\tgid=1000\thome=/h/u1");
     let refused = fake_imap(&base, 11, Imap::Refuse);
     let accepted = fake_imap(&base, 12, Imap::Accept);
     let (mut client, server_side) = tcp_pair();
     let client_ino = fd_inode(server_side.as_fd()).unwrap();
-    let b = base.clone();
-    let reply = with_dispatcher(base, move || login_request(&b, &server_side));
+    let reply = one_login(base, server_side);
     assert_eq!(
         reply,
         AuthReply {
@@ -263,24 +284,19 @@ fn refused_untouched_hand_off_is_retried_on_another_process() {
 
 #[test]
 fn refused_hand_off_after_the_client_saw_bytes_fails_the_login() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec!["11\t1\treuse", "12\t2\tfresh"]);
-    fake_auth(&base, "USER\t{id}\tu1\tuid=1000\thome=/h/u1");
+    fake_auth(&base, U1);
     let touched = fake_imap(&base, 11, Imap::TouchThenRefuse);
     let (mut client, server_side) = tcp_pair();
-    let b = base.clone();
-    let reply = with_dispatcher(base, move || login_request(&b, &server_side));
+    let reply = one_login(base, server_side);
     assert_eq!(reply.status, AuthStatus::InternalError);
     assert_eq!(reply.tag, 7);
     assert_eq!(
         lines(&anvil, 2),
         ["CLAIM\timap\tu1\t1000", "RELEASE\t11\t1\tfailed"]
     );
-    assert!(
-        anvil.recv_timeout(Duration::from_millis(200)).is_err(),
-        "no second claim"
-    );
+    assert_quiet(&anvil, "no second claim");
     touched.recv_timeout(T).unwrap();
     // The client saw only what the failed process wrote: no NO line from the dispatcher.
     client.set_read_timeout(Some(T)).unwrap();
@@ -291,13 +307,11 @@ fn refused_hand_off_after_the_client_saw_bytes_fails_the_login() {
 
 #[test]
 fn auth_lookup_failure_fails_the_login_like_stock() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec![]);
     fake_auth(&base, "NOTFOUND\t{id}");
     let (mut client, server_side) = tcp_pair();
-    let b = base.clone();
-    let reply = with_dispatcher(base, move || login_request(&b, &server_side));
+    let reply = one_login(base, server_side);
     assert_eq!(reply.status, AuthStatus::InternalError);
     client.set_read_timeout(Some(T)).unwrap();
     let mut got = Vec::new();
@@ -311,27 +325,19 @@ fn auth_lookup_failure_fails_the_login_like_stock() {
         got,
         b"x1 NO [UNAVAILABLE] Internal error occurred. Refer to server log for more information.\r\n"
     );
-    assert!(
-        anvil.recv_timeout(Duration::from_millis(200)).is_err(),
-        "no claim"
-    );
+    assert_quiet(&anvil, "no claim");
 }
 
 #[test]
 fn uid_zero_is_never_handed_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec!["11\t1\tfresh"]);
     fake_auth(&base, "USER\t{id}\troot\tuid=0\thome=/root");
     let _imap = fake_imap(&base, 11, Imap::Accept);
     let (_client, server_side) = tcp_pair();
-    let b = base.clone();
-    let reply = with_dispatcher(base, move || login_request(&b, &server_side));
+    let reply = one_login(base, server_side);
     assert_eq!(reply.status, AuthStatus::InternalError);
-    assert!(
-        anvil.recv_timeout(Duration::from_millis(200)).is_err(),
-        "no claim"
-    );
+    assert_quiet(&anvil, "no claim");
 }
 
 /// Fake master control socket: answers the handshake and every FOREMAN-NEED with `+`.
@@ -365,15 +371,13 @@ fn fake_master(base: &Path) -> mpsc::Receiver<String> {
 
 #[test]
 fn no_process_asks_the_master_and_claims_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec!["none", "none", "12\t5\tfresh"]);
     let master = fake_master(&base);
-    fake_auth(&base, "USER\t{id}\tu1\tuid=1000\thome=/h/u1");
+    fake_auth(&base, U1);
     let _imap = fake_imap(&base, 12, Imap::Accept);
     let (_client, server_side) = tcp_pair();
-    let b = base.clone();
-    let reply = with_dispatcher(base, move || login_request(&b, &server_side));
+    let reply = one_login(base, server_side);
     assert_eq!((reply.status, reply.mail_pid), (AuthStatus::Ok, 12));
     assert_eq!(
         lines(&anvil, 4),
@@ -396,16 +400,14 @@ fn no_process_asks_the_master_and_claims_again() {
 
 #[test]
 fn busy_process_without_version_is_released_busy() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec!["11\t1\treuse", "12\t2\tfresh"]);
-    fake_auth(&base, "USER\t{id}\tu1\tuid=1000\thome=/h/u1");
+    fake_auth(&base, U1);
     // Process 11 listens but never accepts: our connect sits in its backlog.
     let _busy = StdListener::bind(base.join("imap-master-11")).unwrap();
     let _imap = fake_imap(&base, 12, Imap::Accept);
     let (_client, server_side) = tcp_pair();
-    let b = base.clone();
-    let reply = with_dispatcher(base, move || login_request(&b, &server_side));
+    let reply = one_login(base, server_side);
     assert_eq!((reply.status, reply.mail_pid), (AuthStatus::Ok, 12));
     assert_eq!(
         lines(&anvil, 4),
@@ -420,8 +422,7 @@ fn busy_process_without_version_is_released_busy() {
 
 #[test]
 fn anvil_restart_costs_only_a_reconnect() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     // An anvil that serves one login per connection, then "restarts" (closes).
     let l = StdListener::bind(base.join("anvil")).unwrap();
     let (tx, anvil) = mpsc::channel::<String>();
@@ -440,7 +441,7 @@ fn anvil_restart_costs_only_a_reconnect() {
             let _ = tx.send(format!("conn {n}: {}", release.trim_end()));
         }
     });
-    fake_auth(&base, "USER\t{id}\tu1\tuid=1000\thome=/h/u1");
+    fake_auth(&base, U1);
     let _a = fake_imap(&base, 12, Imap::Accept);
     let _b = fake_imap(&base, 13, Imap::Accept);
     let b = base.clone();
@@ -469,8 +470,7 @@ fn anvil_restart_costs_only_a_reconnect() {
 
 #[test]
 fn stock_anvil_fails_the_login_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     // Stock anvil: reads the unknown handshake and closes.
     let l = StdListener::bind(base.join("anvil")).unwrap();
     thread::spawn(move || {
@@ -479,20 +479,18 @@ fn stock_anvil_fails_the_login_at_once() {
             read_line(&mut r);
         }
     });
-    fake_auth(&base, "USER\t{id}\tu1\tuid=1000\thome=/h/u1");
+    fake_auth(&base, U1);
     let (_client, server_side) = tcp_pair();
-    let b = base.clone();
-    let reply = with_dispatcher(base, move || login_request(&b, &server_side));
+    let reply = one_login(base, server_side);
     assert_eq!(reply.status, AuthStatus::InternalError);
 }
 
 #[test]
 fn client_reset_while_waiting_ends_the_login() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_owned();
+    let (_dir, base) = temp_base();
     let anvil = fake_anvil(&base, vec![]); // always `none`
     let _master = fake_master(&base);
-    fake_auth(&base, "USER\t{id}\tu1\tuid=1000\thome=/h/u1");
+    fake_auth(&base, U1);
     let (client, server_side) = tcp_pair();
     let b = base.clone();
     let reply = with_dispatcher(base, move || {

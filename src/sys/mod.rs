@@ -73,14 +73,19 @@ impl std::fmt::Display for FdType {
 
 /// What `fstat` says about `fd`: `Ok(None)` for a type we do not name, `Err` if it is not open.
 fn fd_type(fd: RawFd) -> io::Result<Option<FdType>> {
-    // SAFETY: fstat only writes into the zeroed stat buffer we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    cvt(unsafe { libc::fstat(fd, &mut st) })?;
-    Ok(match st.st_mode & libc::S_IFMT {
+    Ok(match fstat(fd)?.st_mode & libc::S_IFMT {
         libc::S_IFIFO => Some(FdType::Fifo),
         libc::S_IFSOCK => Some(FdType::Socket),
         _ => None,
     })
+}
+
+/// `fstat` of `fd`; `Err` if it is not open.
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: fstat only writes into the zeroed stat buffer we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st)
 }
 
 fn check_fd(fd: RawFd, what: &'static str, expected: FdType) -> Result<(), SysError> {
@@ -96,6 +101,26 @@ fn check_fd(fd: RawFd, what: &'static str, expected: FdType) -> Result<(), SysEr
         expected,
         found,
     })
+}
+
+/// fd 5 must be the master's status pipe: stock checks it first and uses this exact message.
+fn check_status_fd() -> Result<(), SysError> {
+    use crate::master_compat::child_env::MASTER_STATUS_FD;
+    if fd_type(MASTER_STATUS_FD).ok().flatten() != Some(FdType::Fifo) {
+        return Err(SysError::NotStartedByMaster);
+    }
+    Ok(())
+}
+
+/// Sets `taken` (once per process: `AlreadyTaken` the second time) and returns what turns
+/// an inherited fd number into an owned fd. Only for fds just checked to be open.
+fn take_once(taken: &AtomicBool) -> Result<impl Fn(RawFd) -> OwnedFd, SysError> {
+    if taken.swap(true, Ordering::SeqCst) {
+        return Err(SysError::AlreadyTaken);
+    }
+    // SAFETY: callers pass only inherited fds they just checked to be open, and the flag
+    // guarantees that no other OwnedFd for these numbers is ever created in this process.
+    Ok(|fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The fds a Dovecot 2.3 master gives its anvil (anvil-protocol.md §1.2), validated and owned.
@@ -126,10 +151,7 @@ pub fn take_anvil_fds(socket_count: u32) -> Result<AnvilFds, SysError> {
     if socket_count < 2 {
         return Err(SysError::TooFewSockets(socket_count));
     }
-    // Stock checks fd 5 first and uses this exact message.
-    if fd_type(MASTER_STATUS_FD).ok().flatten() != Some(FdType::Fifo) {
-        return Err(SysError::NotStartedByMaster);
-    }
+    check_status_fd()?;
     check_fd(
         MASTER_ANVIL_LOG_FDPASS_FD,
         "log fd-pass socket",
@@ -142,12 +164,7 @@ pub fn take_anvil_fds(socket_count: u32) -> Result<AnvilFds, SysError> {
     for fd in MASTER_LISTEN_FD_FIRST + 2..last {
         check_fd(fd, "listener", FdType::Socket)?;
     }
-    if ANVIL_FDS_TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(SysError::AlreadyTaken);
-    }
-    // SAFETY: every fd was just checked to be open, and the flag above guarantees that no
-    // other OwnedFd for these numbers is ever created in this process.
-    let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+    let own = take_once(&ANVIL_FDS_TAKEN)?;
     Ok(AnvilFds {
         log_fdpass: own(MASTER_ANVIL_LOG_FDPASS_FD),
         status: own(MASTER_STATUS_FD),
@@ -215,6 +232,14 @@ pub fn async_fd(
         .map_err(|e| e.into_parts().1)
 }
 
+/// Waits on the master-dead pipe (fd 6, master-interface.md §5.1) until an error or
+/// hang-up condition says the master is gone. `Err` only if the fd cannot be registered.
+pub async fn master_dead(fd: OwnedFd) -> io::Result<()> {
+    let fd = async_fd(fd, tokio::io::Interest::ERROR)?;
+    let _ = fd.ready(tokio::io::Interest::ERROR).await;
+    Ok(())
+}
+
 /// Result of one [`recv_passed_fd`].
 #[derive(Debug)]
 pub enum FdPass {
@@ -233,83 +258,25 @@ pub enum FdPass {
 /// carries more than one fd, the extra ones are closed.
 pub fn recv_passed_fd(sock: BorrowedFd<'_>) -> io::Result<FdPass> {
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // Room for a few fds, aligned for cmsghdr.
-    let mut cmsg_buf = [0u64; 16];
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
-    // SAFETY: every pointer in msg points into buffers that outlive the call.
-    let n = unsafe {
-        libc::recvmsg(
-            sock.as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return match err.kind() {
-            io::ErrorKind::WouldBlock => Ok(FdPass::WouldBlock),
-            io::ErrorKind::Interrupted => Ok(FdPass::WouldBlock),
-            _ => Err(err),
-        };
-    }
-    let mut received: Vec<OwnedFd> = Vec::new();
-    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled; each SCM_RIGHTS
-    // payload is an array of fds that now belong to this process.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg) as *const RawFd;
-                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    received.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    match service::recv_with_fd(sock, &mut byte) {
+        Ok((_, Some(fd))) => Ok(FdPass::Fd(fd)),
+        Ok((0, None)) => Ok(FdPass::Eof),
+        Ok((_, None)) => Ok(FdPass::NoFd),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(FdPass::WouldBlock)
         }
-    }
-    let mut fds = received.into_iter();
-    match fds.next() {
-        Some(fd) => Ok(FdPass::Fd(fd)),
-        None if n == 0 => Ok(FdPass::Eof),
-        None => Ok(FdPass::NoFd),
+        Err(e) => Err(e),
     }
 }
 
 /// Sends `fd` with a 1-byte `\0` payload over a unix socket, as the master does on fd 4.
 pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut cmsg_buf = [0u64; 4];
-    // SAFETY: as in recv_passed_fd; the control buffer is large enough for one fd.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd.as_raw_fd());
-        if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    service::sendmsg_with_fd(sock, &[0], fd, 0).map(drop)
 }
 
 /// `dup2(fd, 2)`, then closes `fd`: the new log pipe becomes stderr.

@@ -4,9 +4,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use super::{check_fd, cvt, fd_type, FdType, SysError};
+use super::{check_fd, check_status_fd, cvt, take_once, FdType, SysError};
 
 /// The fds a master gives a plain service process (master-interface.md §5.1), owned.
 #[derive(Debug)]
@@ -27,19 +27,13 @@ pub fn take_service_fds(socket_count: u32) -> Result<ServiceFds, SysError> {
     use crate::master_compat::child_env::{
         MASTER_DEAD_FD, MASTER_LISTEN_FD_FIRST, MASTER_STATUS_FD,
     };
-    if fd_type(MASTER_STATUS_FD).ok().flatten() != Some(FdType::Fifo) {
-        return Err(SysError::NotStartedByMaster);
-    }
+    check_status_fd()?;
     check_fd(MASTER_DEAD_FD, "master-dead pipe", FdType::Fifo)?;
     let last = MASTER_LISTEN_FD_FIRST + socket_count as i32;
     for fd in MASTER_LISTEN_FD_FIRST..last {
         check_fd(fd, "listener", FdType::Socket)?;
     }
-    if SERVICE_FDS_TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(SysError::AlreadyTaken);
-    }
-    // SAFETY: each fd was just checked to be open; the flag guarantees no second OwnedFd.
-    let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+    let own = take_once(&SERVICE_FDS_TAKEN)?;
     Ok(ServiceFds {
         status: own(MASTER_STATUS_FD),
         master_dead: own(MASTER_DEAD_FD),
@@ -93,6 +87,17 @@ pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, 
 /// One non-blocking `sendmsg` of `bytes` (not empty) with `fd` attached to the first byte.
 /// Returns how many bytes went out; the caller writes the rest without the fd.
 pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+    sendmsg_with_fd(sock, bytes, fd, libc::MSG_DONTWAIT)
+}
+
+/// `sendmsg` of `bytes` (not empty) with `fd` attached to the first byte, with `MSG_NOSIGNAL`
+/// and the extra `flags`. Returns how many bytes went out.
+pub(super) fn sendmsg_with_fd(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fd: BorrowedFd<'_>,
+    flags: libc::c_int,
+) -> io::Result<usize> {
     if bytes.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -116,11 +121,7 @@ pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> i
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
         (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd.as_raw_fd());
-        let n = libc::sendmsg(
-            sock.as_raw_fd(),
-            &msg,
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        );
+        let n = libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | flags);
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -130,10 +131,7 @@ pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> i
 
 /// `st_ino` of an open fd.
 pub fn fd_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    // SAFETY: fstat writes into the zeroed buffer we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-    Ok(st.st_ino)
+    Ok(super::fstat(fd.as_raw_fd())?.st_ino)
 }
 
 /// What a TCP socket has moved so far: if two snapshots are equal, no byte was written to
@@ -209,34 +207,35 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Removes CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from this process's effective,
-/// permitted and inheritable sets (for good: they cannot come back). Root then honours file
-/// modes: a socket chmod'ed to 0 refuses it with EACCES, a root-owned 0600 one still works.
-pub fn drop_dac_capabilities() -> io::Result<()> {
+/// This process's capability sets (v3 header, pid 0 = self).
+fn capget() -> io::Result<(CapHeader, [CapData; 2])> {
     let mut hdr = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
     let mut data = [CapData::default(); 2];
-    // SAFETY: capget/capset with a v3 header read/write two CapData structs we own.
+    // SAFETY: capget with a v3 header writes two CapData structs we own.
     cvt(unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) } as libc::c_int)?;
+    Ok((hdr, data))
+}
+
+/// Removes CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from this process's effective,
+/// permitted and inheritable sets (for good: they cannot come back). Root then honours file
+/// modes: a socket chmod'ed to 0 refuses it with EACCES, a root-owned 0600 one still works.
+pub fn drop_dac_capabilities() -> io::Result<()> {
+    let (mut hdr, mut data) = capget()?;
     let mask = !((1u32 << CAP_DAC_OVERRIDE) | (1u32 << CAP_DAC_READ_SEARCH));
     data[0].effective &= mask;
     data[0].permitted &= mask;
     data[0].inheritable &= mask;
+    // SAFETY: capset with a v3 header reads two CapData structs we own.
     cvt(unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) } as libc::c_int)?;
     Ok(())
 }
 
 /// Whether CAP_DAC_OVERRIDE is in the effective set.
 pub fn has_dac_override() -> io::Result<bool> {
-    let mut hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: as above.
-    cvt(unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) } as libc::c_int)?;
+    let (_, data) = capget()?;
     Ok(data[0].effective & (1 << CAP_DAC_OVERRIDE) != 0)
 }
 

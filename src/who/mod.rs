@@ -355,46 +355,19 @@ pub fn aggregate(sessions: &[Session]) -> Vec<Group> {
 
 /// The columns of the default (grouped) output.
 pub(crate) const GROUP_COLUMNS: [Column; 5] = [
-    Column {
-        title: "username",
-        right: false,
-    },
-    Column {
-        title: "#",
-        right: true,
-    },
-    Column {
-        title: "proto",
-        right: false,
-    },
-    Column {
-        title: "(pids)",
-        right: false,
-    },
-    Column {
-        title: "(ips)",
-        right: false,
-    },
+    Column::left("username"),
+    Column::right("#"),
+    Column::left("proto"),
+    Column::left("(pids)"),
+    Column::left("(ips)"),
 ];
 
 /// The columns of the `-1` output.
 pub(crate) const SESSION_COLUMNS: [Column; 4] = [
-    Column {
-        title: "username",
-        right: false,
-    },
-    Column {
-        title: "proto",
-        right: false,
-    },
-    Column {
-        title: "pid",
-        right: false,
-    },
-    Column {
-        title: "ip",
-        right: false,
-    },
+    Column::left("username"),
+    Column::left("proto"),
+    Column::left("pid"),
+    Column::left("ip"),
 ];
 
 fn ip_text(ip: Option<IpAddr>) -> String {

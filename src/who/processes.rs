@@ -175,34 +175,13 @@ pub fn format_duration(ms: u64) -> String {
 
 /// The columns of the table.
 pub(crate) const COLUMNS: [Column; 7] = [
-    Column {
-        title: "username",
-        right: false,
-    },
-    Column {
-        title: "proto",
-        right: false,
-    },
-    Column {
-        title: "pid",
-        right: true,
-    },
-    Column {
-        title: "uid",
-        right: true,
-    },
-    Column {
-        title: "state",
-        right: false,
-    },
-    Column {
-        title: "for",
-        right: true,
-    },
-    Column {
-        title: "claim",
-        right: false,
-    },
+    Column::left("username"),
+    Column::left("proto"),
+    Column::right("pid"),
+    Column::right("uid"),
+    Column::left("state"),
+    Column::right("for"),
+    Column::left("claim"),
 ];
 
 /// The table: one row per process, the owner's label on each; the layout rules of

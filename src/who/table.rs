@@ -26,6 +26,21 @@ pub struct Column {
     pub right: bool,
 }
 
+impl Column {
+    /// A left-justified column.
+    pub const fn left(title: &'static str) -> Column {
+        Column {
+            title,
+            right: false,
+        }
+    }
+
+    /// A right-justified column.
+    pub const fn right(title: &'static str) -> Column {
+        Column { title, right: true }
+    }
+}
+
 /// Screen width when stdout is not a terminal.
 pub const DEFAULT_SCREEN: usize = 80;
 /// The narrowest screen doveadm assumes on a terminal.

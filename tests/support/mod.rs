@@ -1,12 +1,18 @@
-//! Helpers shared by the live tests of per-user reuse (`tests/reuse_guarantees*.rs`): a stock
-//! stack (imap-login, auth, imap) under `foreman master` with Foreman's anvil and the
-//! dispatcher (`dispatch::reuse_config`), imap-login's `Login:` lines (`mpid=` = the imap
-//! process that got the client), the registry (`PROC-DUMP` on a foreman-anvil connection),
-//! the processes of the instance, a client that connects as user `nobody`, and a userdb with
-//! a uid per user.
+//! Helpers shared by the live tests of per-user reuse and of the master's pool
+//! (`tests/reuse_guarantees*.rs`, `reuse_live.rs`, `master_registry.rs`,
+//! `master_per_pid.rs`): a stock stack (imap-login, auth, imap) under `foreman master` with
+//! Foreman's anvil and the dispatcher (`dispatch::reuse_config`), imap-login's `Login:` lines
+//! (`mpid=` = the imap process that got the client), the registry (`PROC-DUMP` on a
+//! foreman-anvil connection), the processes of the instance, a client that connects as user
+//! `nobody`, and a userdb with a uid per user.
+//!
+//! [`anvil`]: a standalone `foreman anvil` and `foreman who` (`anvil_standalone.rs`,
+//! `who_cli.rs`, `who_processes.rs`).
 //!
 //! Every test file includes it with `mod support;`; not every file uses every helper.
 #![allow(dead_code)]
+
+pub mod anvil;
 
 use std::fs;
 use std::io::Write;
@@ -42,6 +48,15 @@ pub fn reuse_builder(cfg: &ReuseConfig) -> Builder {
         .master_command(FOREMAN, &["master"])
         .custom_anvil(FOREMAN, &["anvil"])
         .config_line(reuse_config(Path::new(FOREMAN), cfg))
+}
+
+/// The reuse stack with a pool of 10 (2 margin, 2 fresh spares) and users u1/p1, u2/p2.
+pub fn start_two_users() -> StockDovecot {
+    reuse_builder(&reuse(10, 2, 2))
+        .user("u1", "p1")
+        .user("u2", "p2")
+        .start()
+        .expect("start the reuse stack")
 }
 
 /// One imap-login `Login:` line: the user and the imap pid that got the client.
@@ -106,6 +121,14 @@ pub fn imap_sessions(d: &StockDovecot) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// Milliseconds since the epoch (the registry's clock in PROC-* lines).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 /// LOGIN that must succeed.
 pub fn login(d: &StockDovecot, user: &str, pw: &str) -> ImapClient {
     let mut c = d.imap().unwrap();
@@ -120,6 +143,37 @@ pub fn session_works(c: &mut ImapClient) {
     assert!(r.is_ok(), "SELECT: {r:?}");
     let r = c.command("NOOP").unwrap();
     assert!(r.is_ok(), "NOOP: {r:?}");
+}
+
+/// Logs `user` in, checks the session works and logs out; the mpid imap-login named.
+pub fn in_and_out(d: &StockDovecot, user: &str, pw: &str) -> u32 {
+    let n = mpids_of(d, user).len();
+    let mut c = login(d, user, pw);
+    session_works(&mut c);
+    let p = wait_mpid(d, user, n);
+    c.logout().unwrap();
+    p
+}
+
+/// [`in_and_out`], then waits until the process that served `user` is idle again; its pid.
+pub fn served_once(d: &StockDovecot, user: &str, pw: &str) -> u32 {
+    let p = in_and_out(d, user, pw);
+    wait_idle(d, p);
+    p
+}
+
+/// LOGIN on a new connection in a thread: the client and the reply.
+pub fn login_in_thread(
+    d: &StockDovecot,
+    user: &'static str,
+    pw: &'static str,
+) -> std::thread::JoinHandle<(ImapClient, foreman::stock::imap::ImapReply)> {
+    let port = d.imap_port().unwrap();
+    std::thread::spawn(move || {
+        let mut c = ImapClient::connect(port).unwrap();
+        let r = c.login(user, pw).unwrap();
+        (c, r)
+    })
 }
 
 /// A foreman-anvil connection (greeting checked).
@@ -253,6 +307,24 @@ pub struct DbUser<'a> {
     pub uid: u32,
 }
 
+impl<'a> DbUser<'a> {
+    pub const fn new(name: &'a str, password: &'a str, uid: u32) -> DbUser<'a> {
+        DbUser {
+            name,
+            password,
+            uid,
+        }
+    }
+}
+
+/// u1..u4 (passwords p1..p4) with uids 60001..60004.
+pub const FOUR_UIDS: [DbUser<'static>; 4] = [
+    DbUser::new("u1", "p1", 60001),
+    DbUser::new("u2", "p2", 60002),
+    DbUser::new("u3", "p3", 60003),
+    DbUser::new("u4", "p4", 60004),
+];
+
 /// A passwd-file userdb with its own uid per user (and homes owned by those uids), swapped
 /// in for the harness's static userdb (one uid for everybody). The harness has no option
 /// for it, so the master is started through `sh`, which edits the generated dovecot.conf
@@ -309,6 +381,14 @@ impl UserdbDir {
             self.path().display()
         );
         b.master_command("/bin/sh", &["-c", &script, "fm-userdb"])
+    }
+
+    /// The reuse stack (`cfg`) under `foreman master` with this userdb, started.
+    pub fn start_foreman(&self, cfg: &ReuseConfig, users: &[DbUser<'_>]) -> StockDovecot {
+        let fm = format!("{FOREMAN} master");
+        self.apply(reuse_builder(cfg), users, &fm)
+            .start()
+            .expect("start the reuse stack")
     }
 }
 
