@@ -644,13 +644,16 @@ impl Supervisor {
     }
 
     fn start(&mut self, now: Instant, out: &mut Vec<Action>) {
+        // The log process first, as stock: it reads each pipe's handshake on its first read
+        // and then only reads on new input, so a line a child wrote before the log process
+        // started sat in the pipe unlogged until that child wrote again.
+        if self.svcs[self.log].process_count == 0 {
+            self.spawn(now, self.log, out);
+        }
         for s in 0..self.svcs.len() {
             if self.svcs[s].min_avail > 0 {
                 self.top_up(now, s, out);
             }
-        }
-        if self.svcs[self.log].process_count == 0 {
-            self.spawn(now, self.log, out);
         }
         for s in 0..self.svcs.len() {
             if self.svcs[s].kind == ServiceType::Startup && self.svcs[s].process_count == 0 {
