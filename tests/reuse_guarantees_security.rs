@@ -104,6 +104,42 @@ fn uid_zero_from_the_userdb_never_reaches_imap() {
     assert!(mpids_of(&d, "toor").is_empty());
 }
 
+/// A userdb that gives no uid (the column empty), with `mail_uid` set globally, as many
+/// virtual-user set-ups do: imap runs the user as `mail_uid`, so the dispatcher claims with
+/// that uid (read from the config service) and the user is served, and reused.
+#[test]
+fn a_user_without_a_userdb_uid_is_served_as_mail_uid() {
+    let users = [
+        DbUser::new("u1", "p1", 60001),
+        DbUser::new("plain", "pw", 60005),
+    ];
+    let db = UserdbDir::new(&users);
+    let home = db.path().parent().unwrap().join("plain");
+    let text = fs::read_to_string(db.path()).unwrap().replace(
+        &format!("plain::60005:65534::{}::\n", home.display()),
+        &format!("plain:::::{}::\n", home.display()),
+    );
+    assert!(text.contains("plain:::::"), "{text}");
+    fs::write(db.path(), text).unwrap();
+    let fm = format!("{FOREMAN} master");
+    let d = db
+        .apply(
+            reuse_builder(&reuse(10, 2, 2)).config_line("mail_uid = 60005\nmail_gid = 65534"),
+            &users,
+            &fm,
+        )
+        .start()
+        .expect("start the reuse stack");
+    let p = served_once(&d, "plain", "pw");
+    assert_eq!(uid_of(p), Some(60005), "{}", d.log_tail(20));
+    let q = served_once(&d, "plain", "pw");
+    assert_eq!(q, p, "the second login reuses the process");
+    assert!(imap_rows(&d)
+        .iter()
+        .any(|r| r.user == "plain" && r.uid == 60005));
+    imap_never_saw(&d, |_| false);
+}
+
 /// The real uid of a process.
 fn uid_of(pid: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

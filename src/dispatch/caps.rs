@@ -50,6 +50,9 @@ pub struct CapSettings {
     pub special_use: bool,
     /// `mail_plugins`, in order.
     pub mail_plugins: Vec<String>,
+    /// `mail_uid`: the uid imap runs a user as when the userdb returns none (a number or
+    /// a user name; empty = none). Not a capability setting, but read from the same reply.
+    pub mail_uid: String,
 }
 
 impl Default for CapSettings {
@@ -63,6 +66,7 @@ impl Default for CapSettings {
             mail_attribute_dict: String::new(),
             special_use: false,
             mail_plugins: Vec::new(),
+            mail_uid: String::new(),
         }
     }
 }
@@ -90,6 +94,7 @@ impl CapSettings {
                 "imap_urlauth_host" => s.imap_urlauth_host = value.to_owned(),
                 "imap_metadata" => s.imap_metadata = yes(value),
                 "mail_attribute_dict" => s.mail_attribute_dict = value.to_owned(),
+                "mail_uid" => s.mail_uid = value.to_owned(),
                 "mail_plugins" => {
                     s.mail_plugins = value.split_whitespace().map(str::to_owned).collect()
                 }
@@ -98,6 +103,22 @@ impl CapSettings {
             }
         }
         s
+    }
+
+    /// `mail_uid` as a number: digits as they are, a name through the passwd database;
+    /// `None` when unset or unknown (a user without a userdb uid is then refused).
+    pub fn mail_uid_number(&self) -> Option<u32> {
+        let v = self.mail_uid.as_str();
+        if v.is_empty() {
+            return None;
+        }
+        if v.bytes().all(|b| b.is_ascii_digit()) {
+            return v.parse().ok();
+        }
+        nix::unistd::User::from_name(v)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
     }
 
     /// The capability string and the plugins whose capabilities are not known (they may
@@ -163,6 +184,17 @@ impl CapSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mail_uid_from_the_config_reply() {
+        let s = CapSettings::from_config_reply(b"mail_uid=60005\nmail_gid=65534\n");
+        assert_eq!(s.mail_uid_number(), Some(60005));
+        let s = CapSettings::from_config_reply(b"mail_uid=root\n");
+        assert_eq!(s.mail_uid_number(), Some(0), "a name goes through passwd");
+        let s = CapSettings::from_config_reply(b"mail_uid=no-such-user-here\n");
+        assert_eq!(s.mail_uid_number(), None);
+        assert_eq!(CapSettings::default().mail_uid_number(), None);
+    }
 
     #[test]
     fn defaults_add_literal_plus_and_notify() {

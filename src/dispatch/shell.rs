@@ -174,7 +174,9 @@ struct Ctx {
     master: tokio::sync::Mutex<Option<LineConn>>,
     /// Logins currently waiting for a process.
     waiting: Cell<u32>,
-    caps: RefCell<Option<String>>,
+    /// The capability string and `mail_uid` as a number, fetched once from the config
+    /// service.
+    caps: RefCell<Option<(String, Option<u32>)>>,
     next_auth_id: Cell<u32>,
     /// Idle auth-master connections (handshake done), with the auth pid each announced.
     /// Stock imap keeps its auth-master connection open across logins too; a connect and
@@ -376,7 +378,8 @@ async fn login(ctx: &Ctx, req: &AuthRequest, data: &LoginData, client: OwnedFd) 
                 return fail(my_pid);
             }
         };
-    let valid = match validate(&user, &fields, None) {
+    let (caps, mail_uid) = capabilities(ctx).await;
+    let valid = match validate(&user, &fields, mail_uid) {
         Ok(v) => v,
         Err(e) => {
             ctx.log(Level::Error, format!("login failed: {e}"));
@@ -384,7 +387,6 @@ async fn login(ctx: &Ctx, req: &AuthRequest, data: &LoginData, client: OwnedFd) 
             return fail(my_pid);
         }
     };
-    let caps = capabilities(ctx).await;
     let lp = |ip: Option<std::net::IpAddr>, port: u16| match ip {
         Some(ip) => (Some(ip.to_string()), Some(port)),
         None => (None, None),
@@ -936,8 +938,9 @@ async fn try_process(
     }
 }
 
-/// The capability string, fetched once from the config service.
-async fn capabilities(ctx: &Ctx) -> String {
+/// The capability string and `mail_uid` (the uid of users the userdb gives none), fetched
+/// once from the config service.
+async fn capabilities(ctx: &Ctx) -> (String, Option<u32>) {
     if let Some(c) = ctx.caps.borrow().as_ref() {
         return c.clone();
     }
@@ -966,8 +969,18 @@ async fn capabilities(ctx: &Ctx) -> String {
             ),
         );
     }
-    *ctx.caps.borrow_mut() = Some(caps.clone());
-    caps
+    let mail_uid = settings.mail_uid_number();
+    if mail_uid.is_none() && !settings.mail_uid.is_empty() {
+        ctx.log(
+            Level::Warning,
+            format!(
+                "mail_uid {} is not a known user: users without a userdb uid are refused",
+                settings.mail_uid
+            ),
+        );
+    }
+    *ctx.caps.borrow_mut() = Some((caps.clone(), mail_uid));
+    (caps, mail_uid)
 }
 
 /// Asks the config service for imap's settings (master-interface.md §12).
