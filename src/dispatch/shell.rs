@@ -1,6 +1,7 @@
 //! The dispatcher's async shell: one current-thread tokio runtime; a task per login-process
 //! connection; one persistent foreman-anvil connection and one master control connection,
-//! each used by one login at a time. All decisions are in [`super::core`].
+//! each used by one login at a time, and a pool of idle auth-master connections. All
+//! decisions are in [`super::core`].
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -176,7 +177,7 @@ struct Ctx {
     waiting: Cell<u32>,
     /// The capability string and `mail_uid` as a number, fetched once from the config
     /// service.
-    caps: RefCell<Option<(String, Option<u32>)>>,
+    caps: RefCell<Option<(Rc<str>, Option<u32>)>>,
     next_auth_id: Cell<u32>,
     /// Idle auth-master connections (handshake done), with the auth pid each announced.
     /// Stock imap keeps its auth-master connection open across logins too; a connect and
@@ -378,7 +379,7 @@ async fn login(ctx: &Ctx, req: &AuthRequest, data: &LoginData, client: OwnedFd) 
                 return fail(my_pid);
             }
         };
-    let (caps, mail_uid) = capabilities(ctx).await;
+    let (caps, mail_uid) = imap_settings(ctx).await;
     let valid = match validate(&user, &fields, mail_uid) {
         Ok(v) => v,
         Err(e) => {
@@ -940,7 +941,7 @@ async fn try_process(
 
 /// The capability string and `mail_uid` (the uid of users the userdb gives none), fetched
 /// once from the config service.
-async fn capabilities(ctx: &Ctx) -> (String, Option<u32>) {
+async fn imap_settings(ctx: &Ctx) -> (Rc<str>, Option<u32>) {
     if let Some(c) = ctx.caps.borrow().as_ref() {
         return c.clone();
     }
@@ -979,6 +980,7 @@ async fn capabilities(ctx: &Ctx) -> (String, Option<u32>) {
             ),
         );
     }
+    let caps: Rc<str> = caps.into();
     *ctx.caps.borrow_mut() = Some((caps.clone(), mail_uid));
     (caps, mail_uid)
 }
